@@ -1,0 +1,385 @@
+//! The kernel/user ABI of the gateway: map names, keys, values, events and
+//! the pure decision helpers that both sides share.
+//!
+//! Every type here crosses the kernel boundary, so each is `#[repr(C)]` with
+//! explicit padding and no `bool` (its bit patterns are not all valid). The
+//! `user` feature adds `aya::Pod` impls for the daemon. Changing a layout is an
+//! ABI break: bump [`ABI_VERSION`] so that a restarted daemon replaces the
+//! pinned program instead of adopting one it cannot read.
+#![no_std]
+
+/// Bumped on every change of a type, map or constant in this crate.
+///
+/// The daemon stores it beside its pins; a daemon that finds pins of another
+/// version replaces them rather than adopting them.
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the TC ingress program in the object file.
+pub const PROGRAM_NAME: &str = "gateway_ingress";
+
+/// Map names, as declared in `gateway-ebpf` and pinned by the daemon.
+pub mod maps {
+    /// `Array<Settings>`, one entry.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// `HashMap<InterceptKey, u32>`: what is redirected to the proxy.
+    pub const INTERCEPT: &str = "INTERCEPT";
+    /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `LruHashMap<FlowKey, FlowState>`: per-flow event rate limiting.
+    pub const FLOWS: &str = "FLOWS";
+    /// `RingBuf` of [`crate::DropEvent`].
+    pub const EVENTS: &str = "EVENTS";
+    /// Every map, in a fixed order (pinning, adoption, removal).
+    pub const ALL: [&str; 5] = [SETTINGS, INTERCEPT, COUNTERS, FLOWS, EVENTS];
+}
+
+/// Capacity of the intercept table (ports and manager addresses).
+pub const INTERCEPT_MAX_ENTRIES: u32 = 1024;
+/// Capacity of the per-flow rate-limit table; least recently used flows are
+/// evicted, so a flood of new flows cannot fill it.
+pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// `Settings::flags` bit: pass DHCP (v4 67/68, v6 546/547).
+pub const FLAG_ALLOW_DHCP: u32 = 1;
+/// `Settings::flags` bit: the daemon has written the settings. Until it is
+/// set the program drops everything it would otherwise redirect.
+pub const FLAG_CONFIGURED: u32 = 1 << 1;
+
+/// Global settings written by the daemon, read by the program per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// `skb->mark` set on redirected packets; the policy-routing rule
+    /// matches it to deliver them locally.
+    pub mark: u32,
+    /// Minimum interval between two drop events of one flow, nanoseconds.
+    pub event_interval_ns: u64,
+    /// The transparent listener's port, host byte order.
+    pub proxy_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Address family tags used in keys and events.
+pub const FAMILY_ANY: u8 = 0;
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Key of the intercept table. A port-only entry has `family = FAMILY_ANY`
+/// and an all-zero address; an address entry (the manager) names one
+/// family, address and port. IPv4 addresses sit in the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InterceptKey {
+    pub family: u8,
+    pub _pad: u8,
+    /// Destination port, host byte order.
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+impl InterceptKey {
+    pub const fn port(port: u16) -> Self {
+        Self {
+            family: FAMILY_ANY,
+            _pad: 0,
+            port,
+            addr: [0; 16],
+        }
+    }
+
+    pub const fn addr(family: u8, addr: [u8; 16], port: u16) -> Self {
+        Self {
+            family,
+            _pad: 0,
+            port,
+            addr,
+        }
+    }
+}
+
+/// Values of the intercept table: why a destination is redirected.
+pub const INTERCEPT_PORT: u32 = 1;
+pub const INTERCEPT_MANAGER: u32 = 2;
+
+/// A flow as the kernel sees it, for rate limiting and events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Ports in host byte order; zero for protocols without ports.
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...); for
+    /// non-IP frames, zero.
+    pub proto: u8,
+    /// A [`DropReason`] as `u8`.
+    pub reason: u8,
+    pub _pad: u8,
+    pub ifindex: u32,
+}
+
+/// Per-flow rate-limit state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// `bpf_ktime_get_ns()` of the last event sent for this flow.
+    pub last_event_ns: u64,
+    /// Packets dropped since that event (not yet reported).
+    pub pending: u64,
+}
+
+/// A dropped flow reported to userspace, at most once per
+/// `Settings::event_interval_ns` per flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    pub flow: FlowKey,
+    pub _pad: u32,
+    /// Packets this event stands for: this one plus those suppressed since
+    /// the flow's previous event.
+    pub packets: u64,
+}
+
+/// Why the kernel dropped a packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// TCP to a port and address that is not intercepted.
+    NotIntercepted = 1,
+    /// UDP, ICMP or another IP protocol: devices may only speak TCP.
+    Protocol = 2,
+    /// An IP fragment (IPv4 offset or more-fragments, IPv6 fragment header).
+    Fragment = 3,
+    /// A truncated or malformed header.
+    Malformed = 4,
+    /// An intercepted flow but no listener to take it (daemon down).
+    NoListener = 5,
+    /// A frame that is neither IPv4, IPv6 nor ARP.
+    Ethertype = 6,
+    /// `bpf_sk_assign` refused the socket.
+    AssignFailed = 7,
+    /// The daemon has not configured the program yet.
+    NotConfigured = 8,
+}
+
+impl DropReason {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::NotIntercepted,
+            2 => Self::Protocol,
+            3 => Self::Fragment,
+            4 => Self::Malformed,
+            5 => Self::NoListener,
+            6 => Self::Ethertype,
+            7 => Self::AssignFailed,
+            8 => Self::NotConfigured,
+            _ => return None,
+        })
+    }
+
+    /// The `reason` written in audit records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotIntercepted => "port_not_intercepted",
+            Self::Protocol => "protocol_not_allowed",
+            Self::Fragment => "ip_fragment",
+            Self::Malformed => "malformed_header",
+            Self::NoListener => "no_listener",
+            Self::Ethertype => "ethertype_not_allowed",
+            Self::AssignFailed => "socket_assign_failed",
+            Self::NotConfigured => "not_configured",
+        }
+    }
+
+    /// The counter that this drop increments.
+    pub const fn counter(self) -> Counter {
+        match self {
+            Self::NotIntercepted => Counter::DropNotIntercepted,
+            Self::Protocol => Counter::DropProtocol,
+            Self::Fragment => Counter::DropFragment,
+            Self::Malformed => Counter::DropMalformed,
+            Self::NoListener => Counter::DropNoListener,
+            Self::Ethertype => Counter::DropEthertype,
+            Self::AssignFailed => Counter::DropAssignFailed,
+            Self::NotConfigured => Counter::DropNotConfigured,
+        }
+    }
+}
+
+/// Indices of the per-CPU verdict counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    PassArp = 0,
+    PassNeighbor = 1,
+    PassDhcp = 2,
+    /// Assigned to an existing connection (or request) socket.
+    AssignEstablished = 3,
+    /// Assigned to the proxy listener (a new connection).
+    AssignListener = 4,
+    DropNotIntercepted = 5,
+    DropProtocol = 6,
+    DropFragment = 7,
+    DropMalformed = 8,
+    DropNoListener = 9,
+    DropEthertype = 10,
+    DropAssignFailed = 11,
+    DropNotConfigured = 12,
+    /// A drop event could not be queued: the ring buffer was full.
+    EventsLost = 13,
+    /// The flow table refused an insert; the packet was still dropped.
+    FlowTableFull = 14,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 15;
+
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Self::PassArp,
+        Self::PassNeighbor,
+        Self::PassDhcp,
+        Self::AssignEstablished,
+        Self::AssignListener,
+        Self::DropNotIntercepted,
+        Self::DropProtocol,
+        Self::DropFragment,
+        Self::DropMalformed,
+        Self::DropNoListener,
+        Self::DropEthertype,
+        Self::DropAssignFailed,
+        Self::DropNotConfigured,
+        Self::EventsLost,
+        Self::FlowTableFull,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PassArp => "pass_arp",
+            Self::PassNeighbor => "pass_neighbor_discovery",
+            Self::PassDhcp => "pass_dhcp",
+            Self::AssignEstablished => "assign_established",
+            Self::AssignListener => "assign_listener",
+            Self::DropNotIntercepted => "drop_not_intercepted",
+            Self::DropProtocol => "drop_protocol",
+            Self::DropFragment => "drop_fragment",
+            Self::DropMalformed => "drop_malformed",
+            Self::DropNoListener => "drop_no_listener",
+            Self::DropEthertype => "drop_ethertype",
+            Self::DropAssignFailed => "drop_assign_failed",
+            Self::DropNotConfigured => "drop_not_configured",
+            Self::EventsLost => "events_lost",
+            Self::FlowTableFull => "flow_table_full",
+        }
+    }
+}
+
+/// Whether a UDP packet is DHCP (v4 or v6, either direction).
+pub const fn is_dhcp(family: u8, sport: u16, dport: u16) -> bool {
+    match family {
+        FAMILY_V4 => matches!((sport, dport), (68, 67) | (67, 68)),
+        FAMILY_V6 => matches!((sport, dport), (546, 547) | (547, 546)),
+        _ => false,
+    }
+}
+
+/// Whether an ICMPv6 type is neighbour discovery (RFC 4861: router
+/// solicitation and advertisement, neighbour solicitation and
+/// advertisement, redirect).
+pub const fn is_neighbor_discovery(icmp6_type: u8) -> bool {
+    matches!(icmp6_type, 133..=137)
+}
+
+/// Whether a drop event is due for a flow: its first packet, or the first
+/// one after the interval since the flow's previous event.
+pub const fn event_due(state: Option<FlowState>, now_ns: u64, interval_ns: u64) -> bool {
+    match state {
+        None => true,
+        Some(s) => now_ns.wrapping_sub(s.last_event_ns) >= interval_ns,
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], made only of integers and byte arrays,
+    // with its padding spelled out, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::InterceptKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::DropEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_are_fixed() {
+        // The kernel side reads these at fixed offsets: sizes must not drift.
+        assert_eq!(size_of::<Settings>(), 24);
+        assert_eq!(size_of::<InterceptKey>(), 20);
+        assert_eq!(size_of::<FlowKey>(), 44);
+        assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<DropEvent>(), 56);
+    }
+
+    #[test]
+    fn drop_reasons_round_trip() {
+        for v in 0..=255u8 {
+            if let Some(r) = DropReason::from_u8(v) {
+                assert_eq!(r as u8, v);
+                assert!(r.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            }
+        }
+        assert_eq!(DropReason::from_u8(0), None);
+        assert_eq!(DropReason::from_u8(9), None);
+    }
+
+    #[test]
+    fn counters_are_dense() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        let mut names: std::vec::Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::COUNT as usize);
+    }
+
+    #[test]
+    fn dhcp_matches_only_dhcp_ports() {
+        assert!(is_dhcp(FAMILY_V4, 68, 67));
+        assert!(is_dhcp(FAMILY_V4, 67, 68));
+        assert!(!is_dhcp(FAMILY_V4, 546, 547));
+        assert!(is_dhcp(FAMILY_V6, 546, 547));
+        assert!(!is_dhcp(FAMILY_V6, 68, 67));
+        assert!(!is_dhcp(FAMILY_V4, 53, 67));
+    }
+
+    #[test]
+    fn neighbor_discovery_types() {
+        assert!(is_neighbor_discovery(135));
+        assert!(is_neighbor_discovery(136));
+        assert!(!is_neighbor_discovery(128)); // echo request
+        assert!(!is_neighbor_discovery(1));
+    }
+
+    #[test]
+    fn event_rate_limit() {
+        let s = FlowState {
+            last_event_ns: 1_000,
+            pending: 0,
+        };
+        assert!(event_due(None, 5, 1_000_000));
+        assert!(!event_due(Some(s), 1_500, 1_000));
+        assert!(event_due(Some(s), 2_000, 1_000));
+    }
+}
