@@ -144,6 +144,9 @@ pub struct DropEvent {
     /// Packets this event stands for: this one plus those suppressed since
     /// the flow's previous event.
     pub packets: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was sent, so
+    /// that events read late (after a daemon restart) keep their time.
+    pub ts_ns: u64,
 }
 
 /// Why the kernel dropped a packet.
@@ -328,7 +331,7 @@ mod tests {
         assert_eq!(size_of::<InterceptKey>(), 20);
         assert_eq!(size_of::<FlowKey>(), 44);
         assert_eq!(size_of::<FlowState>(), 16);
-        assert_eq!(size_of::<DropEvent>(), 56);
+        assert_eq!(size_of::<DropEvent>(), 64);
     }
 
     #[test]
@@ -336,7 +339,11 @@ mod tests {
         for v in 0..=255u8 {
             if let Some(r) = DropReason::from_u8(v) {
                 assert_eq!(r as u8, v);
-                assert!(r.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+                assert!(
+                    r.as_str()
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_')
+                );
             }
         }
         assert_eq!(DropReason::from_u8(0), None);

@@ -29,9 +29,8 @@ use aya_ebpf::{
 };
 use gateway_common::{
     Counter, DropEvent, DropReason, EVENTS_BYTES, FAMILY_ANY, FAMILY_V4, FAMILY_V6,
-    FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLOWS_MAX_ENTRIES, FlowKey, FlowState,
-    INTERCEPT_MANAGER, INTERCEPT_MAX_ENTRIES, InterceptKey, Settings, is_dhcp,
-    is_neighbor_discovery,
+    FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLOWS_MAX_ENTRIES, FlowKey, FlowState, INTERCEPT_MANAGER,
+    INTERCEPT_MAX_ENTRIES, InterceptKey, Settings, is_dhcp, is_neighbor_discovery,
 };
 
 #[map(name = "SETTINGS")]
@@ -83,11 +82,14 @@ struct Packet {
     tuple_len: u32,
 }
 
+#[inline(always)]
 fn try_ingress(ctx: &TcContext) -> Result<i32, ()> {
     // Headers of a non-linear skb may sit outside the directly readable
     // area; pull once so the bounds checks below see them.
     let len = ctx.len();
-    if ((ctx.data_end() - ctx.data()) as u32) < len && ((ctx.data_end() - ctx.data()) as u32) < PULL_LEN {
+    if ((ctx.data_end() - ctx.data()) as u32) < len
+        && ((ctx.data_end() - ctx.data()) as u32) < PULL_LEN
+    {
         let want = if len < PULL_LEN { len } else { PULL_LEN };
         ctx.pull_data(want).map_err(|_| ())?;
     }
@@ -118,6 +120,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, ()> {
     }
 }
 
+#[inline(always)]
 fn ipv4(ctx: &TcContext, mut flow: FlowKey) -> Result<i32, ()> {
     flow.family = FAMILY_V4;
     let vihl: u8 = read(ctx, ETH_HLEN)?;
@@ -161,6 +164,7 @@ fn ipv4(ctx: &TcContext, mut flow: FlowKey) -> Result<i32, ()> {
     }
 }
 
+#[inline(always)]
 fn ipv6(ctx: &TcContext, mut flow: FlowKey) -> Result<i32, ()> {
     flow.family = FAMILY_V6;
     flow.saddr = read(ctx, ETH_HLEN + 8)?;
@@ -203,6 +207,7 @@ fn ipv6(ctx: &TcContext, mut flow: FlowKey) -> Result<i32, ()> {
     }
 }
 
+#[inline(always)]
 fn udp(ctx: &TcContext, l4: usize, mut flow: FlowKey) -> Result<i32, ()> {
     ports(ctx, l4, &mut flow)?;
     if is_dhcp(flow.family, flow.sport, flow.dport)
@@ -214,6 +219,7 @@ fn udp(ctx: &TcContext, l4: usize, mut flow: FlowKey) -> Result<i32, ()> {
     Ok(drop_packet(&flow, DropReason::Protocol))
 }
 
+#[inline(always)]
 fn tcp(ctx: &TcContext, mut pkt: Packet) -> i32 {
     let Some(settings) = settings().filter(|s| s.flags & FLAG_CONFIGURED != 0) else {
         return drop_packet(&pkt.flow, DropReason::NotConfigured);
@@ -259,13 +265,17 @@ fn tcp(ctx: &TcContext, mut pkt: Packet) -> i32 {
     assign(ctx, sk, &pkt.flow, &settings, Counter::AssignListener)
 }
 
+#[inline(always)]
 fn intercepted(family: u8, daddr: &[u8; 16], dport: u16) -> bool {
     unsafe {
-        INTERCEPT.get(InterceptKey::addr(family, *daddr, dport)).is_some()
+        INTERCEPT
+            .get(InterceptKey::addr(family, *daddr, dport))
+            .is_some()
             || INTERCEPT.get(InterceptKey::port(dport)).is_some()
     }
 }
 
+#[inline(always)]
 fn lookup(ctx: &TcContext, pkt: &mut Packet) -> *mut bpf_sock {
     unsafe {
         bpf_skc_lookup_tcp(
@@ -279,6 +289,7 @@ fn lookup(ctx: &TcContext, pkt: &mut Packet) -> *mut bpf_sock {
 }
 
 /// Assigns the packet to `sk` and releases the reference either way.
+#[inline(always)]
 fn assign(
     ctx: &TcContext,
     sk: *mut bpf_sock,
@@ -298,18 +309,21 @@ fn assign(
     TC_ACT_OK as i32
 }
 
+#[inline(always)]
 fn ports(ctx: &TcContext, l4: usize, flow: &mut FlowKey) -> Result<(), ()> {
     flow.sport = u16::from_be(read::<u16>(ctx, l4)?);
     flow.dport = u16::from_be(read::<u16>(ctx, l4 + 2)?);
     Ok(())
 }
 
+#[inline(always)]
 fn settings() -> Option<Settings> {
     SETTINGS.get(0).copied()
 }
 
 /// Counts the drop, reports it at most once per interval per flow, and
 /// returns the drop verdict.
+#[inline(always)]
 fn drop_packet(flow: &FlowKey, reason: DropReason) -> i32 {
     count(reason.counter());
     let mut key = *flow;
@@ -328,7 +342,7 @@ fn drop_packet(flow: &FlowKey, reason: DropReason) -> i32 {
                     (*state).pending = 0;
                     (*state).last_event_ns = now;
                 }
-                emit(&key, pending + 1);
+                emit(&key, pending + 1, now);
             } else {
                 unsafe { (*state).pending += 1 };
             }
@@ -341,23 +355,26 @@ fn drop_packet(flow: &FlowKey, reason: DropReason) -> i32 {
             if FLOWS.insert(&key, &state, BPF_NOEXIST as u64).is_err() {
                 count(Counter::FlowTableFull);
             }
-            emit(&key, 1);
+            emit(&key, 1, now);
         }
     }
     TC_ACT_SHOT as i32
 }
 
-fn emit(flow: &FlowKey, packets: u64) {
+#[inline(always)]
+fn emit(flow: &FlowKey, packets: u64, ts_ns: u64) {
     let event = DropEvent {
         flow: *flow,
         _pad: 0,
         packets,
+        ts_ns,
     };
     if EVENTS.output::<DropEvent>(&event, 0).is_err() {
         count(Counter::EventsLost);
     }
 }
 
+#[inline(always)]
 fn count(counter: Counter) {
     if let Some(v) = COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other CPU writes it.

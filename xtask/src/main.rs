@@ -1,1 +1,72 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <command>` (alias in `.cargo/config.toml`).
+//!
+//! Every command first runs `setup`, which is idempotent and quick once the
+//! machine is ready.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod build;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Project tasks for the Margo egress gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// Set up, then build the gateway binary (with its eBPF object).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, then run every check and test: fmt, clippy, unit tests, root-only tests.
+    Test,
+    /// Set up, build the gateway, then run the demo (needs root).
+    Demo {
+        /// Arguments passed on to the demo binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            // Not anyhow's Debug output: that adds a backtrace when RUST_BACKTRACE is set.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Setup => setup::run()?,
+        Command::Build { release } => {
+            setup::run()?;
+            let bin = build::gateway(release)?;
+            println!("{}", bin.display());
+        }
+        Command::Test => return test::run(),
+        Command::Demo { args } => demo::run(&args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

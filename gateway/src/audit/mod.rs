@@ -1,0 +1,122 @@
+//! The audit log: one JSON line per decision.
+//!
+//! Records are sent to a single writer task through a bounded channel, so
+//! writers never interleave lines and a slow disk pushes back instead of
+//! growing memory. Each line is written whole and flushed; the file is
+//! opened for append, so a restarted daemon continues the same log.
+
+mod record;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+use tokio::{fs::OpenOptions, io::AsyncWriteExt as _, sync::mpsc, task::JoinHandle};
+
+pub use record::{Event, Record, addr_text, ip_port_text};
+
+/// Records queued before senders wait for the writer.
+const QUEUE: usize = 4096;
+
+#[derive(Debug, Error)]
+pub enum AuditError {
+    #[error("cannot create the audit directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the audit log {path} for appending: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where records go. Cheap to clone; every clone feeds the same writer.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    tx: mpsc::Sender<Record>,
+}
+
+/// The writer task; [`AuditWriter::close`] waits until every queued record
+/// is on disk.
+pub struct AuditWriter {
+    task: JoinHandle<()>,
+}
+
+impl Audit {
+    /// Opens (creating if needed) the log at `path` and starts its writer.
+    pub async fn open(path: &Path) -> Result<(Self, AuditWriter), AuditError> {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|source| AuditError::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            // Readable by the owner and the group of auditors, no one else.
+            .mode(0o640)
+            .open(path)
+            .await
+            .map_err(|source| AuditError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_records(file, rx, path.to_owned()));
+        Ok((Self { tx }, AuditWriter { task }))
+    }
+
+    /// Queues a record; waits if the writer is behind.
+    pub async fn log(&self, record: Record) {
+        if self.tx.send(record).await.is_err() {
+            tracing::error!("audit writer has stopped; record lost");
+        }
+    }
+}
+
+impl AuditWriter {
+    /// Waits until every record queued by every (now dropped) [`Audit`]
+    /// handle is written.
+    pub async fn close(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "audit writer failed");
+        }
+    }
+}
+
+async fn write_records(mut file: tokio::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf) {
+    while let Some(record) = rx.recv().await {
+        let mut line = match serde_json::to_vec(&record) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise an audit record");
+                continue;
+            }
+        };
+        line.push(b'\n');
+        // A failed write is logged loudly but does not stop the gateway:
+        // the kernel keeps enforcing whatever happens to the log.
+        if let Err(e) = file.write_all(&line).await {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the audit log");
+            continue;
+        }
+        if let Err(e) = file.flush().await {
+            tracing::error!(path = %path.display(), error = %e, "cannot flush the audit log");
+        }
+    }
+    if let Err(e) = file.sync_all().await {
+        tracing::error!(path = %path.display(), error = %e, "cannot sync the audit log");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! The audit record and its JSON shape.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// What a record is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Event {
+    /// The daemon is ready: kernel path installed, listener accepting.
+    #[serde(rename = "gateway.start")]
+    GatewayStart,
+    /// The daemon stopped cleanly and removed what it installed.
+    #[serde(rename = "gateway.stop")]
+    GatewayStop,
+    /// A device connection spliced to the manager.
+    #[serde(rename = "flow.passthrough")]
+    FlowPassthrough,
+    /// A redirected connection refused by policy.
+    #[serde(rename = "flow.denied")]
+    FlowDenied,
+    /// Packets dropped in the kernel, summed per flow.
+    #[serde(rename = "flow.dropped")]
+    FlowDropped,
+}
+
+/// One audit line. Absent fields are omitted from the JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    /// RFC 3339, UTC.
+    pub ts: String,
+    pub event: Event,
+    /// The device's `ip:port` (or `ip` for protocols without ports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The original destination `ip:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `ip-N` or `ethertype-0xNNNN`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The device-facing interface the packets arrived on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    /// Bytes from the device to the far end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_up: Option<u64>,
+    /// Bytes from the far end to the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_down: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Who was at fault when a flow ended in error: `device`, `upstream`
+    /// or `internal`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'static str>,
+    /// Free text for humans (errors, versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Record {
+    /// A record stamped now.
+    pub fn new(event: Event) -> Self {
+        Self::at(event, OffsetDateTime::now_utc())
+    }
+
+    pub fn at(event: Event, ts: OffsetDateTime) -> Self {
+        Self {
+            ts: ts
+                .format(&Rfc3339)
+                .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z")),
+            event,
+            device: None,
+            dst: None,
+            proto: None,
+            reason: None,
+            interface: None,
+            packets: None,
+            bytes_up: None,
+            bytes_down: None,
+            duration_ms: None,
+            fault: None,
+            detail: None,
+        }
+    }
+
+    /// Sets device, destination and protocol of a TCP connection.
+    pub fn tcp(mut self, device: SocketAddr, dst: SocketAddr) -> Self {
+        self.device = Some(addr_text(device));
+        self.dst = Some(addr_text(dst));
+        self.proto = Some("tcp".into());
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// `ip:port`, or `[ipv6]:port`; IPv4-mapped IPv6 addresses are shown as
+/// IPv4, as devices sent them.
+pub fn addr_text(addr: SocketAddr) -> String {
+    ip_port_text(addr.ip(), Some(addr.port()))
+}
+
+/// `ip:port` or, without a port, the bare address.
+pub fn ip_port_text(ip: IpAddr, port: Option<u16>) -> String {
+    let ip = ip.to_canonical();
+    match (ip, port) {
+        (ip, None) => ip.to_string(),
+        (IpAddr::V4(v4), Some(p)) => format!("{v4}:{p}"),
+        (IpAddr::V6(v6), Some(p)) => format!("[{v6}]:{p}"),
+    }
+}

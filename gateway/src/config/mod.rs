@@ -1,0 +1,243 @@
+//! The gateway's configuration: one YAML file.
+//!
+//! Every struct refuses unknown keys, so a typo is an error that names the
+//! key instead of a setting silently ignored. [`Config::load`] parses and
+//! validates; nothing is bound or attached before it returns `Ok`. The
+//! documented example lives in `config/gateway.yaml` at the repository root.
+
+mod host;
+mod validate;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+pub use validate::ConfigError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub devices: Devices,
+    pub manager: Manager,
+    #[serde(default)]
+    pub intercept: Intercept,
+    #[serde(default)]
+    pub proxy: Proxy,
+    #[serde(default)]
+    pub audit: Audit,
+    /// Where the daemon keeps its state (attachment records).
+    /// Default `/var/lib/gateway`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub kernel: Kernel,
+}
+
+/// The device-facing side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Devices {
+    /// Interfaces devices send on; each gets the TC ingress program.
+    /// Required, at least one; each must exist when the daemon starts.
+    pub interfaces: Vec<String>,
+    /// Pass DHCP (v4 ports 67/68, v6 546/547) from devices. Default false.
+    #[serde(default)]
+    pub allow_dhcp: bool,
+}
+
+/// The Workload Fleet Manager, whose device API passes through untouched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manager {
+    /// The DNS name the manager's certificate carries.
+    pub name: String,
+    /// Where passthrough connects: `ip:port` or `[ipv6]:port`. A device
+    /// connection is passed through only when its original destination is
+    /// one of these, and only to that same address.
+    pub addresses: Vec<String>,
+}
+
+/// What the kernel program redirects to the proxy besides the manager.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intercept {
+    /// TCP destination ports redirected whatever the address.
+    /// Default `[80, 443]`.
+    #[serde(default = "default_tcp_ports")]
+    pub tcp_ports: Vec<u16>,
+}
+
+/// The transparent listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    /// Port of the transparent listener (v4 and v6, wildcard address).
+    /// Default 15001. Devices never see it: their packets keep their
+    /// original destination.
+    #[serde(default = "default_proxy_port")]
+    pub port: u16,
+    /// Seconds to wait for the manager to accept a passthrough connection.
+    /// Default 10.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// JSON lines file, appended to; its directory is created.
+    /// Default `/var/log/gateway/audit.jsonl`.
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+}
+
+/// Kernel-side settings; the defaults suit a host running one gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Directory on a bpffs where programs, links and maps are pinned so
+    /// that they keep guarding while the daemon is down.
+    /// Default `/sys/fs/bpf/margo-gateway`; bpffs is mounted at
+    /// `/sys/fs/bpf` if nothing is.
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+    /// Firewall mark put on redirected packets. Default 0x4d47 (19783).
+    #[serde(default = "default_mark")]
+    pub mark: u32,
+    /// Routing table holding the `local` default routes. Default 4747.
+    #[serde(default = "default_route_table")]
+    pub route_table: u32,
+    /// Priority of the `fwmark` policy-routing rule. Default 4747.
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+    /// Minimum milliseconds between two kernel drop events of one flow.
+    /// Default 1000.
+    #[serde(default = "default_drop_event_interval_ms")]
+    pub drop_event_interval_ms: u64,
+    /// Seconds over which drop events of one flow are summed into one
+    /// audit record. Default 2.
+    #[serde(default = "default_drop_flush_secs")]
+    pub drop_flush_secs: u64,
+    /// How the program is attached: `auto` (TCX on kernel 6.6 and newer,
+    /// netlink `clsact` below), `tcx` or `netlink`. Default `auto`.
+    #[serde(default)]
+    pub attach: AttachMode,
+}
+
+/// See [`Kernel::attach`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/gateway")
+}
+fn default_tcp_ports() -> Vec<u16> {
+    vec![80, 443]
+}
+fn default_proxy_port() -> u16 {
+    15001
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_audit_path() -> PathBuf {
+    PathBuf::from("/var/log/gateway/audit.jsonl")
+}
+fn default_pin_path() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/margo-gateway")
+}
+fn default_mark() -> u32 {
+    0x4d47
+}
+fn default_route_table() -> u32 {
+    4747
+}
+fn default_rule_priority() -> u32 {
+    4747
+}
+fn default_drop_event_interval_ms() -> u64 {
+    1000
+}
+fn default_drop_flush_secs() -> u64 {
+    2
+}
+
+impl Default for Intercept {
+    fn default() -> Self {
+        Self {
+            tcp_ports: default_tcp_ports(),
+        }
+    }
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self {
+            port: default_proxy_port(),
+            connect_timeout_secs: default_connect_timeout(),
+        }
+    }
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            path: default_audit_path(),
+        }
+    }
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Self {
+            pin_path: default_pin_path(),
+            mark: default_mark(),
+            route_table: default_route_table(),
+            rule_priority: default_rule_priority(),
+            drop_event_interval_ms: default_drop_event_interval_ms(),
+            drop_flush_secs: default_drop_flush_secs(),
+            attach: AttachMode::Auto,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(ConfigError::from_yaml)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The manager's addresses, parsed (validation guarantees they parse).
+    pub fn manager_addresses(&self) -> Vec<SocketAddr> {
+        self.manager
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

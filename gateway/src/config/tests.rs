@@ -1,0 +1,171 @@
+use super::*;
+
+const MINIMAL: &str = "
+devices:
+  interfaces: [dev0]
+manager:
+  name: wfm.site.example
+  addresses: [\"10.0.0.5:443\"]
+";
+
+fn err(text: &str) -> String {
+    match Config::parse(text) {
+        Ok(_) => panic!("config should be rejected:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = Config::parse(MINIMAL).expect("minimal config");
+    assert_eq!(c.intercept.tcp_ports, vec![80, 443]);
+    assert_eq!(c.proxy.port, 15001);
+    assert!(!c.devices.allow_dhcp);
+    assert_eq!(c.audit.path, PathBuf::from("/var/log/gateway/audit.jsonl"));
+    assert_eq!(c.state_dir, PathBuf::from("/var/lib/gateway"));
+    assert_eq!(
+        c.kernel.pin_path,
+        PathBuf::from("/sys/fs/bpf/margo-gateway")
+    );
+    assert_eq!(c.kernel.mark, 0x4d47);
+    assert_eq!(c.kernel.route_table, 4747);
+    assert_eq!(
+        c.manager_addresses(),
+        vec!["10.0.0.5:443".parse::<SocketAddr>().expect("addr")]
+    );
+}
+
+#[test]
+fn example_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example config found in {}", dir.display());
+}
+
+#[test]
+fn example_config_shows_every_default() {
+    // The example documents the defaults: it must agree with the code.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.yaml");
+    let example = Config::load(&path).expect("example parses");
+    let minimal = Config::parse(MINIMAL).expect("minimal");
+    assert_eq!(example.intercept.tcp_ports, minimal.intercept.tcp_ports);
+    assert_eq!(example.proxy.port, minimal.proxy.port);
+    assert_eq!(
+        example.proxy.connect_timeout_secs,
+        minimal.proxy.connect_timeout_secs
+    );
+    assert_eq!(example.audit.path, minimal.audit.path);
+    assert_eq!(example.state_dir, minimal.state_dir);
+    assert_eq!(example.kernel.pin_path, minimal.kernel.pin_path);
+    assert_eq!(example.kernel.mark, minimal.kernel.mark);
+    assert_eq!(example.kernel.route_table, minimal.kernel.route_table);
+    assert_eq!(example.kernel.rule_priority, minimal.kernel.rule_priority);
+    assert_eq!(
+        example.kernel.drop_event_interval_ms,
+        minimal.kernel.drop_event_interval_ms
+    );
+    assert_eq!(
+        example.kernel.drop_flush_secs,
+        minimal.kernel.drop_flush_secs
+    );
+    assert_eq!(example.kernel.attach, minimal.kernel.attach);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = err(&MINIMAL.replace("interfaces:", "interfacs:"));
+    assert!(e.contains("interfacs"), "{e}");
+    let e = err(&format!("{MINIMAL}\nbogus: 1\n"));
+    assert!(e.contains("bogus"), "{e}");
+}
+
+#[test]
+fn bad_manager_address_is_named() {
+    let e = err(&MINIMAL.replace("10.0.0.5:443", "10.0.0.5"));
+    assert!(e.contains("manager.addresses[0]"), "{e}");
+    let e = err(&MINIMAL.replace("10.0.0.5:443", "fd00::5:443"));
+    assert!(e.contains("[ipv6]:port"), "{e}");
+    let e = err(&MINIMAL.replace("10.0.0.5:443", "0.0.0.0:443"));
+    assert!(e.contains("unicast"), "{e}");
+    let e = err(&MINIMAL.replace("\"10.0.0.5:443\"", "\"10.0.0.5:443\", \"10.0.0.5:443\""));
+    assert!(
+        e.contains("manager.addresses[1]") && e.contains("twice"),
+        "{e}"
+    );
+    let ok = Config::parse(&MINIMAL.replace("10.0.0.5:443", "[fd00::5]:8443")).expect("v6");
+    assert_eq!(ok.manager_addresses()[0].port(), 8443);
+}
+
+#[test]
+fn missing_and_empty_required_keys() {
+    let e = err("devices:\n  interfaces: [dev0]\n");
+    assert!(e.contains("manager"), "{e}");
+    let e = err(&MINIMAL.replace("[dev0]", "[]"));
+    assert!(e.contains("devices.interfaces"), "{e}");
+    let e = err(&MINIMAL.replace("[dev0]", "[dev0, dev0]"));
+    assert!(e.contains("devices.interfaces[1]"), "{e}");
+    let e = err(&MINIMAL.replace("[dev0]", "[averyveryverylongname]"));
+    assert!(e.contains("devices.interfaces[0]"), "{e}");
+    let e = err(&MINIMAL.replace("wfm.site.example", "not a name"));
+    assert!(e.contains("manager.name"), "{e}");
+}
+
+#[test]
+fn ports_are_checked() {
+    let e = err(&format!("{MINIMAL}intercept:\n  tcp_ports: [80, 0]\n"));
+    assert!(e.contains("intercept.tcp_ports[1]"), "{e}");
+    let e = err(&format!("{MINIMAL}intercept:\n  tcp_ports: [80, 70000]\n"));
+    assert!(e.contains("tcp_ports"), "{e}");
+    let e = err(&format!("{MINIMAL}intercept:\n  tcp_ports: [15001]\n"));
+    assert!(e.contains("proxy.port"), "{e}");
+    let e = err(&format!("{MINIMAL}proxy:\n  port: 0\n"));
+    assert!(e.contains("proxy.port"), "{e}");
+}
+
+#[test]
+fn paths_and_kernel_settings_are_checked() {
+    let e = err(&format!("{MINIMAL}state_dir: relative/dir\n"));
+    assert!(e.contains("state_dir"), "{e}");
+    let e = err(&format!("{MINIMAL}kernel:\n  route_table: 254\n"));
+    assert!(e.contains("kernel.route_table"), "{e}");
+    let e = err(&format!("{MINIMAL}kernel:\n  mark: 0\n"));
+    assert!(e.contains("kernel.mark"), "{e}");
+    let e = err(&format!("{MINIMAL}kernel:\n  rule_priority: 32766\n"));
+    assert!(e.contains("kernel.rule_priority"), "{e}");
+    let e = err(&format!("{MINIMAL}kernel:\n  pin_path: sys/fs/bpf\n"));
+    assert!(e.contains("kernel.pin_path"), "{e}");
+}
+
+#[test]
+fn wrong_types_are_errors_not_panics() {
+    for text in [
+        "",
+        "[]",
+        "devices: 3",
+        "devices:\n  interfaces: dev0\nmanager:\n  name: a\n  addresses: []\n",
+        "\u{0}\u{1}garbage: [",
+        &format!("{MINIMAL}proxy:\n  port: -1\n"),
+    ] {
+        assert!(Config::parse(text).is_err(), "accepted: {text:?}");
+    }
+}
+
+#[test]
+fn missing_interface_is_a_host_error() {
+    let c = Config::parse(&MINIMAL.replace("[dev0]", "[lo, nosuchif0]")).expect("parses");
+    let e = c
+        .check_host()
+        .expect_err("nosuchif0 does not exist")
+        .to_string();
+    assert!(
+        e.contains("devices.interfaces[1]") && e.contains("nosuchif0"),
+        "{e}"
+    );
+}

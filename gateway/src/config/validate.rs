@@ -1,0 +1,230 @@
+//! Validation of a parsed configuration, and its error type.
+//!
+//! Each error names the offending key (`manager.addresses[1]`) and says what
+//! is wrong and what would be right; `main` turns any of them into exit
+//! code 64 (EX_USAGE) before anything is bound or attached.
+
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf};
+
+use thiserror::Error;
+
+use super::Config;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML that does not fit the schema: unknown key, wrong type, missing
+    /// key. serde_yaml's message already names the key path.
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub(super) fn from_yaml(e: serde_yaml::Error) -> Self {
+        Self::Parse(e.to_string())
+    }
+
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
+const IFNAMSIZ_MAX: usize = 15;
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_devices()?;
+        self.validate_manager()?;
+        self.validate_ports()?;
+        self.validate_paths()?;
+        self.validate_kernel()
+    }
+
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        let ifaces = &self.devices.interfaces;
+        if ifaces.is_empty() {
+            return Err(ConfigError::invalid(
+                "devices.interfaces",
+                "at least one device-facing interface is required",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in ifaces.iter().enumerate() {
+            let key = format!("devices.interfaces[{i}]");
+            if name.is_empty()
+                || name.len() > IFNAMSIZ_MAX
+                || name.contains(['/', ':'])
+                || name.chars().any(char::is_whitespace)
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "`{name}` is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"
+                    ),
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{name}` is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_manager(&self) -> Result<(), ConfigError> {
+        if !is_dns_name(&self.manager.name) {
+            return Err(ConfigError::invalid(
+                "manager.name",
+                format!("`{}` is not a DNS name", self.manager.name),
+            ));
+        }
+        if self.manager.addresses.is_empty() {
+            return Err(ConfigError::invalid(
+                "manager.addresses",
+                "at least one address (ip:port or [ipv6]:port) is required",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, text) in self.manager.addresses.iter().enumerate() {
+            let key = format!("manager.addresses[{i}]");
+            let addr: SocketAddr = text.parse().map_err(|_| {
+                ConfigError::invalid(
+                    &key,
+                    format!("`{text}` is not an address: write ip:port, or [ipv6]:port"),
+                )
+            })?;
+            if addr.port() == 0 {
+                return Err(ConfigError::invalid(key, "port 0 cannot be connected to"));
+            }
+            if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{text}` is not a unicast address"),
+                ));
+            }
+            if !seen.insert(addr) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{text}` is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_ports(&self) -> Result<(), ConfigError> {
+        if self.proxy.port == 0 {
+            return Err(ConfigError::invalid("proxy.port", "must be 1 to 65535"));
+        }
+        if self.proxy.connect_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                "proxy.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, port) in self.intercept.tcp_ports.iter().enumerate() {
+            let key = format!("intercept.tcp_ports[{i}]");
+            if *port == 0 {
+                return Err(ConfigError::invalid(key, "port 0 is not a port"));
+            }
+            if *port == self.proxy.port {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{port} is the proxy's own port (proxy.port); pick another proxy.port"),
+                ));
+            }
+            if !seen.insert(*port) {
+                return Err(ConfigError::invalid(key, format!("{port} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_paths(&self) -> Result<(), ConfigError> {
+        for (key, path) in [
+            ("audit.path", &self.audit.path),
+            ("state_dir", &self.state_dir),
+            ("kernel.pin_path", &self.kernel.pin_path),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{}` must be an absolute path", path.display()),
+                ));
+            }
+        }
+        if self.audit.path.file_name().is_none() {
+            return Err(ConfigError::invalid("audit.path", "must name a file"));
+        }
+        Ok(())
+    }
+
+    fn validate_kernel(&self) -> Result<(), ConfigError> {
+        let k = &self.kernel;
+        if k.mark == 0 {
+            return Err(ConfigError::invalid(
+                "kernel.mark",
+                "must not be 0 (0 means unmarked)",
+            ));
+        }
+        // 0 is unspecified; 253-255 are the kernel's default, main and local.
+        if matches!(k.route_table, 0 | 253..=255) {
+            return Err(ConfigError::invalid(
+                "kernel.route_table",
+                format!(
+                    "{} is reserved; pick a table of the gateway's own (1-252 or above 255)",
+                    k.route_table
+                ),
+            ));
+        }
+        // 0 is the local rule, 32766 and 32767 are main and default.
+        if k.rule_priority == 0 || k.rule_priority >= 32766 {
+            return Err(ConfigError::invalid(
+                "kernel.rule_priority",
+                "must be 1 to 32765, before the main table's rule",
+            ));
+        }
+        if k.drop_event_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "kernel.drop_event_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if k.drop_flush_secs == 0 {
+            return Err(ConfigError::invalid(
+                "kernel.drop_flush_secs",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A DNS host name: dot-separated labels of letters, digits and hyphens,
+/// 1 to 63 bytes each, 253 in all; no leading or trailing hyphen.
+pub(crate) fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}

@@ -1,0 +1,125 @@
+//! `gateway run`: install the kernel path, serve, and on SIGTERM or SIGINT
+//! remove everything that was installed.
+//!
+//! SIGKILL (or a crash) leaves the pinned program guarding the interfaces:
+//! devices reach nothing until a restarted daemon adopts the pins and
+//! listens again.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+
+use crate::{
+    audit::{Audit, Event, Record},
+    config::Config,
+    ebpf::{KernelPath, events, routing::Routing},
+    policy::Policy,
+    proxy::{self, Proxy},
+};
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (audit, audit_writer) = Audit::open(&config.audit.path).await?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    // Listeners first: the moment the program is attached, redirected
+    // SYNs find a socket.
+    let listeners = proxy::bind(config.proxy.port).with_context(|| {
+        format!(
+            "binding the transparent listener on port {}",
+            config.proxy.port
+        )
+    })?;
+    let routing = Routing {
+        mark: config.kernel.mark,
+        table: config.kernel.route_table,
+        priority: config.kernel.rule_priority,
+    };
+    routing.install().await?;
+    let mut kernel = match KernelPath::install(&config) {
+        Ok(k) => k,
+        Err(e) => {
+            // Nothing of ours guards the interfaces; don't leave rules.
+            if let Err(re) = routing.remove().await {
+                tracing::warn!(error = %re, "could not remove routing rules after a failed start");
+            }
+            return Err(e.into());
+        }
+    };
+    let adopted = kernel.adopted;
+    let interfaces: Vec<String> = kernel
+        .attachments()
+        .iter()
+        .map(|a| format!("{}({:?})", a.interface, a.mode).to_lowercase())
+        .collect();
+    let ring = kernel.maps.events.take();
+    let maps = Arc::new(Mutex::new(kernel.maps));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let events_task = ring.map(|ring| {
+        tokio::spawn(events::run(
+            ring,
+            maps.clone(),
+            audit.clone(),
+            Duration::from_secs(config.kernel.drop_flush_secs),
+            stop_rx.clone(),
+        ))
+    });
+    let proxy = Arc::new(Proxy {
+        policy: Policy::new(&config),
+        audit: audit.clone(),
+        connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
+    });
+    let serve_task = tokio::spawn(proxy::serve(proxy, listeners, stop_rx));
+
+    tracing::info!(adopted, interfaces = ?interfaces, "gateway ready");
+    audit
+        .log(
+            Record::new(Event::GatewayStart)
+                .reason(if adopted { "adopted" } else { "installed" })
+                .detail(format!(
+                    "version {} on {}",
+                    env!("CARGO_PKG_VERSION"),
+                    interfaces.join(", ")
+                )),
+        )
+        .await;
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping and removing the kernel path"),
+        _ = sigint.recv() => tracing::info!("SIGINT: stopping and removing the kernel path"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = serve_task.await;
+    if let Some(t) = events_task {
+        let _ = t.await;
+    }
+
+    // The event task held the last other reference.
+    let maps = Arc::try_unwrap(maps)
+        .map_err(|_| anyhow::anyhow!("maps still in use at shutdown"))?
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
+    kernel.maps = maps;
+    let mut result = kernel.remove().map_err(anyhow::Error::from);
+    if let Err(e) = routing.remove().await {
+        tracing::error!(error = %e, "removing routing rules");
+        result = result.and(Err(e.into()));
+    }
+    audit
+        .log(Record::new(Event::GatewayStop).reason(match &result {
+            Ok(()) => "removed",
+            Err(_) => "removal_incomplete",
+        }))
+        .await;
+    drop(audit);
+    audit_writer.close().await;
+    result
+}

@@ -1,0 +1,213 @@
+//! The program's maps, typed, and the daemon's writes into them.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use gateway_common::{
+    Counter, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FlowKey, FlowState,
+    INTERCEPT_MANAGER, INTERCEPT_PORT, InterceptKey, Settings, maps as names,
+};
+
+use super::{EbpfError, pins::Pins};
+use crate::config::Config;
+
+pub struct Maps {
+    pub settings: Array<MapData, Settings>,
+    pub intercept: HashMap<MapData, InterceptKey, u32>,
+    pub counters: PerCpuArray<MapData, u64>,
+    /// An LRU hash map in the kernel; aya types it as a `HashMap`.
+    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    /// Taken by the event reader.
+    pub events: Option<RingBuf<MapData>>,
+}
+
+fn map_err(name: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
+    move |source| EbpfError::Map {
+        name: name.to_owned(),
+        source,
+    }
+}
+
+impl Maps {
+    /// Opens the maps pinned under `pin_path` (for `gateway status`).
+    pub fn open(pin_path: &std::path::Path) -> Result<Self, EbpfError> {
+        Self::from_pins(&Pins::new(pin_path))
+    }
+
+    /// Opens the maps pinned by an earlier daemon.
+    pub fn from_pins(pins: &Pins) -> Result<Self, EbpfError> {
+        let open = |name: &'static str| MapData::from_pin(pins.map(name)).map_err(map_err(name));
+        Ok(Self {
+            settings: Array::try_from(Map::Array(open(names::SETTINGS)?))
+                .map_err(map_err(names::SETTINGS))?,
+            intercept: HashMap::try_from(Map::HashMap(open(names::INTERCEPT)?))
+                .map_err(map_err(names::INTERCEPT))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(names::COUNTERS)?))
+                .map_err(map_err(names::COUNTERS))?,
+            flows: HashMap::try_from(Map::LruHashMap(open(names::FLOWS)?))
+                .map_err(map_err(names::FLOWS))?,
+            events: Some(
+                RingBuf::try_from(Map::RingBuf(open(names::EVENTS)?))
+                    .map_err(map_err(names::EVENTS))?,
+            ),
+        })
+    }
+
+    /// Takes the maps of a freshly loaded object and pins each.
+    pub fn take_and_pin(ebpf: &mut aya::Ebpf, pins: &Pins) -> Result<Self, EbpfError> {
+        let mut take = |name: &'static str| -> Result<Map, EbpfError> {
+            let map = ebpf.take_map(name).ok_or_else(|| EbpfError::MissingMap {
+                name: name.to_owned(),
+            })?;
+            map.pin(pins.map(name))
+                .map_err(|source| EbpfError::PinObject {
+                    what: format!("map {name}"),
+                    source,
+                })?;
+            Ok(map)
+        };
+        Ok(Self {
+            settings: Array::try_from(take(names::SETTINGS)?).map_err(map_err(names::SETTINGS))?,
+            intercept: HashMap::try_from(take(names::INTERCEPT)?)
+                .map_err(map_err(names::INTERCEPT))?,
+            counters: PerCpuArray::try_from(take(names::COUNTERS)?)
+                .map_err(map_err(names::COUNTERS))?,
+            flows: HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?,
+            events: Some(RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?),
+        })
+    }
+
+    /// Writes the configuration: intercept entries first (new ones before
+    /// stale ones go, so a running program never sees a gap), then the
+    /// settings that turn redirection on.
+    pub fn configure(&mut self, config: &Config) -> Result<(), EbpfError> {
+        let wanted = intercept_entries(config);
+        let wanted_keys: HashSet<InterceptKey> = wanted.iter().map(|(k, _)| *k).collect();
+        for (key, value) in &wanted {
+            self.intercept
+                .insert(key, value, 0)
+                .map_err(map_err(names::INTERCEPT))?;
+        }
+        let stale: Vec<InterceptKey> = self
+            .intercept
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_keys.contains(k))
+            .collect();
+        for key in stale {
+            self.intercept
+                .remove(&key)
+                .map_err(map_err(names::INTERCEPT))?;
+        }
+        let mut flags = FLAG_CONFIGURED;
+        if config.devices.allow_dhcp {
+            flags |= FLAG_ALLOW_DHCP;
+        }
+        let settings = Settings {
+            flags,
+            mark: config.kernel.mark,
+            event_interval_ns: config
+                .kernel
+                .drop_event_interval_ms
+                .saturating_mul(1_000_000),
+            proxy_port: config.proxy.port,
+            _pad: [0; 6],
+        };
+        self.settings
+            .set(0, settings, 0)
+            .map_err(map_err(names::SETTINGS))
+    }
+
+    /// Sums each per-CPU counter.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, EbpfError> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let per_cpu = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .map_err(map_err(names::COUNTERS))?;
+                Ok((*c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Takes the packets dropped on `flow` since its last event, so that
+    /// they are reported once.
+    pub fn take_pending(&mut self, flow: &FlowKey) -> u64 {
+        let Ok(state) = self.flows.get(flow, 0) else {
+            return 0;
+        };
+        if state.pending == 0 {
+            return 0;
+        }
+        // The kernel may count one more packet between this read and the
+        // write; such a packet goes unreported in the audit but is in the
+        // counters. Updating in place would need a spin lock in the value.
+        let reset = FlowState {
+            pending: 0,
+            ..state
+        };
+        let _ = self.flows.insert(flow, reset, 0);
+        state.pending
+    }
+}
+
+/// The intercept table the configuration asks for.
+pub fn intercept_entries(config: &Config) -> Vec<(InterceptKey, u32)> {
+    let mut entries: Vec<(InterceptKey, u32)> = config
+        .intercept
+        .tcp_ports
+        .iter()
+        .map(|p| (InterceptKey::port(*p), INTERCEPT_PORT))
+        .collect();
+    entries.extend(
+        config
+            .manager_addresses()
+            .into_iter()
+            .map(|a| (manager_key(a), INTERCEPT_MANAGER)),
+    );
+    entries
+}
+
+fn manager_key(addr: SocketAddr) -> InterceptKey {
+    let mut bytes = [0u8; 16];
+    let family = match addr.ip().to_canonical() {
+        IpAddr::V4(v4) => {
+            bytes[..4].copy_from_slice(&v4.octets());
+            FAMILY_V4
+        }
+        IpAddr::V6(v6) => {
+            bytes = v6.octets();
+            FAMILY_V6
+        }
+    };
+    InterceptKey::addr(family, bytes, addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intercept_entries_cover_ports_and_managers() {
+        let config = Config::parse(
+            "devices: {interfaces: [dev0]}\nmanager: {name: wfm.example, addresses: [\"10.0.0.5:8443\", \"[fd00::5]:443\"]}\nintercept: {tcp_ports: [80]}\n",
+        )
+        .expect("config");
+        let entries = intercept_entries(&config);
+        assert_eq!(entries.len(), 3);
+        assert!(entries.contains(&(InterceptKey::port(80), INTERCEPT_PORT)));
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[10, 0, 0, 5]);
+        assert!(entries.contains(&(InterceptKey::addr(FAMILY_V4, v4, 8443), INTERCEPT_MANAGER)));
+        let v6: std::net::Ipv6Addr = "fd00::5".parse().expect("v6");
+        assert!(entries.contains(&(
+            InterceptKey::addr(FAMILY_V6, v6.octets(), 443),
+            INTERCEPT_MANAGER
+        )));
+    }
+}

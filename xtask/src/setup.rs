@@ -1,0 +1,287 @@
+//! `cargo xtask setup`: make this machine able to build and test the project.
+//!
+//! Idempotent: every step checks first and does nothing when already done, so
+//! a second run takes a few seconds.
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd;
+
+/// Debian packages the project needs, by purpose.
+const DEBIAN_PACKAGES: &[&str] = &[
+    // Network namespaces, veth pairs and TC qdiscs/filters (`ip`, `tc`).
+    "iproute2",
+    // `modprobe` for sch_ingress/cls_bpf/veth; kernel modules for the VM initramfs.
+    "kmod",
+    // Real clients for tests and benchmarks.
+    "curl",
+    "git",
+    "skopeo",
+    "podman",
+    // Real peers for tests and benchmarks: an OCI registry and an HTTP(S) server.
+    "docker-registry",
+    "nginx",
+    // VM runs: a static userland and `cpio` for the initramfs, QEMU (TCG) to boot it.
+    "busybox-static",
+    "cpio",
+    "qemu-system-x86",
+    // Reading JSON (registry APIs, gateway output) in scripts and demos.
+    "jq",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The nightly's LLVM major version; bpf-linker's cargo feature matches it.
+const LLVM_MAJOR: &str = "22";
+
+pub fn run() -> Result<()> {
+    debian_packages()?;
+    nightly()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn is_installed(package: &str) -> Result<bool> {
+    let out = cmd::output(cmd::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .context("checking Debian packages needs dpkg-query: this setup supports Debian 12")?;
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+fn debian_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for package in DEBIAN_PACKAGES {
+        if !is_installed(package)? {
+            missing.push(*package);
+        }
+    }
+    if missing.is_empty() {
+        println!("setup: debian packages ok");
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "missing Debian packages: {}; installing them needs root: run `cargo xtask setup` as root \
+             (or `apt-get install {}` as root)",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("setup: installing debian packages: {}", missing.join(" "));
+    cmd::run(cmd::new("apt-get").arg("update"))
+        .context("apt-get update failed: check the machine's apt sources and network")?;
+    cmd::run(
+        cmd::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .context("installing Debian packages failed: check the apt output above")?;
+    let still: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|p| !matches!(is_installed(p), Ok(true)))
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "apt-get finished but these packages are still not installed: {}",
+            still.join(" ")
+        );
+    }
+    println!("setup: debian packages installed");
+    Ok(())
+}
+
+fn nightly() -> Result<()> {
+    let version = cmd::stdout_of(cmd::new("rustup").args(["run", "nightly", "rustc", "--version"]))
+        .context(
+            "the nightly toolchain is missing or broken (`rustup run nightly rustc --version` failed); \
+             it builds the eBPF program and cannot be downloaded on this machine: check `rustup toolchain list`",
+        )?;
+    println!("setup: nightly toolchain ok ({})", version.trim());
+    Ok(())
+}
+
+fn has_rust_src(installed_components: &str) -> bool {
+    installed_components
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("rust-src"))
+}
+
+fn rust_src() -> Result<()> {
+    let installed = cmd::stdout_of(cmd::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("listing the nightly toolchain's components")?;
+    if has_rust_src(&installed) {
+        println!("setup: nightly rust-src ok");
+        return Ok(());
+    }
+    println!("setup: installing rust-src for nightly");
+    cmd::run(cmd::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("adding rust-src to the nightly toolchain failed: check rustup's output above")?;
+    Ok(())
+}
+
+/// Whether `bpf-linker --version` output names the wanted 0.13.x line.
+fn is_wanted_bpf_linker(version_output: &str) -> bool {
+    let line = BPF_LINKER_VERSION
+        .rsplit_once('.')
+        .map_or(BPF_LINKER_VERSION, |(l, _)| l);
+    version_output.split_whitespace().any(|w| {
+        w.strip_prefix(line)
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// The installed bpf-linker's version line, if it runs.
+fn bpf_linker_version() -> Option<String> {
+    let out = cmd::output(cmd::new("bpf-linker").arg("--version")).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The nightly's `libLLVM.so.<major>*` in `lib_dir`.
+fn find_libllvm(lib_dir: &Path) -> Result<PathBuf> {
+    let prefix = format!("libLLVM.so.{LLVM_MAJOR}");
+    let mut found: Vec<PathBuf> = fs::read_dir(lib_dir)
+        .with_context(|| {
+            format!(
+                "listing {} (the nightly's lib directory)",
+                lib_dir.display()
+            )
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found.into_iter().next().with_context(|| {
+        format!(
+            "no {prefix}* in {}: bpf-linker {BPF_LINKER_VERSION} needs the nightly's LLVM {LLVM_MAJOR}; \
+             check that `rustc +nightly --version --verbose` reports LLVM {LLVM_MAJOR}",
+            lib_dir.display()
+        )
+    })
+}
+
+/// Replaces whatever is at `link` with a symlink to `target`.
+fn force_symlink(target: &Path, link: &Path) -> Result<()> {
+    if fs::symlink_metadata(link).is_ok() {
+        fs::remove_file(link).with_context(|| format!("removing old {}", link.display()))?;
+    }
+    symlink(target, link)
+        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+}
+
+fn bpf_linker() -> Result<()> {
+    let current = bpf_linker_version();
+    if let Some(v) = current.as_deref().filter(|v| is_wanted_bpf_linker(v)) {
+        println!("setup: bpf-linker ok ({v})");
+        return Ok(());
+    }
+    let prefix = cmd::home_dir()?.join(".cache/margo-gateway/llvm");
+    let sysroot = cmd::stdout_of(cmd::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("finding the nightly's sysroot (`rustc +nightly --print sysroot`)")?;
+    let so = find_libllvm(&Path::new(sysroot.trim()).join("lib"))?;
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    force_symlink(&so, &lib.join("libLLVM.so"))?;
+    let name = so.file_name().context("libLLVM path has no file name")?;
+    force_symlink(&so, &lib.join(name))?;
+
+    match current {
+        Some(v) => println!("setup: replacing {v} with bpf-linker {BPF_LINKER_VERSION}"),
+        None => println!("setup: bpf-linker {BPF_LINKER_VERSION} not found"),
+    }
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {LLVM_MAJOR} \
+         ({}); this takes about 4 minutes",
+        so.display()
+    );
+    // --force: an installed but broken 0.13.0 (e.g. its libLLVM link gone) must be rebuilt.
+    cmd::run(
+        cmd::new("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+            .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")]),
+    )
+    .context("building bpf-linker failed: check the cargo output above (crates.io reachable? LLVM_PREFIX links valid?)")?;
+    match bpf_linker_version() {
+        Some(v) if is_wanted_bpf_linker(&v) => {
+            println!("setup: bpf-linker installed ({v})");
+            Ok(())
+        }
+        other => bail!(
+            "bpf-linker was built but `bpf-linker --version` gives {other:?}: check that {} is on PATH \
+             and that {} points at the nightly's libLLVM",
+            cmd::cargo_home()?.join("bin").display(),
+            lib.join("libLLVM.so").display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_linker_version_check() {
+        assert!(is_wanted_bpf_linker("bpf-linker 0.13.0"));
+        assert!(is_wanted_bpf_linker("bpf-linker 0.13.2\n"));
+        assert!(!is_wanted_bpf_linker("bpf-linker 0.9.13"));
+        assert!(!is_wanted_bpf_linker("bpf-linker 0.130.0"));
+        assert!(!is_wanted_bpf_linker("bpf-linker 1.13.0"));
+        assert!(!is_wanted_bpf_linker(""));
+    }
+
+    #[test]
+    fn rust_src_detection() {
+        let listed = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrustc-x86_64-unknown-linux-gnu\n";
+        assert!(has_rust_src(listed));
+        assert!(!has_rust_src(
+            "cargo-x86_64-unknown-linux-gnu\nrust-std-x86_64-unknown-linux-gnu\n"
+        ));
+    }
+
+    #[test]
+    fn finds_libllvm_and_links_it() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("xtask-setup-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        assert!(find_libllvm(&dir).is_err());
+        for name in [
+            "libLLVM-22-rust-1.97.0-nightly.so",
+            "librustc_driver-x.so",
+            "libLLVM.so.22.1-rust-1.97.0-nightly",
+        ] {
+            fs::write(dir.join(name), b"")?;
+        }
+        let so = find_libllvm(&dir)?;
+        assert_eq!(so, dir.join("libLLVM.so.22.1-rust-1.97.0-nightly"));
+        let link = dir.join("libLLVM.so");
+        force_symlink(Path::new("/nonexistent"), &link)?;
+        force_symlink(&so, &link)?; // replaces the dangling link
+        assert_eq!(fs::read_link(&link)?, so);
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn package_list_has_no_duplicates() {
+        let mut sorted = DEBIAN_PACKAGES.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), DEBIAN_PACKAGES.len());
+    }
+}
