@@ -6,6 +6,7 @@
 //! documented example lives in `config/gateway.yaml` at the repository root.
 
 mod host;
+mod sites;
 mod validate;
 
 use std::{
@@ -15,6 +16,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use sites::{Cache, Credentials, Site, SiteKind, Tls};
 pub use validate::ConfigError;
 
 /// The whole configuration file.
@@ -35,6 +37,13 @@ pub struct Config {
     pub state_dir: PathBuf,
     #[serde(default)]
     pub kernel: Kernel,
+    #[serde(default)]
+    pub tls: Tls,
+    /// Artifact hosts the gateway terminates TLS for and serves.
+    #[serde(default)]
+    pub sites: Vec<Site>,
+    #[serde(default)]
+    pub cache: Cache,
 }
 
 /// The device-facing side.
@@ -227,6 +236,14 @@ impl Config {
         let config: Config = serde_yaml::from_str(text).map_err(ConfigError::from_yaml)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configured site for a host name (case-insensitive), if any.
+    pub fn site(&self, host: &str) -> Option<&Site> {
+        let host = host.trim_end_matches('.');
+        self.sites
+            .iter()
+            .find(|s| s.host.eq_ignore_ascii_case(host))
     }
 
     /// The manager's addresses, parsed (validation guarantees they parse).

@@ -76,6 +76,12 @@ fn example_config_shows_every_default() {
         minimal.kernel.drop_flush_secs
     );
     assert_eq!(example.kernel.attach, minimal.kernel.attach);
+    assert_eq!(example.tls.ca_dir, minimal.tls.ca_dir);
+    assert_eq!(example.tls.leaf_validity, minimal.tls.leaf_validity);
+    assert_eq!(example.tls.leaf_cache, minimal.tls.leaf_cache);
+    assert_eq!(example.cache.dir, minimal.cache.dir);
+    assert_eq!(example.cache.max_size, minimal.cache.max_size);
+    assert_eq!(example.cache.tag_ttl, minimal.cache.tag_ttl);
 }
 
 #[test]
@@ -168,4 +174,49 @@ fn missing_interface_is_a_host_error() {
         e.contains("devices.interfaces[1]") && e.contains("nosuchif0"),
         "{e}"
     );
+}
+
+#[test]
+fn sites_tls_and_cache() {
+    let text = format!(
+        "{MINIMAL}sites:\n  - host: Registry.Example.Test\n    kind: oci\n    credentials:\n      username: puller\n      password_env: REG_PASS\ncache:\n  max_size: 512MiB\n  tag_ttl: 30s\n"
+    );
+    let c = Config::parse(&text).expect("config");
+    assert_eq!(c.cache.max_size, 512 * 1024 * 1024);
+    assert_eq!(c.cache.tag_ttl, std::time::Duration::from_secs(30));
+    let site = c
+        .site("registry.example.test.")
+        .expect("case-insensitive lookup");
+    assert_eq!(site.upstream_url(), "https://Registry.Example.Test");
+    assert!(c.site("other.example.test").is_none());
+    assert_eq!(c.tls.ca_dir, PathBuf::from("/var/lib/gateway/ca"));
+}
+
+#[test]
+fn bad_sites_are_named() {
+    let site = |extra: &str| {
+        format!("{MINIMAL}sites:\n  - host: reg.example.test\n    kind: oci\n{extra}")
+    };
+    let e = err(&site("    upstream: ftp://x\n"));
+    assert!(e.contains("sites[0].upstream"), "{e}");
+    let e = err(&site("    credentials:\n      username: u\n"));
+    assert!(e.contains("sites[0].credentials"), "{e}");
+    let e = err(&site(
+        "    credentials:\n      username: u\n      password: hunter2\n",
+    ));
+    assert!(e.contains("password"), "{e}");
+    let e = err(&site("    kind2: oci\n"));
+    assert!(e.contains("kind2"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}sites:\n  - host: wfm.site.example\n    kind: oci\n"
+    ));
+    assert!(e.contains("sites[0].host") && e.contains("manager"), "{e}");
+    let e = err(&format!("{MINIMAL}cache:\n  max_size: lots\n"));
+    assert!(e.contains("max_size") || e.contains("lots"), "{e}");
+    let e = err(&format!("{MINIMAL}cache:\n  tag_ttl: soon\n"));
+    assert!(e.contains("soon"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}sites:\n  - host: a.test\n    kind: git\n"
+    ));
+    assert!(e.contains("git"), "{e}");
 }

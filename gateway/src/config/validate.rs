@@ -48,7 +48,100 @@ impl Config {
         self.validate_manager()?;
         self.validate_ports()?;
         self.validate_paths()?;
-        self.validate_kernel()
+        self.validate_kernel()?;
+        self.validate_sites()
+    }
+
+    fn validate_sites(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            let key = format!("sites[{i}]");
+            if !is_dns_name(&site.host) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.host"),
+                    format!("`{}` is not a DNS name", site.host),
+                ));
+            }
+            if site.host.eq_ignore_ascii_case(&self.manager.name) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.host"),
+                    "is the manager's name: the manager is passed through, never terminated",
+                ));
+            }
+            if !seen.insert(site.host.to_ascii_lowercase()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.host"),
+                    format!("`{}` is listed twice", site.host),
+                ));
+            }
+            let url = site.upstream_url();
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            let authority = rest.map(|r| r.split('/').next().unwrap_or(""));
+            if authority.is_none_or(|a| a.is_empty() || a.contains('@')) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.upstream"),
+                    format!("`{url}` is not an http(s) URL like https://registry.example.com"),
+                ));
+            }
+            if let Some(ca) = &site.ca_file
+                && !ca.is_absolute()
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.ca_file"),
+                    "must be an absolute path",
+                ));
+            }
+            if let Some(c) = &site.credentials {
+                let key = format!("{key}.credentials");
+                match (&c.password_file, &c.password_env) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            "give password_file or password_env, not both",
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            "needs password_file or password_env (the password is never written in the config)",
+                        ));
+                    }
+                    (Some(p), None) if !p.is_absolute() => {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.password_file"),
+                            "must be an absolute path",
+                        ));
+                    }
+                    _ => {}
+                }
+                if c.username.is_empty() {
+                    return Err(ConfigError::invalid(format!("{key}.username"), "is empty"));
+                }
+            }
+        }
+        for (key, path) in [
+            ("tls.ca_dir", &self.tls.ca_dir),
+            ("cache.dir", &self.cache.dir),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{}` must be an absolute path", path.display()),
+                ));
+            }
+        }
+        if self.tls.leaf_cache == 0 {
+            return Err(ConfigError::invalid("tls.leaf_cache", "must be at least 1"));
+        }
+        if self.tls.leaf_validity < std::time::Duration::from_secs(600) {
+            return Err(ConfigError::invalid(
+                "tls.leaf_validity",
+                "must be at least 10m (leaves are re-minted before they expire)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_devices(&self) -> Result<(), ConfigError> {
