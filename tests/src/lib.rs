@@ -1,1 +1,37 @@
+//! Harness for the root-only integration tests and the demo.
+//!
+//! A [`Site`] is a world of three network namespaces (device, gateway,
+//! upstream) joined by veth pairs, with servers in the upstream namespace; a
+//! [`Gateway`] is the daemon under test running inside the gateway namespace.
+//! Everything is created inside namespaces whose names carry a prefix unique
+//! to this process and site, and removed by `Drop` (also on panic): the root
+//! namespace's interfaces, routes, rules and firewall are never touched.
+//!
+//! The kernel is inspected through [`kernel`] with iproute2 and raw BPF
+//! queries, never through the gateway's own code, so a bug there cannot hide
+//! itself from the tests.
 
+pub mod audit;
+pub mod config;
+pub mod device;
+pub mod gateway;
+pub mod kernel;
+pub mod netns;
+pub mod servers;
+pub mod site;
+pub mod tls;
+
+pub use audit::{is_rfc3339, records_with_event};
+pub use config::GatewayConfig;
+pub use gateway::Gateway;
+pub use netns::{in_ns, spawn_in_ns};
+pub use site::Site;
+
+/// Fails loudly unless running as root: a silent pass of a test that never
+/// touched the kernel would be a defect (the xtask runner never runs these
+/// tests as non-root).
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test needs root (CAP_NET_ADMIN, CAP_BPF): run `cargo xtask test` as root");
+    }
+}

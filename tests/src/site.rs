@@ -1,0 +1,406 @@
+//! A site: device, gateway and upstream namespaces joined by veth pairs.
+//!
+//! ```text
+//!  {P}-dev                 {P}-gw                          {P}-up
+//!  {P}d0 10.77.1.2  ───  {P}g0 10.77.1.1                  (manager, services)
+//!        fd77:1::2         fd77:1::1
+//!                          {P}g1 10.77.2.1  ─────────  {P}u0 10.77.2.2
+//!                                fd77:2::1                   fd77:2::2
+//!                                                      lo    10.77.9.9/32
+//! ```
+//!
+//! The gateway namespace has no default route and forwarding stays off, so a
+//! packet the gateway fails to catch dies there. Veths are created directly
+//! inside the namespaces: nothing ever appears in the root namespace.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tempfile::TempDir;
+
+use crate::{
+    netns::{in_ns, ip, ip_in, ip_json, ns_path},
+    servers::Servers,
+};
+
+/// The site's addresses. Every test sends traffic only to these.
+pub mod addr {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub const DEV_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
+    pub const DEV_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 2);
+    pub const GW_DEV_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+    pub const GW_DEV_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 1);
+    pub const GW_UP_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
+    pub const GW_UP_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 1);
+    /// The upstream host: manager and plain services.
+    pub const UP_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
+    pub const UP_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 2);
+    /// Exists (on the upstream host's lo) but the gateway has no route to it.
+    pub const UNROUTED_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 9);
+
+    /// The manager's TCP port (TLS, passed through).
+    pub const MANAGER_PORT: u16 = 443;
+    /// Plain TCP services that answer `open\n`: reachable only by a bypass.
+    pub const SERVICE_PORTS: [u16; 2] = [8080, 22];
+    /// UDP echo on the upstream host.
+    pub const UDP_ECHO_PORT: u16 = 5353;
+}
+
+/// Per-process counter that makes each site's prefix unique.
+static NEXT_SITE: AtomicU32 = AtomicU32::new(0);
+
+/// A site's network world; dropping it removes everything it created.
+///
+/// Field order is drop order: servers (threads inside the namespaces) end
+/// first, so that nothing holds the namespaces alive when they are deleted.
+pub struct Site {
+    /// Upstream servers and their counters.
+    pub servers: Servers,
+    namespaces: Vec<NetnsGuard>,
+    bpffs: BpffsGuard,
+    tmp: TempDir,
+    /// `mg` + 6 hex digits, unique per process and site.
+    pub prefix: String,
+    pub dev_ns: String,
+    pub gw_ns: String,
+    pub up_ns: String,
+    /// Device side of the device link.
+    pub dev_if: String,
+    /// Gateway side of the device link: the interface the gateway guards.
+    pub gw_dev_if: String,
+    /// Gateway side of the upstream link.
+    pub gw_up_if: String,
+    /// Upstream side of the upstream link.
+    pub up_if: String,
+    /// The site's own bpffs instance; gateways pin under it.
+    pub bpffs_dir: PathBuf,
+}
+
+impl Site {
+    /// Builds a fresh topology named after `name` (used only in messages)
+    /// and starts the upstream servers.
+    pub fn new(name: &str) -> Result<Self> {
+        let prefix = unique_prefix()?;
+        let run_dir = PathBuf::from("/run").join(&prefix);
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-{name}-"))
+            .tempdir()
+            .context("creating the site's temp dir")?;
+        let bpffs = BpffsGuard::mount(run_dir)?;
+
+        let dev_ns = format!("{prefix}-dev");
+        let gw_ns = format!("{prefix}-gw");
+        let up_ns = format!("{prefix}-up");
+        let mut namespaces = Vec::new();
+        for ns in [&dev_ns, &gw_ns, &up_ns] {
+            namespaces.push(NetnsGuard::add(ns)?);
+        }
+        let bpffs_dir = bpffs.mount_point.clone();
+        let mut site = Site {
+            servers: Servers::default(),
+            namespaces,
+            bpffs,
+            tmp,
+            dev_if: format!("{prefix}d0"),
+            gw_dev_if: format!("{prefix}g0"),
+            gw_up_if: format!("{prefix}g1"),
+            up_if: format!("{prefix}u0"),
+            prefix,
+            dev_ns,
+            gw_ns,
+            up_ns,
+            bpffs_dir,
+        };
+        site.build_links()
+            .with_context(|| format!("building site {name} ({})", site.prefix))?;
+        site.servers = Servers::start(&site.up_ns)?;
+        Ok(site)
+    }
+
+    fn build_links(&self) -> Result<()> {
+        // No duplicate address detection: addresses are usable at once, and
+        // the link-local ones used by neighbour discovery never sit tentative.
+        for ns in [&self.dev_ns, &self.gw_ns, &self.up_ns] {
+            in_ns(ns, || -> Result<()> {
+                for conf in ["all", "default"] {
+                    let path = format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad");
+                    std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
+                }
+                Ok(())
+            })??;
+        }
+        // Both ends are created inside their namespaces in one netlink call.
+        ip(&[
+            "link",
+            "add",
+            &self.dev_if,
+            "netns",
+            &self.dev_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.gw_dev_if,
+            "netns",
+            &self.gw_ns,
+        ])?;
+        ip(&[
+            "link",
+            "add",
+            &self.gw_up_if,
+            "netns",
+            &self.gw_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.up_if,
+            "netns",
+            &self.up_ns,
+        ])?;
+
+        let plan: [(&str, &str, &str, &str); 4] = [
+            (&self.dev_ns, &self.dev_if, "10.77.1.2/24", "fd77:1::2/64"),
+            (&self.gw_ns, &self.gw_dev_if, "10.77.1.1/24", "fd77:1::1/64"),
+            (&self.gw_ns, &self.gw_up_if, "10.77.2.1/24", "fd77:2::1/64"),
+            (&self.up_ns, &self.up_if, "10.77.2.2/24", "fd77:2::2/64"),
+        ];
+        for (ns, dev, v4, v6) in plan {
+            ip_in(ns, &["addr", "add", v4, "dev", dev])?;
+            ip_in(ns, &["addr", "add", v6, "dev", dev, "nodad"])?;
+            ip_in(ns, &["link", "set", dev, "up"])?;
+        }
+        for ns in [&self.dev_ns, &self.gw_ns, &self.up_ns] {
+            ip_in(ns, &["link", "set", "lo", "up"])?;
+        }
+        ip_in(&self.up_ns, &["addr", "add", "10.77.9.9/32", "dev", "lo"])?;
+        for (ns, dev) in plan.iter().map(|(ns, dev, _, _)| (*ns, *dev)) {
+            wait_link_ready(ns, dev)?;
+        }
+        // Only the device has default routes; the gateway must have none.
+        ip_in(
+            &self.dev_ns,
+            &["route", "add", "default", "via", "10.77.1.1"],
+        )?;
+        ip_in(
+            &self.dev_ns,
+            &["-6", "route", "add", "default", "via", "fd77:1::1"],
+        )?;
+        Ok(())
+    }
+
+    /// Where gateways of this site pin their maps and programs
+    /// (`kernel.pin_path`).
+    pub fn pin_path(&self) -> PathBuf {
+        self.bpffs_dir.join("gw")
+    }
+
+    /// The site's scratch directory (configs, audit logs, state).
+    pub fn tmp_dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The manager's addresses, as the gateway's config lists them.
+    pub fn manager_addrs(&self) -> [SocketAddr; 2] {
+        [
+            SocketAddr::new(IpAddr::V4(addr::UP_V4), addr::MANAGER_PORT),
+            SocketAddr::new(IpAddr::V6(addr::UP_V6), addr::MANAGER_PORT),
+        ]
+    }
+
+    /// Makes sure the device has resolved the gateway's link-layer address,
+    /// so that a burst of packets is not cut short by the neighbour queue
+    /// (which holds only a few packets while resolution is pending).
+    pub fn warm_neighbors(&self) -> Result<()> {
+        let targets = [IpAddr::V4(addr::GW_DEV_V4), IpAddr::V6(addr::GW_DEV_V6)];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut missing = Vec::new();
+            for target in targets {
+                if !self.device_knows_neighbor(target)? {
+                    missing.push(target);
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("device never resolved neighbours {missing:?}");
+            }
+            // A TCP SYN to the gateway's own address on a port that is not
+            // intercepted: it triggers resolution, is dropped (or refused
+            // without a gateway) and reaches no upstream server.
+            in_ns(&self.dev_ns, || {
+                for target in &missing {
+                    let _ = std::net::TcpStream::connect_timeout(
+                        &SocketAddr::new(*target, 9),
+                        Duration::from_millis(200),
+                    );
+                }
+            })?;
+        }
+    }
+
+    fn device_knows_neighbor(&self, target: IpAddr) -> Result<bool> {
+        let fam = if target.is_ipv4() { "-4" } else { "-6" };
+        let text = ip_in(
+            &self.dev_ns,
+            &[
+                fam,
+                "neigh",
+                "show",
+                &target.to_string(),
+                "dev",
+                &self.dev_if,
+            ],
+        )?;
+        Ok(text.contains("lladdr"))
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        // Order matters: threads inside the namespaces hold them alive, and
+        // the bpffs goes last so that pins outlive any program still in use.
+        self.servers.stop();
+        self.namespaces.clear();
+        self.bpffs.release();
+    }
+}
+
+/// Picks `mg` + 6 hex digits from the pid and a counter, skipping any
+/// prefix whose namespaces or run dir already exist (another process's).
+fn unique_prefix() -> Result<String> {
+    let pid = std::process::id();
+    for _ in 0..64 {
+        let n = NEXT_SITE.fetch_add(1, Ordering::Relaxed);
+        let mixed = (pid.wrapping_mul(0x9E37_79B9) ^ n.wrapping_mul(0x85EB_CA6B)) & 0x00FF_FFFF;
+        let prefix = format!("mg{mixed:06x}");
+        let taken = ["dev", "gw", "up"]
+            .iter()
+            .any(|s| ns_path(&format!("{prefix}-{s}")).exists())
+            || Path::new("/run").join(&prefix).exists();
+        if !taken {
+            return Ok(prefix);
+        }
+    }
+    bail!("no free site prefix after 64 tries")
+}
+
+/// Waits until `dev` is up with carrier and none of its addresses is
+/// tentative.
+fn wait_link_ready(ns: &str, dev: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let link = ip_json(ns, &["link", "show", "dev", dev])?;
+        let addrs = ip_json(ns, &["addr", "show", "dev", dev])?;
+        let up = link[0]["operstate"] == "UP";
+        let tentative = addrs[0]["addr_info"]
+            .as_array()
+            .map(|infos| infos.iter().any(|a| a["tentative"].as_bool() == Some(true)))
+            .unwrap_or(true);
+        if up && !tentative {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{dev} in {ns} not ready: link {link} addrs {addrs}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A network namespace this harness created; deleted on drop (which also
+/// destroys the veth ends inside it, and with them their peers).
+struct NetnsGuard {
+    name: String,
+}
+
+impl NetnsGuard {
+    fn add(name: &str) -> Result<Self> {
+        ip(&["netns", "add", name])?;
+        Ok(Self {
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("warning: deleting network namespace {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// A bpffs instance mounted at `/run/{P}/bpf`. A fresh instance per site
+/// keeps pins from colliding between sites, and it lives in this process's
+/// mount namespace, so it survives a gateway killed inside `ip netns exec`
+/// (whose private sysfs would hide `/sys/fs/bpf`).
+struct BpffsGuard {
+    run_dir: PathBuf,
+    mount_point: PathBuf,
+    mounted: bool,
+}
+
+impl BpffsGuard {
+    fn mount(run_dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let mut guard = Self {
+            mount_point: run_dir.join("bpf"),
+            run_dir,
+            mounted: false,
+        };
+        std::fs::create_dir(&guard.mount_point)
+            .with_context(|| format!("creating {}", guard.mount_point.display()))?;
+        nix::mount::mount(
+            Some("bpf"),
+            &guard.mount_point,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting bpffs at {}", guard.mount_point.display()))?;
+        guard.mounted = true;
+        Ok(guard)
+    }
+}
+
+impl BpffsGuard {
+    fn release(&mut self) {
+        if self.mounted {
+            // Unmounting the last mount of the instance releases its pins
+            // (and with them any program a killed gateway left behind).
+            if let Err(e) = nix::mount::umount2(&self.mount_point, nix::mount::MntFlags::MNT_DETACH)
+            {
+                eprintln!("warning: unmounting {}: {e}", self.mount_point.display());
+                return; // never remove files through a live mount
+            }
+            self.mounted = false;
+        }
+        // remove_dir, not remove_dir_all: only the empty dirs we made.
+        let _ = std::fs::remove_dir(&self.mount_point);
+        let _ = std::fs::remove_dir(&self.run_dir);
+    }
+}
+
+impl Drop for BpffsGuard {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Socket address helpers for the site's fixed addresses.
+pub fn v4(a: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(a), port)
+}
+
+pub fn v6(a: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(a), port)
+}

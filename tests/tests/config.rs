@@ -1,0 +1,66 @@
+//! Config errors with root: the gateway refuses to start (exit 64, the
+//! message names the key) and leaves nothing attached or pinned.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::time::Duration;
+
+use gateway_tests::{Gateway, GatewayConfig, Site, kernel, require_root};
+
+#[test]
+fn the_default_test_config_is_valid() {
+    require_root();
+    let site = Site::new("config-ok").unwrap();
+    let gw = Gateway::prepare(&site, GatewayConfig::for_site(&site)).unwrap();
+    let config = gw.config_path().to_string_lossy().into_owned();
+    let out = gw
+        .command(&["check-config", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check-config rejected the harness's config ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        GatewayConfig::for_site(&site).to_yaml()
+    );
+}
+
+#[test]
+fn an_unknown_interface_exits_64_and_attaches_nothing() {
+    require_root();
+    let site = Site::new("config-iface").unwrap();
+    // Unique to this site, so it exists nowhere.
+    let missing = format!("{}zz", site.prefix);
+    let mut config = GatewayConfig::for_site(&site);
+    config.interfaces = vec![site.gw_dev_if.clone(), missing.clone()];
+    let (status, stderr) = Gateway::run_to_exit(&site, config, Duration::from_secs(20)).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(64),
+        "exit status {status}; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("devices.interfaces"),
+        "stderr does not name the key:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&missing),
+        "stderr does not name {missing}:\n{stderr}"
+    );
+    let attached = kernel::attached(&site, &site.gw_dev_if).unwrap();
+    assert!(
+        attached.is_empty(),
+        "attached despite the config error: {attached:?}"
+    );
+    let pins = kernel::files_under(&site.pin_path()).unwrap();
+    assert!(pins.is_empty(), "pinned despite the config error: {pins:?}");
+    let rules = kernel::fwmark_rules(&site).unwrap();
+    assert!(
+        rules.is_empty(),
+        "rules installed despite the config error: {rules:?}"
+    );
+}

@@ -1,0 +1,153 @@
+//! The daemon's lifecycle: killed, it fails closed (pinned programs keep
+//! dropping) and a restart adopts what it left; stopped cleanly, it leaves
+//! nothing behind in the kernel.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::time::Duration;
+
+use gateway_tests::{
+    Gateway, Site,
+    config::DEFAULT_ROUTE_TABLE,
+    device,
+    kernel::{self, Attached},
+    require_root,
+    site::{addr, v4},
+};
+
+fn attached(gw: &Gateway) -> Vec<Attached> {
+    let site = gw.site();
+    gw.must(kernel::attached(site, &site.gw_dev_if))
+}
+
+#[test]
+fn sigkill_fails_closed_and_restart_adopts_the_pinned_program() {
+    require_root();
+    let site = Site::new("fail-closed").unwrap();
+    let mut gw = Gateway::start_default(&site).unwrap();
+    let manager = v4(addr::UP_V4, addr::MANAGER_PORT);
+    gw.must(device::manager_echo(&site, manager, 4096));
+    let before = attached(&gw);
+    assert_eq!(
+        before.len(),
+        1,
+        "expected one program on {}: {before:?}",
+        site.gw_dev_if
+    );
+
+    let killed = gw.sigkill();
+    gw.must(killed);
+
+    // Fail closed: nothing gets through while the daemon is down.
+    gw.must(site.warm_neighbors());
+    gw.must(device::expect_connect_timeout(&site, manager));
+    gw.must(device::expect_connect_timeout(&site, v4(addr::UP_V4, 8080)));
+    assert_eq!(
+        site.servers.manager.get(),
+        1,
+        "the manager was reached with the daemon down"
+    );
+    assert_eq!(site.servers.service_8080.get(), 0);
+    let pins = kernel::files_under(&site.pin_path()).unwrap();
+    assert!(
+        !pins.is_empty(),
+        "no pins left in {} after SIGKILL",
+        site.pin_path().display()
+    );
+    let while_down = attached(&gw);
+    assert_eq!(
+        while_down, before,
+        "the attachment changed while the daemon was down"
+    );
+
+    let restarted = gw.restart();
+    gw.must(restarted);
+    gw.must(device::manager_echo(&site, manager, 4096));
+    assert_eq!(site.servers.manager.get(), 2);
+    let after = attached(&gw);
+    assert_eq!(
+        after.len(),
+        1,
+        "expected exactly one program after restart: {after:?}"
+    );
+    if before[0].via == "tcx" {
+        assert_eq!(
+            after[0].id, before[0].id,
+            "restart replaced the pinned program instead of adopting it"
+        );
+    }
+}
+
+#[test]
+fn sigterm_removes_everything() {
+    require_root();
+    let site = Site::new("clean-stop").unwrap();
+    let mut gw = Gateway::start_default(&site).unwrap();
+    gw.must(device::manager_echo(
+        &site,
+        v4(addr::UP_V4, addr::MANAGER_PORT),
+        1024,
+    ));
+    let programs = attached(&gw);
+    assert!(
+        !programs.is_empty(),
+        "nothing attached on {}",
+        site.gw_dev_if
+    );
+    // What the daemon installs, seen before the stop so that the checks
+    // after it are not vacuous.
+    assert!(
+        !gw.must(kernel::fwmark_rules(&site)).is_empty(),
+        "no fwmark rule while running"
+    );
+    assert!(
+        !gw.must(kernel::table_routes(&site, DEFAULT_ROUTE_TABLE))
+            .is_empty(),
+        "table {DEFAULT_ROUTE_TABLE} empty while running"
+    );
+    assert!(
+        !kernel::files_under(&site.pin_path()).unwrap().is_empty(),
+        "no pins while running"
+    );
+
+    let stopped = gw.sigterm(Duration::from_secs(10));
+    let status = gw.must(stopped);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\n{}",
+        gw.stderr_tail(30)
+    );
+
+    let left = attached(&gw);
+    assert!(left.is_empty(), "still attached after SIGTERM: {left:?}");
+    let filters = kernel::tc_filter_lines(&site, &site.gw_dev_if).unwrap();
+    assert!(filters.is_empty(), "tc filters left: {filters:?}");
+    let pins = kernel::files_under(&site.pin_path()).unwrap();
+    assert!(pins.is_empty(), "pins left: {pins:?}");
+    let rules = kernel::fwmark_rules(&site).unwrap();
+    assert!(rules.is_empty(), "fwmark rules left: {rules:?}");
+    let routes = kernel::table_routes(&site, DEFAULT_ROUTE_TABLE).unwrap();
+    assert!(
+        routes.is_empty(),
+        "routes left in table {DEFAULT_ROUTE_TABLE}: {routes:?}"
+    );
+    for p in &programs {
+        assert!(
+            kernel::wait_prog_gone(p.id, Duration::from_secs(5)).unwrap(),
+            "program {} ({}) still loaded",
+            p.id,
+            p.name
+        );
+    }
+    let stops = gw
+        .audit()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"] == "gateway.stop")
+        .count();
+    assert_eq!(stops, 1, "expected one gateway.stop record");
+}

@@ -1,0 +1,120 @@
+//! The proxy path: flows to the manager pass through byte for byte; other
+//! intercepted flows are accepted by the gateway's own listener, keep their
+//! original destination, and are denied without reaching anything upstream.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::{io::Write, net::SocketAddr, time::Duration};
+
+use gateway_tests::{
+    Gateway, Site, audit, device, is_rfc3339, require_root,
+    site::{addr, v4, v6},
+    tls,
+};
+
+const ECHO_LEN: usize = 64 * 1024;
+const AUDIT_WAIT: Duration = Duration::from_secs(10);
+
+fn passthrough(name: &str, dst: SocketAddr) {
+    require_root();
+    let site = Site::new(name).unwrap();
+    let gw = Gateway::start_default(&site).unwrap();
+
+    let echo = gw.must(device::manager_echo(&site, dst, ECHO_LEN));
+    assert_eq!(
+        site.servers.manager.get(),
+        1,
+        "the manager saw {} connections",
+        site.servers.manager.get()
+    );
+
+    let rec = gw.must(gw.wait_audit(
+        |r| audit::is_flow(r, "flow.passthrough", echo.device, dst),
+        AUDIT_WAIT,
+    ));
+    assert_eq!(rec["proto"], "tcp", "{rec}");
+    assert_eq!(rec["device"], echo.device.to_string(), "{rec}");
+    assert_eq!(rec["dst"], dst.to_string(), "{rec}");
+    let up = rec["bytes_up"].as_u64().unwrap_or(0);
+    let down = rec["bytes_down"].as_u64().unwrap_or(0);
+    assert!(up >= ECHO_LEN as u64, "bytes_up {up} < {ECHO_LEN}: {rec}");
+    assert!(
+        down >= ECHO_LEN as u64 + 8,
+        "bytes_down {down} < {}: {rec}",
+        ECHO_LEN + 8
+    );
+    assert!(rec["duration_ms"].is_u64(), "duration_ms missing: {rec}");
+    assert!(
+        rec["ts"].as_str().is_some_and(is_rfc3339),
+        "ts not RFC 3339: {rec}"
+    );
+}
+
+#[test]
+fn passthrough_to_manager_v4() {
+    passthrough("pass-v4", v4(addr::UP_V4, addr::MANAGER_PORT));
+}
+
+#[test]
+fn passthrough_to_manager_v6() {
+    passthrough("pass-v6", v6(addr::UP_V6, addr::MANAGER_PORT));
+}
+
+/// What a device sends first: a ClientHello naming the manager on 443 (a
+/// device trying to steer passthrough elsewhere), an HTTP request on 80.
+fn first_bytes(dst: SocketAddr) -> Vec<u8> {
+    if dst.port() == 443 {
+        tls::client_hello("wfm.site.example")
+    } else {
+        b"GET / HTTP/1.1\r\nHost: wfm.site.example\r\n\r\n".to_vec()
+    }
+}
+
+#[test]
+fn intercepted_flows_keep_their_original_destination_and_are_denied() {
+    require_root();
+    let site = Site::new("intercept").unwrap();
+    let gw = Gateway::start_default(&site).unwrap();
+    let targets = [
+        v4(addr::UP_V4, 80),
+        // Exists upstream, no route from the gateway, and the manager's SNI:
+        // it must not be tunnelled to the manager.
+        v4(addr::UNROUTED_V4, 443),
+        v6(addr::UP_V6, 80),
+    ];
+    for dst in targets {
+        // The handshake completes: the gateway's transparent listener took it.
+        let mut stream = gw.must(device::connect_ok(&site, dst));
+        let device_addr = stream.local_addr().unwrap();
+        // The gateway may already have closed: a failed write is fine.
+        let _ = stream.write_all(&first_bytes(dst));
+        let got = gw.must(device::read_until_closed(
+            &mut stream,
+            Duration::from_secs(5),
+        ));
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            !text.contains("manager\n") && !text.contains("open\n"),
+            "{dst}: the device got an upstream server's answer: {text:?}"
+        );
+        let rec = gw.must(gw.wait_audit(
+            |r| audit::is_flow(r, "flow.denied", device_addr, dst),
+            AUDIT_WAIT,
+        ));
+        assert_eq!(rec["dst"], dst.to_string(), "{rec}");
+        assert_eq!(rec["proto"], "tcp", "{rec}");
+    }
+    assert_eq!(
+        site.servers.tcp_accepts(),
+        0,
+        "an intercepted flow reached an upstream server"
+    );
+    let assigned = gw.must(gw.counter("assign_listener"));
+    assert!(
+        assigned >= targets.len() as u64,
+        "assign_listener = {assigned}"
+    );
+}
