@@ -21,13 +21,20 @@ use crate::{
     config::Config,
     ebpf::{KernelPath, events, routing::Routing},
     policy::Policy,
-    proxy::{self, Proxy},
+    proxy::{self, Proxy, http::HttpContext},
 };
+
+/// Time a device has to send its ClientHello or request line.
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let (audit, audit_writer) = Audit::open(&config.audit.path).await?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    // Everything that can fail on the config's content before the kernel
+    // is touched: the CA, the cache, the upstream clients.
+    let serving = crate::sites::build(&config).await?;
 
     // Listeners first: the moment the program is attached, redirected
     // SYNs find a socket.
@@ -76,8 +83,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         policy: Policy::new(&config),
         audit: audit.clone(),
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
+        inspect_timeout: INSPECT_TIMEOUT,
+        tls: serving.tls,
+        http: Arc::new(HttpContext {
+            sites: Arc::new(serving.sites),
+            audit: audit.clone(),
+        }),
     });
-    let serve_task = tokio::spawn(proxy::serve(proxy, listeners, stop_rx));
+    let serve_task = tokio::spawn(proxy::serve(proxy, listeners, stop_rx.clone()));
+    let control_task = serving.content.map(|content| {
+        let control = Arc::new(crate::control::server::Control {
+            cache: content.cache,
+            oci: content.oci,
+        });
+        let state_dir = config.state_dir.clone();
+        let task_control = control.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = crate::control::server::serve(task_control, &state_dir, stop_rx).await {
+                tracing::error!(error = %e, "control socket failed; `gateway cache` commands will not reach this daemon");
+            }
+        });
+        (control, task)
+    });
 
     tracing::info!(adopted, interfaces = ?interfaces, "gateway ready");
     audit
@@ -98,6 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = serve_task.await;
+    let control = match control_task {
+        Some((control, task)) => {
+            let _ = task.await;
+            Some(control)
+        }
+        None => None,
+    };
     if let Some(t) = events_task {
         let _ = t.await;
     }
@@ -121,5 +155,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     drop(audit);
     audit_writer.close().await;
+    if let Some(control) = control.and_then(|c| Arc::try_unwrap(c).ok())
+        && let Err(e) = control.cache.close().await
+    {
+        tracing::error!(error = %e, "closing the cache");
+    }
     result
 }

@@ -2,9 +2,16 @@
 //! on the device-facing interfaces. See the README for the data path.
 
 pub mod audit;
+pub mod cache;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod ebpf;
 pub mod policy;
 pub mod proxy;
+pub mod registry;
+pub mod sites;
 pub mod status;
+pub mod tls;
+pub mod upstream;

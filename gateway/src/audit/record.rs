@@ -23,6 +23,9 @@ pub enum Event {
     /// Packets dropped in the kernel, summed per flow.
     #[serde(rename = "flow.dropped")]
     FlowDropped,
+    /// One HTTP request served on a terminated connection.
+    #[serde(rename = "request")]
+    Request,
 }
 
 /// One audit line. Absent fields are omitted from the JSON.
@@ -55,6 +58,24 @@ pub struct Record {
     pub bytes_down: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// Requests: the site host (SNI and Host), method, path, status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Requests: body bytes sent to the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Requests: `hit`, `miss`, `stale`, `revalidated` or `bypass`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
+    /// Requests: milliseconds spent waiting on upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<u64>,
     /// Who was at fault when a flow ended in error: `device`, `upstream`
     /// or `internal`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,6 +106,13 @@ impl Record {
             bytes_up: None,
             bytes_down: None,
             duration_ms: None,
+            host: None,
+            method: None,
+            path: None,
+            status: None,
+            bytes: None,
+            cache: None,
+            upstream_ms: None,
             fault: None,
             detail: None,
         }

@@ -13,16 +13,25 @@ use crate::config::Config;
 pub enum Decision {
     /// Splice bytes to this configured manager address.
     Passthrough { upstream: SocketAddr },
+    /// Read the first bytes (ClientHello or HTTP request) and decide by
+    /// name.
+    Inspect,
     /// Close and audit.
     Deny { reason: &'static str },
 }
 
 /// Why a connection was denied: its destination matches no rule.
 pub const DENY_NO_RULE: &str = "no_rule_for_destination";
+/// A ClientHello without a server name: nothing to match a site on.
+pub const DENY_NO_SNI: &str = "no_sni";
+/// A ClientHello for a name that is not a configured site.
+pub const DENY_SNI_NOT_ALLOWED: &str = "sni_not_allowed";
 
 #[derive(Clone, Debug)]
 pub struct Policy {
     managers: Vec<SocketAddr>,
+    /// Lowercase site host names.
+    sites: Vec<String>,
 }
 
 impl Policy {
@@ -33,6 +42,26 @@ impl Policy {
                 .into_iter()
                 .map(canonical)
                 .collect(),
+            sites: config
+                .sites
+                .iter()
+                .map(|s| s.host.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Decides on a TLS connection by its server name: the configured site
+    /// host it names, or the reason to refuse it. No certificate is minted
+    /// for a refused name.
+    pub fn decide_sni(&self, sni: Option<&str>) -> Result<String, &'static str> {
+        let Some(name) = sni else {
+            return Err(DENY_NO_SNI);
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if self.sites.contains(&name) {
+            Ok(name)
+        } else {
+            Err(DENY_SNI_NOT_ALLOWED)
         }
     }
 
@@ -43,9 +72,10 @@ impl Policy {
             // The configured value, not the device's: equal here, but the
             // address connected to is always one read from the config.
             Some(m) => Decision::Passthrough { upstream: *m },
-            None => Decision::Deny {
+            None if self.sites.is_empty() => Decision::Deny {
                 reason: DENY_NO_RULE,
             },
+            None => Decision::Inspect,
         }
     }
 }
@@ -93,6 +123,35 @@ mod tests {
                 upstream: addr("10.0.0.5:443")
             }
         );
+    }
+
+    #[test]
+    fn with_sites_other_destinations_are_inspected_by_name() {
+        let p = Policy::new(
+            &Config::parse(
+                "devices: {interfaces: [dev0]}\nmanager: {name: wfm.example, addresses: [\"10.0.0.5:443\"]}\nsites: [{host: Registry.Example.Test, kind: oci}]\n",
+            )
+            .expect("config"),
+        );
+        assert_eq!(p.decide(addr("203.0.113.1:443")), Decision::Inspect);
+        assert!(matches!(
+            p.decide(addr("10.0.0.5:443")),
+            Decision::Passthrough { .. }
+        ));
+        assert_eq!(
+            p.decide_sni(Some("registry.example.test.")),
+            Ok("registry.example.test".into())
+        );
+        assert_eq!(
+            p.decide_sni(Some("REGISTRY.example.test")),
+            Ok("registry.example.test".into())
+        );
+        assert_eq!(
+            p.decide_sni(Some("evil.example.test")),
+            Err(DENY_SNI_NOT_ALLOWED)
+        );
+        assert_eq!(p.decide_sni(Some("wfm.example")), Err(DENY_SNI_NOT_ALLOWED));
+        assert_eq!(p.decide_sni(None), Err(DENY_NO_SNI));
     }
 
     #[test]

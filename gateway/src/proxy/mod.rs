@@ -1,12 +1,22 @@
 //! The transparent proxy: accept what the kernel redirected, decide by
-//! policy, splice or refuse, and audit each connection.
+//! policy, then splice (manager), terminate and serve (site hosts), or
+//! refuse, auditing each decision.
 
+pub mod body;
+pub mod http;
 mod listener;
 mod passthrough;
+pub mod peek;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinSet,
+};
+use tokio_rustls::TlsAcceptor;
 
 pub use listener::bind;
 
@@ -14,11 +24,21 @@ use crate::{
     audit::{Audit, Event, Record},
     policy::{Decision, Policy},
 };
+use peek::FirstBytes;
+
+/// A TLS alert record: fatal `unrecognized_name` (RFC 6066), sent to a
+/// ClientHello for a name the gateway will not serve.
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
 pub struct Proxy {
     pub policy: Policy,
     pub audit: Audit,
     pub connect_timeout: Duration,
+    /// Time a device has to send its ClientHello or request line.
+    pub inspect_timeout: Duration,
+    /// Present when sites are configured.
+    pub tls: Option<TlsAcceptor>,
+    pub http: Arc<http::HttpContext>,
 }
 
 /// Accepts on every listener until `stop` turns true.
@@ -50,7 +70,7 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::
     }
 }
 
-async fn handle(proxy: Arc<Proxy>, stream: tokio::net::TcpStream, device: std::net::SocketAddr) {
+async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
     // The local address of a transparently accepted socket is where the
     // device sent its SYN.
     let original_dst = match stream.local_addr() {
@@ -60,23 +80,79 @@ async fn handle(proxy: Arc<Proxy>, stream: tokio::net::TcpStream, device: std::n
             return;
         }
     };
-    let record = match proxy.policy.decide(original_dst) {
+    let denied = |reason: &str| {
+        Record::new(Event::FlowDenied)
+            .tcp(device, original_dst)
+            .reason(reason)
+    };
+    match proxy.policy.decide(original_dst) {
         Decision::Passthrough { upstream } => {
-            passthrough::splice(
+            let record = passthrough::splice(
                 stream,
                 device,
                 original_dst,
                 upstream,
                 proxy.connect_timeout,
             )
-            .await
+            .await;
+            proxy.audit.log(record).await;
         }
         Decision::Deny { reason } => {
             drop(stream);
-            Record::new(Event::FlowDenied)
-                .tcp(device, original_dst)
-                .reason(reason)
+            proxy.audit.log(denied(reason)).await;
         }
+        Decision::Inspect => inspect(proxy.clone(), stream, device, original_dst).await,
+    }
+}
+
+async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, dst: SocketAddr) {
+    let denied = |reason: &str| {
+        Record::new(Event::FlowDenied)
+            .tcp(device, dst)
+            .reason(reason)
     };
-    proxy.audit.log(record).await;
+    match peek::first_bytes(&stream, proxy.inspect_timeout).await {
+        FirstBytes::Tls(hello) => {
+            let sni = hello.server_name.clone();
+            let host = match proxy.policy.decide_sni(sni.as_deref()) {
+                Ok(host) => host,
+                Err(reason) => {
+                    let _ = stream.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+                    let mut r = denied(reason);
+                    r.host = sni;
+                    proxy.audit.log(r).await;
+                    return;
+                }
+            };
+            let Some(acceptor) = proxy.tls.clone() else {
+                proxy.audit.log(denied("tls_not_configured")).await;
+                return;
+            };
+            match tokio::time::timeout(proxy.inspect_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => http::serve(tls, device, Some(host), proxy.http.clone()).await,
+                Ok(Err(e)) => {
+                    let mut r = denied("tls_handshake_failed").detail(e.to_string());
+                    r.host = Some(host);
+                    r.fault = Some("device");
+                    proxy.audit.log(r).await;
+                }
+                Err(_) => {
+                    let mut r = denied("tls_handshake_timeout");
+                    r.host = Some(host);
+                    r.fault = Some("device");
+                    proxy.audit.log(r).await;
+                }
+            }
+        }
+        FirstBytes::Http => http::serve(stream, device, None, proxy.http.clone()).await,
+        FirstBytes::Other => proxy.audit.log(denied("unsupported_protocol")).await,
+        FirstBytes::Invalid(why) => {
+            proxy
+                .audit
+                .log(denied("malformed_client_hello").detail(why))
+                .await;
+        }
+        FirstBytes::Timeout => proxy.audit.log(denied("no_request_in_time")).await,
+        FirstBytes::Closed => proxy.audit.log(denied("closed_before_request")).await,
+    }
 }

@@ -1,0 +1,156 @@
+//! Maintenance passes: LRU eviction down to the size limit, and persisting
+//! access times.
+//!
+//! A pass picks its victims under the state lock (least recently used
+//! first, never a pinned blob, never one with a fill in progress), takes
+//! them out of the state and marks them `evicting`, then unlinks their files
+//! and deletes their index rows without the lock. Unlinking only removes a
+//! name: readers holding the descriptor read on, and no other blob is
+//! touched, since every blob is its own file. A fill of a blob being
+//! evicted waits for the pass (fill.rs), so an old unlink can never remove a
+//! fresh copy. Unlink comes before the index delete: a crash in between
+//! leaves an entry without a file, which the next open drops.
+//!
+//! Passes run one at a time, in the background after each published fill
+//! (so a request never waits for eviction), when access times are due to be
+//! persisted, and on [`Cache::evict`] and [`Cache::close`].
+
+use std::sync::{Arc, atomic::Ordering};
+
+use super::{Cache, CacheError, Digest, Inner, store};
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictReport {
+    pub evicted: usize,
+    pub freed_bytes: u64,
+}
+
+impl Cache {
+    /// Runs a maintenance pass now (after any running one) and reports what
+    /// it evicted.
+    pub async fn evict(&self) -> Result<EvictReport, CacheError> {
+        let _pass = self.inner.maintenance.lock().await;
+        pass(&self.inner, true).await
+    }
+
+    /// Queues a pass on the runtime unless one is already queued.
+    pub(super) fn schedule_maintenance(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.maintenance_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Weak, so a queued pass does not keep a closed cache (and its
+        // index file lock) alive.
+        let weak = Arc::downgrade(&self.inner);
+        let lock = Arc::clone(&self.inner.maintenance);
+        runtime.spawn(async move {
+            let guard = lock.lock_owned().await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            // Cleared once running: changes from now on need another pass.
+            inner.maintenance_queued.store(false, Ordering::Release);
+            if let Err(e) = pass(&inner, false).await {
+                tracing::warn!(error = %e, "cache: maintenance pass failed");
+            }
+            // Before the guard: `close` waits on the lock, then expects this
+            // reference gone.
+            drop(inner);
+            drop(guard);
+        });
+    }
+}
+
+/// One pass; the caller holds the maintenance lock. Access times are
+/// persisted when `flush` says so, when they are due, or along with an
+/// eviction (whose index write happens anyway).
+pub(super) async fn pass(inner: &Arc<Inner>, flush: bool) -> Result<EvictReport, CacheError> {
+    let (victims, dirty, still_over) = {
+        let mut state = inner.state();
+        let mut excess = state.bytes.saturating_sub(inner.max_size);
+        let mut candidates: Vec<(u64, Digest, u64)> = Vec::new();
+        if excess > 0 {
+            let pinned = state.pinned();
+            candidates = state
+                .blobs
+                .iter()
+                .filter(|(d, _)| !pinned.contains(d) && !state.fills.contains_key(d))
+                .map(|(d, m)| (m.access, *d, m.size))
+                .collect();
+            // Oldest access first.
+            candidates.sort_unstable();
+        }
+        let mut victims = Vec::new();
+        for (_, digest, size) in candidates {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(size);
+            victims.push((digest, size));
+        }
+        for (digest, _) in &victims {
+            state.remove_blob(digest);
+            state.evicting.insert(*digest);
+        }
+        let still_over = state.bytes > inner.max_size;
+        let dirty = state.take_flush(flush || !victims.is_empty());
+        (victims, dirty, still_over)
+    };
+    if still_over {
+        tracing::warn!(
+            max_bytes = inner.max_size,
+            "cache: over its size limit with only pinned blobs left"
+        );
+    }
+    if victims.is_empty() && dirty.is_empty() {
+        // Nothing to write: spare the index a commit (and its fsync).
+        return Ok(EvictReport::default());
+    }
+
+    // Everything after the selection runs as one blocking task, including
+    // clearing `evicting`: once spawned it completes even if this future is
+    // dropped, so no fill can be left waiting on an abandoned pass.
+    let worker = Arc::clone(inner);
+    let evicted: Vec<Digest> = victims.iter().map(|(d, _)| *d).collect();
+    tokio::task::spawn_blocking(move || {
+        for digest in &evicted {
+            store::remove_quietly(&worker.layout.blob(digest));
+        }
+        let hexes: Vec<String> = evicted.iter().map(Digest::hex).collect();
+        let result = worker
+            .index
+            .remove_blobs(hexes.iter().map(String::as_str))
+            .and_then(|()| worker.index.update_access(&dirty));
+        {
+            // Whatever happened, the files are unlinked (or as gone as they
+            // will get): let waiting fills go ahead.
+            let mut state = worker.state();
+            for digest in &evicted {
+                state.evicting.remove(digest);
+            }
+            if result.is_ok() {
+                state.mark_persisted(&dirty);
+            }
+        }
+        worker.evicted.notify_waiters();
+        result
+    })
+    .await
+    .map_err(CacheError::task("evict blobs"))??;
+
+    let report = EvictReport {
+        evicted: victims.len(),
+        freed_bytes: victims.iter().map(|(_, size)| size).sum(),
+    };
+    if report.evicted > 0 {
+        tracing::info!(
+            evicted = report.evicted,
+            freed_bytes = report.freed_bytes,
+            "cache: evicted least recently used blobs"
+        );
+    }
+    Ok(report)
+}

@@ -1,0 +1,406 @@
+//! Single-flight fills: one leader writes a blob from upstream, everyone
+//! else follows it.
+//!
+//! [`Cache::begin_fill`] decides under the state lock, so exactly one
+//! [`FillWriter`] exists per digest at a time. The leader writes to a temp
+//! file opened read-write; [`FillShared`] carries that open file and a
+//! `watch` channel of [`Progress`] to every [`FillReader`], which reads the
+//! bytes back with positional reads as they land (follow.rs). Because
+//! readers use the open descriptor, the rename at publish changes nothing
+//! for them.
+//!
+//! A leader ends in exactly one of two ways: [`FillWriter::finish`]
+//! publishes and reports `Verified`, or anything else (an error, a digest
+//! mismatch, [`FillWriter::fail`], or being dropped) reports `Failed`,
+//! removes the temp file and frees the digest for a new fill.
+//!
+//! Recommended use by a proxy: pump upstream into the writer from a spawned
+//! task (a client that hangs up must not end the fill its followers wait
+//! for), and serve the leader's own client from [`FillWriter::reader`], so it
+//! gets the same hold-back of the final byte as every follower.
+
+use std::{
+    fmt,
+    fs::File,
+    os::unix::fs::FileExt as _,
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+};
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use super::{Blob, Cache, CacheError, Digest, follow::FillReader, store};
+
+/// What [`Cache::begin_fill`] hands out.
+#[derive(Debug)]
+pub enum Fill {
+    /// Already complete.
+    Done(Blob),
+    /// You fetch it: write the upstream body, then finish or fail.
+    Leader(FillWriter),
+    /// Someone else is fetching it; stream from their file.
+    Follower(FillReader),
+}
+
+/// How far a fill got; sent to readers on every change.
+#[derive(Clone, Debug)]
+pub(super) enum Progress {
+    /// The leader is creating the temp file.
+    Opening,
+    /// `written` bytes are in the temp file, not yet verified.
+    Writing { written: u64 },
+    /// Digest matched; the blob is published with `size` bytes.
+    Verified { size: u64 },
+    /// The fill failed; nothing was stored.
+    Failed(Arc<str>),
+}
+
+/// What the leader shares with its readers.
+pub(super) struct FillShared {
+    pub(super) digest: Digest,
+    /// Set at most once: by `begin_fill` or by [`FillWriter::set_size`].
+    pub(super) expected_size: OnceLock<u64>,
+    /// Set once, before progress leaves `Opening`.
+    pub(super) file: OnceLock<Arc<File>>,
+    pub(super) progress: watch::Sender<Progress>,
+}
+
+/// The one writer of a fill. Dropping it without [`FillWriter::finish`]
+/// fails the fill.
+pub struct FillWriter {
+    cache: Cache,
+    shared: Arc<FillShared>,
+    temp: Option<PathBuf>,
+    /// Taken while a write runs off-thread; missing afterwards only if that
+    /// write was cancelled, which makes the fill unfinishable.
+    hasher: Option<Sha256>,
+    written: u64,
+    /// Finished or failed: followers were told; nothing more to clean up.
+    closed: bool,
+}
+
+impl Cache {
+    /// Starts or joins the fill of `digest`.
+    ///
+    /// `expected_size` is the size known before asking upstream (from a
+    /// descriptor); a leader that learns it only from upstream's headers
+    /// declares it with [`FillWriter::set_size`]. With it, the fill fails as
+    /// soon as upstream sends more, and followers know the total size
+    /// ([`FillReader::size`], [`FillReader::known_size`]). A follower's own
+    /// `expected_size` is ignored: the leader's counts.
+    ///
+    /// Async because a leader's temp file is created here and a `Done`
+    /// blob's file is opened here.
+    pub async fn begin_fill(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<Fill, CacheError> {
+        loop {
+            let notified = self.inner.evicted.notified();
+            let next = {
+                let mut state = self.inner.state();
+                if let Some((size, seen)) = state.touch(digest) {
+                    Next::Present(size, seen)
+                } else if let Some(shared) = state.fills.get(digest) {
+                    Next::Follow(Arc::clone(shared))
+                } else if state.evicting.contains(digest) {
+                    Next::WaitForEviction
+                } else {
+                    let shared = Arc::new(FillShared {
+                        digest: *digest,
+                        expected_size: expected_size.map(OnceLock::from).unwrap_or_default(),
+                        file: OnceLock::new(),
+                        progress: watch::Sender::new(Progress::Opening),
+                    });
+                    state.fills.insert(*digest, Arc::clone(&shared));
+                    Next::Lead(shared)
+                }
+            };
+            match next {
+                Next::Present(size, seen) => {
+                    if let Some(blob) = self.open_blob(*digest, size, seen).await? {
+                        return Ok(Fill::Done(blob));
+                    }
+                    // Its file vanished; it is forgotten now, so fill it.
+                }
+                Next::Follow(shared) => return Ok(Fill::Follower(FillReader::new(shared))),
+                // `notified` was created before the check, so the wake-up
+                // cannot slip between the check and this wait.
+                Next::WaitForEviction => notified.await,
+                Next::Lead(shared) => {
+                    // The writer exists before the first await, so a
+                    // cancelled call still fails the fill (in Drop).
+                    let mut writer = FillWriter {
+                        cache: self.clone(),
+                        shared,
+                        temp: None,
+                        hasher: Some(Sha256::new()),
+                        written: 0,
+                        closed: false,
+                    };
+                    writer.create_temp().await?;
+                    return Ok(Fill::Leader(writer));
+                }
+            }
+        }
+    }
+}
+
+enum Next {
+    Present(u64, u64),
+    Follow(Arc<FillShared>),
+    WaitForEviction,
+    Lead(Arc<FillShared>),
+}
+
+impl FillWriter {
+    pub fn digest(&self) -> Digest {
+        self.shared.digest
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// A reader of this fill, for serving the leader's own client.
+    pub fn reader(&self) -> FillReader {
+        FillReader::new(Arc::clone(&self.shared))
+    }
+
+    /// Declares the total size once upstream announced it (Content-Length),
+    /// so followers can send it and the fill can enforce it. A size that
+    /// contradicts the one already known, or the bytes already written,
+    /// fails the fill ([`CacheError::SizeConflict`]).
+    pub fn set_size(&mut self, size: u64) -> Result<(), CacheError> {
+        let digest = self.shared.digest;
+        if self.closed {
+            return Err(CacheError::FillClosed { digest });
+        }
+        let known = *self.shared.expected_size.get_or_init(|| size);
+        if known != size || self.written > size {
+            let e = CacheError::SizeConflict {
+                digest,
+                expected: known.max(self.written),
+                announced: size,
+            };
+            self.abort(e.to_string());
+            return Err(e);
+        }
+        // Wakes readers waiting in `known_size`.
+        self.shared.progress.send_modify(|_| {});
+        Ok(())
+    }
+
+    async fn create_temp(&mut self) -> Result<(), CacheError> {
+        let inner = Arc::clone(&self.cache.inner);
+        let digest = self.shared.digest;
+        let created = tokio::task::spawn_blocking(move || inner.layout.create_temp(&digest))
+            .await
+            .map_err(CacheError::task("create a temp file"))
+            .and_then(|r| r);
+        match created {
+            Ok((path, file)) => {
+                self.temp = Some(path.keep());
+                // Set before any reader can leave `Opening`; never set twice.
+                let _ = self.shared.file.set(Arc::new(file));
+                self.shared
+                    .progress
+                    .send_replace(Progress::Writing { written: 0 });
+                Ok(())
+            }
+            Err(e) => {
+                self.abort(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends a chunk of the upstream body (copied; see
+    /// [`FillWriter::write_bytes`] to hand over a `Bytes` without a copy).
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), CacheError> {
+        self.write_bytes(Bytes::copy_from_slice(chunk)).await
+    }
+
+    /// Appends a chunk: hashes it and writes it to the temp file (both off
+    /// the async threads), then tells readers. Fails the fill, for everyone,
+    /// if upstream sent more than the expected size or the disk failed.
+    pub async fn write_bytes(&mut self, chunk: Bytes) -> Result<(), CacheError> {
+        let digest = self.shared.digest;
+        let (Some(mut hasher), Some(file), false) = (
+            self.hasher.take(),
+            self.shared.file.get().cloned(),
+            self.closed,
+        ) else {
+            self.abort("a write was interrupted".to_owned());
+            return Err(CacheError::FillClosed { digest });
+        };
+        let end = self.written + chunk.len() as u64;
+        if let Some(&expected) = self.shared.expected_size.get()
+            && end > expected
+        {
+            let e = CacheError::TooLong { digest, expected };
+            self.abort(e.to_string());
+            return Err(e);
+        }
+        let pos = self.written;
+        let written = tokio::task::spawn_blocking(move || {
+            file.write_all_at(&chunk, pos)?;
+            hasher.update(&chunk);
+            Ok::<_, std::io::Error>(hasher)
+        })
+        .await;
+        let result = match written {
+            Ok(Ok(hasher)) => {
+                self.hasher = Some(hasher);
+                self.written = end;
+                self.shared
+                    .progress
+                    .send_replace(Progress::Writing { written: end });
+                return Ok(());
+            }
+            Ok(Err(source)) => CacheError::Io {
+                op: "write the temp file",
+                path: self.temp.clone().unwrap_or_default(),
+                source,
+            },
+            Err(e) => CacheError::task("write a temp file")(e),
+        };
+        self.abort(result.to_string());
+        Err(result)
+    }
+
+    /// Checks size and digest, publishes the blob, and wakes readers.
+    ///
+    /// Runs on its own task: if the caller stops waiting, the fill still
+    /// completes (or fails) for its followers.
+    pub async fn finish(self) -> Result<Blob, CacheError> {
+        tokio::spawn(self.publish())
+            .await
+            .map_err(CacheError::task("publish a fill"))?
+    }
+
+    /// Fails the fill: readers get `reason`, the temp file is removed.
+    pub fn fail(mut self, reason: impl fmt::Display) {
+        self.abort(reason.to_string());
+    }
+
+    async fn publish(mut self) -> Result<Blob, CacheError> {
+        let digest = self.shared.digest;
+        let (Some(hasher), Some(file), Some(temp), false) = (
+            self.hasher.take(),
+            self.shared.file.get().cloned(),
+            self.temp.clone(),
+            self.closed,
+        ) else {
+            self.abort("a write was interrupted".to_owned());
+            return Err(CacheError::FillClosed { digest });
+        };
+        let size = self.written;
+        if let Some(&expected) = self.shared.expected_size.get()
+            && size != expected
+        {
+            let e = CacheError::Truncated {
+                digest,
+                expected,
+                received: size,
+            };
+            self.abort(e.to_string());
+            return Err(e);
+        }
+        let actual = Digest::from_hasher(hasher);
+        if actual != digest {
+            let e = CacheError::DigestMismatch {
+                expected: digest,
+                actual,
+            };
+            self.abort(e.to_string());
+            return Err(e);
+        }
+
+        let inner = Arc::clone(&self.cache.inner);
+        let access = inner.state().tick();
+        let publish_file = Arc::clone(&file);
+        let published = tokio::task::spawn_blocking(move || {
+            inner.layout.publish(&temp, &publish_file, &digest)?;
+            if let Err(e) = inner.index.put_blobs(&[(digest, size, access)]) {
+                // Unindexed, the file would be invisible until the next
+                // start; remove it so disk and memory agree now.
+                store::remove_quietly(&inner.layout.blob(&digest));
+                return Err(e);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(CacheError::task("publish a fill"))
+        .and_then(|r| r);
+        if let Err(e) = published {
+            self.abort(e.to_string());
+            return Err(e);
+        }
+
+        {
+            // One critical section: a concurrent begin_fill sees either this
+            // fill (and follows it to `Verified`) or the blob.
+            let mut state = self.cache.inner.state();
+            state.insert_blob(digest, size, access);
+            remove_fill(&mut state.fills, &self.shared);
+        }
+        self.closed = true;
+        self.temp = None;
+        self.shared
+            .progress
+            .send_replace(Progress::Verified { size });
+        self.cache.schedule_maintenance();
+        Ok(Blob::new(digest, size, file))
+    }
+
+    /// Fails the fill once: frees the digest, tells readers, removes the
+    /// temp file.
+    fn abort(&mut self, reason: String) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        remove_fill(&mut self.cache.inner.state().fills, &self.shared);
+        self.shared
+            .progress
+            .send_replace(Progress::Failed(reason.into()));
+        if let Some(temp) = self.temp.take() {
+            store::remove_in_background(temp);
+        }
+    }
+}
+
+impl Drop for FillWriter {
+    fn drop(&mut self) {
+        self.abort("the fill was abandoned before it finished".to_owned());
+    }
+}
+
+impl fmt::Debug for FillWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FillWriter")
+            .field("digest", &self.shared.digest)
+            .field("expected_size", &self.shared.expected_size.get())
+            .field("written", &self.written)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+/// Removes this fill's slot, not a newer fill's of the same digest.
+fn remove_fill(
+    fills: &mut std::collections::HashMap<Digest, Arc<FillShared>>,
+    shared: &Arc<FillShared>,
+) {
+    if fills
+        .get(&shared.digest)
+        .is_some_and(|s| Arc::ptr_eq(s, shared))
+    {
+        fills.remove(&shared.digest);
+    }
+}

@@ -1,0 +1,86 @@
+//! `gateway cache ls|seed`: through the running daemon's control socket,
+//! or, when no daemon runs, on the cache directly.
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+    sync::mpsc,
+};
+
+use super::{Reply, Request, listing, server, socket_path};
+use crate::config::Config;
+
+pub async fn ls(config: &Config, json: bool) -> anyhow::Result<()> {
+    let value = run(config, Request::Ls).await?;
+    if json {
+        println!("{value}");
+    } else {
+        print!("{}", listing::render(&value));
+    }
+    Ok(())
+}
+
+pub async fn seed(config: &Config, reference: &str) -> anyhow::Result<()> {
+    let value = run(
+        config,
+        Request::Seed {
+            reference: reference.to_owned(),
+        },
+    )
+    .await?;
+    println!(
+        "seeded {}: {} manifests, {} blobs, {} bytes",
+        value["pin"].as_str().unwrap_or(reference),
+        value["manifests"],
+        value["blobs"],
+        value["bytes"]
+    );
+    Ok(())
+}
+
+async fn run(config: &Config, req: Request) -> anyhow::Result<serde_json::Value> {
+    match UnixStream::connect(socket_path(&config.state_dir)).await {
+        Ok(stream) => through_daemon(stream, &req).await,
+        Err(_) => offline(config, req).await,
+    }
+}
+
+async fn through_daemon(stream: UnixStream, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        match serde_json::from_str::<Reply>(&line)? {
+            Reply::Progress(p) => eprintln!("{p}"),
+            Reply::Ok(v) => return Ok(v),
+            Reply::Error(e) => anyhow::bail!("{e}"),
+        }
+    }
+    anyhow::bail!("the gateway closed the control socket without an answer")
+}
+
+/// No daemon: open the cache (and the upstreams, for a seed) here.
+async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Value> {
+    let serving = crate::sites::build_content(config).await?;
+    let control = server::Control {
+        cache: serving.cache,
+        oci: serving.oci,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        while let Some(Reply::Progress(p)) = rx.recv().await {
+            eprintln!("{p}");
+        }
+    });
+    let result = server::execute(&control, req, &tx).await;
+    drop(tx);
+    let _ = printer.await;
+    let cache = control.cache;
+    drop(control.oci);
+    if let Err(e) = cache.close().await {
+        tracing::warn!(error = %e, "closing the cache");
+    }
+    result
+}

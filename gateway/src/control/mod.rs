@@ -1,0 +1,98 @@
+//! The control socket: how `gateway cache ls` and `gateway cache seed` talk
+//! to a running daemon (which holds the cache open), and what they do
+//! themselves when no daemon runs.
+//!
+//! Protocol: a Unix socket at `<state_dir>/control.sock`, mode 0600. The
+//! client writes one JSON request line, `{"cmd":"ls"}` or
+//! `{"cmd":"seed","reference":"host/repo:tag"}`; the server answers with
+//! `{"progress":"..."}` lines and ends with `{"ok":...}` or
+//! `{"error":"..."}`.
+
+pub mod client;
+mod listing;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const SOCKET_NAME: &str = "control.sock";
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_NAME)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Ls,
+    Seed { reference: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    Progress(String),
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// `host/repo:tag` or `host/repo@sha256:...`, split.
+pub fn parse_reference(text: &str) -> anyhow::Result<(String, String, String)> {
+    let (host, rest) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("`{text}` has no host: write <host>/<repository>:<tag>"))?;
+    let (repo, reference) = if let Some((repo, digest)) = rest.split_once('@') {
+        (repo, digest)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (rest, "latest"),
+        }
+    };
+    if host.is_empty() || repo.is_empty() || reference.is_empty() {
+        anyhow::bail!("`{text}` is not <host>/<repository>:<tag>");
+    }
+    Ok((
+        host.to_ascii_lowercase(),
+        repo.to_owned(),
+        reference.to_owned(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let r = |s: &str| parse_reference(s).expect(s);
+        assert_eq!(
+            r("reg.test/a/b:v1"),
+            ("reg.test".into(), "a/b".into(), "v1".into())
+        );
+        assert_eq!(
+            r("Reg.Test/a"),
+            ("reg.test".into(), "a".into(), "latest".into())
+        );
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(r(&format!("reg.test/a@{d}")).2, d);
+        assert!(parse_reference("nohost").is_err());
+        assert!(parse_reference("/a:b").is_err());
+    }
+
+    #[test]
+    fn wire_format() {
+        let req: Request =
+            serde_json::from_str(r#"{"cmd":"seed","reference":"r/a:b"}"#).expect("seed");
+        assert!(matches!(req, Request::Seed { .. }));
+        assert_eq!(
+            serde_json::to_string(&Request::Ls).expect("ls"),
+            r#"{"cmd":"ls"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Reply::Progress("x".into())).expect("p"),
+            r#"{"progress":"x"}"#
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! HTTP on an intercepted connection, TLS-terminated or plain.
+//!
+//! hyper serves HTTP/1.1 and h2 (by ALPN or preface) with its timeouts
+//! really armed: a `Timer` is installed, so the header read timeout and the
+//! h2 keep-alive actually fire (without one, hyper ignores them). Before a
+//! request reaches a site it must pass the checks a proxy owes its
+//! upstreams: unambiguous framing (else 400 and close) and a Host equal to
+//! the TLS server name (else 421).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::body::{self, Audited, Body};
+use crate::{
+    audit::{Audit, Event, Record, addr_text},
+    registry::Sites,
+};
+
+/// Time a device has to send a request's headers (slowloris bound), also
+/// the idle time allowed between keep-alive requests.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Concurrent h2 streams per connection.
+const MAX_STREAMS: u32 = 128;
+/// Request header block limit (both protocols).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+pub struct HttpContext {
+    pub sites: Arc<Sites>,
+    pub audit: Audit,
+}
+
+/// Serves one connection until it closes. `sni` is the TLS server name, or
+/// `None` on plain HTTP (where the Host header alone names the site).
+pub async fn serve<IO>(io: IO, device: SocketAddr, sni: Option<String>, ctx: Arc<HttpContext>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let sni = sni.map(Arc::<str>::from);
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        let sni = sni.clone();
+        async move { Ok::<_, Infallible>(handle(req, device, sni.as_deref(), &ctx).await) }
+    });
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!(%device, error = %e, "connection ended with an error");
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    device: SocketAddr,
+    sni: Option<&str>,
+    ctx: &HttpContext,
+) -> Response<Body> {
+    let mut record = Record::new(Event::Request);
+    record.device = Some(addr_text(device));
+    record.method = Some(req.method().as_str().to_owned());
+    record.path = Some(
+        req.uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+    );
+    let host = request_host(&req);
+    record.host = host.clone().or_else(|| sni.map(str::to_owned));
+
+    let refused = |status: StatusCode, reason: &str, record: Record| {
+        let mut record = record.reason(reason);
+        record.status = Some(status.as_u16());
+        record.fault = Some("device");
+        let mut resp = Response::new(body::full(format!("{reason}\n")));
+        *resp.status_mut() = status;
+        if status == StatusCode::BAD_REQUEST {
+            // Ambiguous framing: the rest of the stream cannot be trusted.
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        finish(resp, record, &ctx.audit)
+    };
+
+    if let Some(reason) = framing_problem(req.headers()) {
+        return refused(StatusCode::BAD_REQUEST, reason, record);
+    }
+    let Some(host) = host else {
+        return refused(StatusCode::BAD_REQUEST, "missing_host", record);
+    };
+    if let Some(sni) = sni
+        && host != sni
+    {
+        return refused(StatusCode::MISDIRECTED_REQUEST, "host_not_sni", record);
+    }
+    let Some(site) = ctx.sites.get(&host) else {
+        return refused(StatusCode::FORBIDDEN, "host_not_allowed", record);
+    };
+    let outcome = site.handle(req).await;
+    record.status = Some(outcome.response.status().as_u16());
+    record.cache = outcome.cache;
+    record.upstream_ms = outcome.upstream_ms;
+    record.fault = outcome.fault;
+    record.detail = outcome.detail;
+    finish(outcome.response, record, &ctx.audit)
+}
+
+fn finish(resp: Response<Body>, record: Record, audit: &Audit) -> Response<Body> {
+    let (parts, inner) = resp.into_parts();
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let audited = Audited::new(inner, record, audit.clone(), length);
+    Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(audited))
+}
+
+/// The host a request names: the h2 `:authority` or the HTTP/1.1 `Host`
+/// header, lowercased, without port or trailing dot.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let value = req.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = value.parse().ok()?;
+            authority.host().to_owned()
+        }
+    };
+    let host = raw.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+/// Request shapes that different parsers frame differently (request
+/// smuggling). hyper already rejects malformed lengths; these are the
+/// ones it tolerates.
+pub fn framing_problem(headers: &HeaderMap) -> Option<&'static str> {
+    let te = headers.get_all(header::TRANSFER_ENCODING).iter().count();
+    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if te > 0 && cl > 0 {
+        return Some("content_length_with_transfer_encoding");
+    }
+    if te > 1 {
+        return Some("duplicate_transfer_encoding");
+    }
+    if cl > 1 {
+        return Some("duplicate_content_length");
+    }
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return Some("duplicate_host");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)], uri: &str) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn host_from_header_or_authority() {
+        assert_eq!(
+            request_host(&req(&[("host", "Registry.Example.Test:443")], "/v2/")),
+            Some("registry.example.test".into())
+        );
+        assert_eq!(
+            request_host(&req(&[], "https://registry.example.test./v2/")),
+            Some("registry.example.test".into())
+        );
+        assert_eq!(request_host(&req(&[], "/v2/")), None);
+        assert_eq!(request_host(&req(&[("host", "bad host")], "/")), None);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
+            }
+            framing_problem(&m)
+        };
+        assert!(h(&[("content-length", "3"), ("transfer-encoding", "chunked")]).is_some());
+        assert!(
+            h(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ])
+            .is_some()
+        );
+        assert!(h(&[("content-length", "3"), ("content-length", "3")]).is_some());
+        assert!(h(&[("host", "a"), ("host", "b")]).is_some());
+        assert!(h(&[("content-length", "3")]).is_none());
+        assert!(h(&[]).is_none());
+    }
+}

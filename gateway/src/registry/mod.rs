@@ -1,0 +1,66 @@
+//! Protocol handlers for the configured sites, by host.
+
+pub mod oci;
+
+use std::{collections::HashMap, sync::Arc};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::proxy::body::Body;
+
+/// What a site handler answers, with what the audit record needs.
+pub struct Outcome {
+    pub response: Response<Body>,
+    /// `hit`, `miss`, `stale` or `revalidated`; `None` when no content was
+    /// involved (e.g. `/v2/`).
+    pub cache: Option<&'static str>,
+    pub upstream_ms: Option<u64>,
+    /// `device`, `upstream` or `internal` when the request failed.
+    pub fault: Option<&'static str>,
+    pub detail: Option<String>,
+}
+
+impl Outcome {
+    pub fn new(response: Response<Body>) -> Self {
+        Self {
+            response,
+            cache: None,
+            upstream_ms: None,
+            fault: None,
+            detail: None,
+        }
+    }
+}
+
+/// A configured site's handler.
+pub trait SiteService: Send + Sync {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send + '_>>;
+}
+
+/// Handlers of the configured sites, by lowercase host.
+#[derive(Default)]
+pub struct Sites {
+    by_host: HashMap<String, Arc<dyn SiteService>>,
+}
+
+impl Sites {
+    pub fn insert(&mut self, host: &str, service: Arc<dyn SiteService>) {
+        self.by_host.insert(host.to_ascii_lowercase(), service);
+    }
+
+    pub fn get(&self, host: &str) -> Option<Arc<dyn SiteService>> {
+        self.by_host.get(host).cloned()
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.by_host.keys().map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_host.is_empty()
+    }
+}

@@ -1,0 +1,292 @@
+//! Blobs: content addressed, so cached for good once verified.
+//!
+//! A miss starts one fill per digest however many devices ask: the first
+//! request becomes the fill's leader, whose upstream body is written to
+//! the cache by a task of its own (it goes on if that device goes away),
+//! and every request, the first included, streams from the file being
+//! written. Redirects to CDN hosts are followed by the upstream client
+//! without credentials; the blob is stored under the digest asked for,
+//! after its sha256 matched.
+
+use std::time::Instant;
+
+use futures::{Stream, StreamExt as _};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+
+use super::{
+    OciSite,
+    range::{self, Ranged},
+    response,
+};
+use crate::{
+    cache::{Digest, Fill, FillWriter},
+    proxy::body::{self, Body},
+    registry::Outcome,
+    upstream::UpstreamRequest,
+};
+
+pub async fn blob(
+    site: &OciSite,
+    method: &Method,
+    name: &str,
+    digest: &str,
+    headers: &HeaderMap,
+) -> Outcome {
+    let d = match Digest::parse(digest) {
+        Ok(d) => d,
+        Err(e) => {
+            return response::failed(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                "device",
+                e.to_string(),
+            );
+        }
+    };
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    match site.cache.get(&d).await {
+        Ok(Some(blob)) => {
+            let size = blob.size();
+            return serve(method, digest, size, range_header, "hit", None, |r| {
+                blob.stream(r)
+            });
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "cache read failed; going upstream"),
+    }
+    let path = format!("/v2/{name}/blobs/{digest}");
+    let started = Instant::now();
+    if method == Method::HEAD {
+        // Not worth a fill: answer from upstream's HEAD.
+        return head_upstream(site, &path, name, digest, started).await;
+    }
+    let fill = match site.cache.begin_fill(&d, None).await {
+        Ok(f) => f,
+        Err(e) => {
+            return response::failed(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "internal",
+                e.to_string(),
+            );
+        }
+    };
+    let reader = match fill {
+        Fill::Done(blob) => {
+            let size = blob.size();
+            return serve(method, digest, size, range_header, "hit", None, |r| {
+                blob.stream(r)
+            });
+        }
+        Fill::Follower(reader) => reader,
+        Fill::Leader(writer) => {
+            let req = UpstreamRequest::get(&path).with_scope(OciSite::scope(name));
+            let resp = match site.upstream.send(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    writer.fail(&e);
+                    let mut o = response::failed(
+                        StatusCode::BAD_GATEWAY,
+                        "UNAVAILABLE",
+                        e.fault().as_str(),
+                        e.to_string(),
+                    );
+                    o.upstream_ms = Some(ms(started));
+                    return o;
+                }
+            };
+            if resp.status() != StatusCode::OK {
+                let status = resp.status();
+                writer.fail(format!("upstream answered {status}"));
+                let (code, fault) = match status {
+                    StatusCode::NOT_FOUND => ("BLOB_UNKNOWN", None),
+                    _ => ("UNAVAILABLE", Some("upstream")),
+                };
+                let mut o = Outcome::new(response::error(
+                    status,
+                    code,
+                    &format!("upstream answered {status}"),
+                ));
+                o.fault = fault;
+                o.cache = Some("miss");
+                o.upstream_ms = Some(ms(started));
+                return o;
+            }
+            let reader = writer.reader();
+            let stream = Box::pin(site.upstream.body_stream(resp));
+            tokio::spawn(pump(writer, stream));
+            let mut o = serve_reader(method, digest, &reader, range_header);
+            o.upstream_ms = Some(ms(started));
+            return o;
+        }
+    };
+    serve_reader(method, digest, &reader, range_header)
+}
+
+/// Writes the upstream body into the fill; the fill verifies the digest.
+async fn pump(
+    mut writer: FillWriter,
+    mut body: impl Stream<Item = Result<bytes::Bytes, crate::upstream::UpstreamError>> + Unpin,
+) {
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                if let Err(e) = writer.write_bytes(bytes).await {
+                    tracing::warn!(error = %e, "blob fill failed");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream body failed during a blob fill");
+                writer.fail(&e);
+                return;
+            }
+        }
+    }
+    if let Err(e) = writer.finish().await {
+        tracing::warn!(error = %e, "blob fill rejected");
+    }
+}
+
+fn serve_reader(
+    method: &Method,
+    digest: &str,
+    reader: &crate::cache::FillReader,
+    range_header: Option<&str>,
+) -> Outcome {
+    match reader.size() {
+        Some(size) => serve(method, digest, size, range_header, "miss", None, |r| {
+            reader.stream(r)
+        }),
+        None => {
+            // Size unknown until the fill ends: stream chunked, whole.
+            let mut resp = if method == Method::HEAD {
+                Response::new(body::empty())
+            } else {
+                Response::new(stream_body(reader.stream(None)))
+            };
+            blob_headers(resp.headers_mut(), digest);
+            let mut o = Outcome::new(resp);
+            o.cache = Some("miss");
+            o
+        }
+    }
+}
+
+fn serve<S>(
+    method: &Method,
+    digest: &str,
+    size: u64,
+    range_header: Option<&str>,
+    cache: &'static str,
+    started: Option<Instant>,
+    stream: impl FnOnce(Option<(u64, u64)>) -> S,
+) -> Outcome
+where
+    S: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+{
+    let (status, range) = match range::parse(range_header, size) {
+        Ranged::Full => (StatusCode::OK, None),
+        Ranged::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, Some((start, end))),
+        Ranged::Unsatisfiable => {
+            let mut resp = response::error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "RANGE_INVALID",
+                "range outside the blob",
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            let mut o = Outcome::new(resp);
+            o.cache = Some(cache);
+            o.fault = Some("device");
+            return o;
+        }
+    };
+    let len = range.map_or(size, |(s, e)| e - s + 1);
+    let body = if method == Method::HEAD {
+        body::empty()
+    } else {
+        stream_body(stream(range))
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    blob_headers(h, digest);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some((s, e)) = range
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{e}/{size}"))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    let mut o = Outcome::new(resp);
+    o.cache = Some(cache);
+    o.upstream_ms = started.map(ms);
+    o
+}
+
+fn blob_headers(h: &mut HeaderMap, digest: &str) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(digest) {
+        h.insert("docker-content-digest", v.clone());
+        h.insert(header::ETAG, v);
+    }
+}
+
+fn stream_body<S>(s: S) -> Body
+where
+    S: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+{
+    BodyExt::boxed_unsync(StreamBody::new(s.map(|r| r.map(Frame::data))))
+}
+
+async fn head_upstream(
+    site: &OciSite,
+    path: &str,
+    name: &str,
+    digest: &str,
+    started: Instant,
+) -> Outcome {
+    let req = UpstreamRequest::head(path).with_scope(OciSite::scope(name));
+    match site.upstream.send(req).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let mut out = Response::new(body::empty());
+            *out.status_mut() = status;
+            if status == StatusCode::OK {
+                blob_headers(out.headers_mut(), digest);
+                if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
+                    out.headers_mut()
+                        .insert(header::CONTENT_LENGTH, len.clone());
+                }
+            }
+            let mut o = Outcome::new(out);
+            o.cache = Some("miss");
+            o.upstream_ms = Some(ms(started));
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                o.fault = Some("upstream");
+            }
+            o
+        }
+        Err(e) => {
+            let mut o = response::failed(
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                e.fault().as_str(),
+                e.to_string(),
+            );
+            o.upstream_ms = Some(ms(started));
+            o
+        }
+    }
+}
+
+fn ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

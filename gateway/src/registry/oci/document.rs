@@ -1,0 +1,527 @@
+//! Manifests, tag lists and referrers: small JSON documents.
+//!
+//! By tag (and for tag lists and referrers) they are mutable: cached by
+//! name, served from the cache while younger than `tag_ttl`, then
+//! revalidated (a HEAD first for manifests: Docker Hub does not count HEADs
+//! against its pull limit). When upstream is down, slow or rate limiting,
+//! the last good copy is served at once and audited as stale. By digest a
+//! manifest is immutable: verified against its digest and kept for good.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+
+use super::{
+    OciSite,
+    response::{self, MANIFEST_ACCEPT},
+    route::Reference,
+};
+use crate::{
+    cache::{Digest, Fill, RefEntry},
+    proxy::body,
+    registry::Outcome,
+    upstream::{UpstreamError, UpstreamRequest},
+};
+
+/// Largest document the gateway reads into memory (manifests are KiB).
+const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
+const DIGEST_HEADER: &str = "docker-content-digest";
+/// How long a device waits on upstream when a copy is held; past it the
+/// copy is served, marked stale.
+const STALE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What kind of document, for keys, headers and checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Manifest,
+    Other,
+}
+
+pub async fn manifest(
+    site: &OciSite,
+    method: &Method,
+    name: &str,
+    reference: &Reference,
+    query: &str,
+) -> Outcome {
+    let path = format!("/v2/{name}/manifests/{}{query}", reference.as_str());
+    match reference {
+        Reference::Tag(tag) => {
+            mutable(
+                site,
+                method,
+                name,
+                &format!("manifests/{tag}"),
+                &path,
+                Kind::Manifest,
+            )
+            .await
+        }
+        Reference::Digest(d) => by_digest(site, method, name, d, &path).await,
+    }
+}
+
+pub async fn tags(site: &OciSite, method: &Method, name: &str, query: &str) -> Outcome {
+    let path = format!("/v2/{name}/tags/list{query}");
+    mutable(
+        site,
+        method,
+        name,
+        &format!("tags/list{query}"),
+        &path,
+        Kind::Other,
+    )
+    .await
+}
+
+pub async fn referrers(
+    site: &OciSite,
+    method: &Method,
+    name: &str,
+    digest: &str,
+    query: &str,
+) -> Outcome {
+    let path = format!("/v2/{name}/referrers/{digest}{query}");
+    mutable(
+        site,
+        method,
+        name,
+        &format!("referrers/{digest}{query}"),
+        &path,
+        Kind::Other,
+    )
+    .await
+}
+
+/// A fetched or cached document.
+struct Doc {
+    bytes: Bytes,
+    digest: String,
+    media_type: String,
+}
+
+async fn mutable(
+    site: &OciSite,
+    method: &Method,
+    name: &str,
+    key: &str,
+    path: &str,
+    kind: Kind,
+) -> Outcome {
+    let cached = match site.cache.get_ref(&site.host, name, key).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cache index read failed; going upstream");
+            None
+        }
+    };
+    let held = match &cached {
+        Some(entry) => load(site, entry).await,
+        None => None,
+    };
+    if let (Some(entry), Some(doc)) = (&cached, &held)
+        && age_secs(entry.fetched_at) < site.tag_ttl.as_secs() as i64
+    {
+        return serve(method, doc, kind, "hit", None);
+    }
+
+    let started = Instant::now();
+    let refresh = async {
+        // Revalidation: a manifest whose digest has not moved is not fetched.
+        if let (Kind::Manifest, Some(entry), Some(_)) = (kind, &cached, &held) {
+            let head = UpstreamRequest::head(path).with_scope(OciSite::scope(name));
+            match site.upstream.send(accept(head)).await {
+                Ok(resp)
+                    if resp.status() == StatusCode::OK
+                        && header_str(resp.headers(), DIGEST_HEADER)
+                            == Some(entry.digest.as_str()) =>
+                {
+                    return Refresh::Unchanged;
+                }
+                // Upstream is down: no point asking again with a GET.
+                Err(e) => return Refresh::Fetched(Err(Failure::Upstream(e))),
+                Ok(resp) if is_outage(resp.status()) => {
+                    let status = resp.status();
+                    return Refresh::Fetched(Err(Failure::Status(response::error(
+                        status,
+                        "UNAVAILABLE",
+                        &format!("upstream answered {status}"),
+                    ))));
+                }
+                Ok(_) => {}
+            }
+        }
+        let req = UpstreamRequest::get(path).with_scope(OciSite::scope(name));
+        let req = if kind == Kind::Manifest {
+            accept(req)
+        } else {
+            req
+        };
+        Refresh::Fetched(fetch(site, req, kind).await)
+    };
+    // With a copy in hand, upstream gets a short deadline: the device is
+    // served the last good copy at once rather than after upstream's
+    // timeouts.
+    let refreshed = if held.is_some() {
+        match tokio::time::timeout(STALE_DEADLINE, refresh).await {
+            Ok(r) => r,
+            Err(_) => Refresh::Fetched(Err(Failure::Body(format!(
+                "upstream did not answer within {STALE_DEADLINE:?}"
+            )))),
+        }
+    } else {
+        refresh.await
+    };
+    let fetched = match (refreshed, &held) {
+        (Refresh::Unchanged, Some(doc)) => {
+            remember(site, name, key, doc, kind).await;
+            return serve(method, doc, kind, "revalidated", Some(started));
+        }
+        (Refresh::Unchanged, None) => Err(Failure::Body("revalidated a copy not held".into())),
+        (Refresh::Fetched(f), _) => f,
+    };
+    match fetched {
+        Ok(doc) => {
+            store(site, &doc).await;
+            remember(site, name, key, &doc, kind).await;
+            let label = match &cached {
+                Some(entry) if entry.digest == doc.digest => "revalidated",
+                _ => "miss",
+            };
+            serve(method, &doc, kind, label, Some(started))
+        }
+        Err(Failure::Status(resp)) if !is_outage(resp.status()) => {
+            let mut o = Outcome::new(resp);
+            o.cache = Some("miss");
+            o.upstream_ms = Some(ms(started));
+            o
+        }
+        Err(failure) => {
+            let detail = failure.describe();
+            match held {
+                // The classic offline case: upstream down, copy held.
+                Some(doc) => {
+                    let mut o = serve(method, &doc, kind, "stale", Some(started));
+                    o.fault = Some("upstream");
+                    o.detail = Some(detail);
+                    o
+                }
+                None => failure.into_outcome(started),
+            }
+        }
+    }
+}
+
+async fn by_digest(
+    site: &OciSite,
+    method: &Method,
+    name: &str,
+    digest: &str,
+    path: &str,
+) -> Outcome {
+    let key = format!("manifests/{digest}");
+    if let Ok(d) = Digest::parse(digest)
+        && let Ok(Some(blob)) = site.cache.get(&d).await
+        && let Ok(bytes) = read_small(&blob).await
+    {
+        let media_type = match site.cache.get_ref(&site.host, name, &key).await {
+            Ok(Some(entry)) => entry.media_type,
+            _ => media_type_of(&bytes),
+        };
+        let doc = Doc {
+            bytes,
+            digest: digest.to_owned(),
+            media_type,
+        };
+        return serve(method, &doc, Kind::Manifest, "hit", None);
+    }
+    let started = Instant::now();
+    let req = accept(UpstreamRequest::get(path).with_scope(OciSite::scope(name)));
+    match fetch(site, req, Kind::Manifest).await {
+        Ok(doc) if doc.digest != digest => {
+            // Wrong bytes for a digest: an error, and nothing is kept.
+            let mut o = response::failed(
+                StatusCode::BAD_GATEWAY,
+                "MANIFEST_INVALID",
+                "upstream",
+                format!(
+                    "upstream sent a manifest with digest {} for {digest}",
+                    doc.digest
+                ),
+            );
+            o.upstream_ms = Some(ms(started));
+            o
+        }
+        Ok(doc) => {
+            store(site, &doc).await;
+            remember(site, name, &key, &doc, Kind::Manifest).await;
+            serve(method, &doc, Kind::Manifest, "miss", Some(started))
+        }
+        Err(Failure::Status(resp)) if !is_outage(resp.status()) => {
+            let mut o = Outcome::new(resp);
+            o.cache = Some("miss");
+            o.upstream_ms = Some(ms(started));
+            o
+        }
+        Err(failure) => failure.into_outcome(started),
+    }
+}
+
+enum Refresh {
+    /// Upstream still has the digest held.
+    Unchanged,
+    Fetched(Result<Doc, Failure>),
+}
+
+enum Failure {
+    /// Upstream answered with a status other than 200.
+    Status(Response<body::Body>),
+    Upstream(UpstreamError),
+    /// The body could not be read, was too large, or lied about its digest.
+    Body(String),
+}
+
+impl Failure {
+    fn describe(&self) -> String {
+        match self {
+            Self::Status(r) => format!("upstream answered {}", r.status()),
+            Self::Upstream(e) => e.to_string(),
+            Self::Body(d) => d.clone(),
+        }
+    }
+
+    fn into_outcome(self, started: Instant) -> Outcome {
+        let detail = self.describe();
+        let mut o = match self {
+            Self::Status(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                let mut o = Outcome::new(resp);
+                o.fault = Some("upstream");
+                o.detail = Some(detail);
+                o
+            }
+            Self::Status(resp) => {
+                let mut o =
+                    response::failed(StatusCode::BAD_GATEWAY, "UNAVAILABLE", "upstream", detail);
+                o.response.headers_mut().extend(
+                    resp.headers()
+                        .get(header::RETRY_AFTER)
+                        .map(|v| (header::RETRY_AFTER, v.clone())),
+                );
+                o
+            }
+            Self::Upstream(e) => {
+                let status = if matches!(e, UpstreamError::Timeout { .. }) {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                let mut o = response::failed(status, "UNAVAILABLE", e.fault().as_str(), detail);
+                o.fault = Some(e.fault().as_str());
+                o
+            }
+            Self::Body(_) => {
+                response::failed(StatusCode::BAD_GATEWAY, "UNAVAILABLE", "upstream", detail)
+            }
+        };
+        o.upstream_ms = Some(ms(started));
+        o
+    }
+}
+
+/// Statuses that mean "upstream cannot answer now" rather than an answer:
+/// they make the gateway serve a stale copy when it holds one.
+fn is_outage(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+}
+
+async fn fetch(site: &OciSite, req: UpstreamRequest, kind: Kind) -> Result<Doc, Failure> {
+    let resp = site.upstream.send(req).await.map_err(Failure::Upstream)?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let (parts, _) = resp.into_parts();
+        let code = match (status, kind) {
+            (StatusCode::NOT_FOUND, Kind::Manifest) => "MANIFEST_UNKNOWN",
+            (StatusCode::NOT_FOUND, Kind::Other) => "NAME_UNKNOWN",
+            _ => "UNAVAILABLE",
+        };
+        let mut out = response::error(status, code, &format!("upstream answered {status}"));
+        if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
+            out.headers_mut().insert(header::RETRY_AFTER, v.clone());
+        }
+        return Err(Failure::Status(out));
+    }
+    let media_type = header_str(resp.headers(), header::CONTENT_TYPE.as_str())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let announced = header_str(resp.headers(), DIGEST_HEADER).map(str::to_owned);
+    let mut body = std::pin::pin!(site.upstream.body_stream(resp));
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(Failure::Upstream)?;
+        if bytes.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(Failure::Body(format!(
+                "document larger than {MAX_DOCUMENT} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let bytes = Bytes::from(bytes);
+    let digest = format!("sha256:{}", Digest::of(&bytes).hex());
+    if let Some(announced) = announced
+        && kind == Kind::Manifest
+        && announced.starts_with("sha256:")
+        && announced != digest
+    {
+        return Err(Failure::Body(format!(
+            "upstream announced {announced} but sent content with digest {digest}"
+        )));
+    }
+    let media_type = if media_type.is_empty() || media_type == "application/octet-stream" {
+        media_type_of(&bytes)
+    } else {
+        media_type
+    };
+    Ok(Doc {
+        bytes,
+        digest,
+        media_type,
+    })
+}
+
+/// Stores a document's bytes by digest (a no-op when held or being filled).
+async fn store(site: &OciSite, doc: &Doc) {
+    let Ok(digest) = Digest::parse(&doc.digest) else {
+        return;
+    };
+    if let Ok(Fill::Leader(mut writer)) = site
+        .cache
+        .begin_fill(&digest, Some(doc.bytes.len() as u64))
+        .await
+    {
+        let result = match writer.write(&doc.bytes).await {
+            Ok(()) => writer.finish().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, digest = %doc.digest, "could not cache a document");
+        }
+    }
+}
+
+/// Points `key` (and, for manifests, the digest) at the document, fresh now.
+async fn remember(site: &OciSite, name: &str, key: &str, doc: &Doc, kind: Kind) {
+    let entry = RefEntry {
+        digest: doc.digest.clone(),
+        media_type: doc.media_type.clone(),
+        size: doc.bytes.len() as u64,
+        fetched_at: now_secs(),
+    };
+    let mut keys = vec![key.to_owned()];
+    if kind == Kind::Manifest {
+        keys.push(format!("manifests/{}", doc.digest));
+    }
+    for k in keys {
+        if let Err(e) = site
+            .cache
+            .put_ref(&site.host, name, &k, entry.clone())
+            .await
+        {
+            tracing::warn!(error = %e, key = %k, "could not record a reference");
+        }
+    }
+}
+
+async fn load(site: &OciSite, entry: &RefEntry) -> Option<Doc> {
+    let digest = Digest::parse(&entry.digest).ok()?;
+    let blob = site.cache.get(&digest).await.ok()??;
+    let bytes = read_small(&blob).await.ok()?;
+    Some(Doc {
+        bytes,
+        digest: entry.digest.clone(),
+        media_type: entry.media_type.clone(),
+    })
+}
+
+async fn read_small(blob: &crate::cache::Blob) -> Result<Bytes, std::io::Error> {
+    if blob.size() > MAX_DOCUMENT as u64 {
+        return Err(std::io::Error::other("not a document: too large"));
+    }
+    let mut out = Vec::with_capacity(blob.size() as usize);
+    let mut stream = std::pin::pin!(blob.stream(None));
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(Bytes::from(out))
+}
+
+fn serve(
+    method: &Method,
+    doc: &Doc,
+    kind: Kind,
+    cache: &'static str,
+    started: Option<Instant>,
+) -> Outcome {
+    let body = if method == Method::HEAD {
+        body::empty()
+    } else {
+        body::full(doc.bytes.clone())
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&doc.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.bytes.len()));
+    if kind == Kind::Manifest
+        && let Ok(v) = HeaderValue::from_str(&doc.digest)
+    {
+        h.insert(DIGEST_HEADER, v.clone());
+        h.insert(header::ETAG, v);
+    }
+    let mut o = Outcome::new(resp);
+    o.cache = Some(cache);
+    o.upstream_ms = started.map(ms);
+    o
+}
+
+fn accept(mut req: UpstreamRequest) -> UpstreamRequest {
+    for t in MANIFEST_ACCEPT {
+        req = req.with_header(header::ACCEPT, HeaderValue::from_static(t));
+    }
+    req
+}
+
+/// The `mediaType` a manifest declares, for one stored without its header.
+fn media_type_of(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_owned())
+}
+
+fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn age_secs(fetched_at: i64) -> i64 {
+    now_secs().saturating_sub(fetched_at)
+}
+
+fn ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,86 @@
+//! Building the serving side from the configuration: the content (cache
+//! and one handler per site) and the site CA's TLS acceptor.
+
+use std::{collections::HashMap, sync::Arc};
+
+use anyhow::Context as _;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    cache::Cache,
+    config::{Config, SiteKind},
+    registry::{Sites, oci::OciSite},
+    tls::{self, LeafResolver, SiteCa},
+    upstream::Upstream,
+};
+
+/// The cache and the site handlers that fill it.
+pub struct Content {
+    pub cache: Cache,
+    pub oci: HashMap<String, Arc<OciSite>>,
+}
+
+pub struct Serving {
+    pub sites: Sites,
+    pub tls: Option<TlsAcceptor>,
+    pub content: Option<Content>,
+}
+
+/// Opens the cache and builds the site handlers (no TLS: also what the
+/// `cache` subcommands use when no daemon runs).
+pub async fn build_content(config: &Config) -> anyhow::Result<Content> {
+    let cache = Cache::open(&config.cache.dir, config.cache.max_size)
+        .await
+        .with_context(|| format!("opening the cache in {}", config.cache.dir.display()))?;
+    let mut oci = HashMap::new();
+    for site in &config.sites {
+        let upstream = Upstream::new(site)
+            .with_context(|| format!("setting up the upstream of site {}", site.host))?;
+        match site.kind {
+            SiteKind::Oci => {
+                oci.insert(
+                    site.host.to_ascii_lowercase(),
+                    OciSite::new(&site.host, upstream, cache.clone(), config.cache.tag_ttl),
+                );
+            }
+        }
+    }
+    Ok(Content { cache, oci })
+}
+
+/// Loads the CA, opens the cache and builds the site handlers. With no
+/// sites configured nothing is loaded and every non-manager connection is
+/// refused.
+pub async fn build(config: &Config) -> anyhow::Result<Serving> {
+    if config.sites.is_empty() {
+        return Ok(Serving {
+            sites: Sites::default(),
+            tls: None,
+            content: None,
+        });
+    }
+    let ca = SiteCa::load(&config.tls.ca_dir).with_context(|| {
+        format!(
+            "loading the site CA from {} (create it with `gateway ca init --config FILE`)",
+            config.tls.ca_dir.display()
+        )
+    })?;
+    let hosts: Vec<String> = config.sites.iter().map(|s| s.host.clone()).collect();
+    let resolver = Arc::new(LeafResolver::new(
+        Arc::new(ca),
+        hosts,
+        config.tls.leaf_validity,
+        config.tls.leaf_cache,
+    ));
+    let server_config = tls::server_config(resolver)?;
+    let content = build_content(config).await?;
+    let mut sites = Sites::default();
+    for (host, site) in &content.oci {
+        sites.insert(host, site.clone());
+    }
+    Ok(Serving {
+        sites,
+        tls: Some(TlsAcceptor::from(server_config)),
+        content: Some(content),
+    })
+}

@@ -1,0 +1,315 @@
+//! The site CA: created once per site by `gateway ca init`, exported to the
+//! devices' trust stores, and loaded by the daemon to sign leaves.
+//!
+//! The CA is name-constrained (RFC 5280 section 4.2.1.10) to the site
+//! hosts it was created for, and excludes every IPv4 and IPv6 address, so
+//! devices that install it trust it for those names only.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, GeneralSubtree,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName};
+
+use super::{
+    TlsError,
+    files::{self, Visibility},
+    names,
+};
+
+/// The CA certificate, PEM, mode 0644.
+pub const CERT_FILE: &str = "ca.pem";
+/// The CA private key, PKCS#8 PEM, mode 0600.
+pub const KEY_FILE: &str = "ca.key";
+
+const COMMON_NAME: &str = "Margo site gateway CA";
+const LIFETIME: time::Duration = time::Duration::days(3650);
+/// Tolerates devices whose clocks run a little behind the gateway's.
+const BACKDATE: time::Duration = time::Duration::hours(1);
+
+/// What `init` created, for the operator.
+#[derive(Debug, Clone)]
+pub struct CaSummary {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// SHA-256 of the certificate DER, lowercase hex.
+    pub fingerprint_sha256: String,
+    /// The permitted dNSName subtrees, as written into the certificate.
+    pub permitted: Vec<String>,
+    pub not_after: OffsetDateTime,
+}
+
+/// Creates the site CA in `ca_dir` for the site `hosts`. Refuses to replace
+/// an existing CA unless `force`.
+pub fn init(ca_dir: &Path, hosts: &[String], force: bool) -> Result<CaSummary, TlsError> {
+    let permitted = permitted_names(hosts)?;
+    let cert_path = ca_dir.join(CERT_FILE);
+    let key_path = ca_dir.join(KEY_FILE);
+    if !force {
+        for path in [&cert_path, &key_path] {
+            let exists = path
+                .try_exists()
+                .map_err(TlsError::io("check for an existing CA at", path))?;
+            if exists {
+                return Err(TlsError::CaExists { path: path.clone() });
+            }
+        }
+    }
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| TlsError::Generate {
+            what: "the CA key",
+            source,
+        })?;
+    let cert = ca_params(&permitted)
+        .self_signed(&key)
+        .map_err(|source| TlsError::Generate {
+            what: "the CA certificate",
+            source,
+        })?;
+    // Read back what was written, so the summary shows the certificate itself.
+    let facts = Facts::parse(cert.der(), &cert_path)?;
+
+    files::create_private_dir(ca_dir)?;
+    // Key first: a crash between the renames leaves a pair that `load`
+    // reports as mismatched rather than an old key under a new certificate.
+    files::write_atomic(
+        ca_dir,
+        KEY_FILE,
+        key.serialize_pem().as_bytes(),
+        Visibility::Private,
+    )?;
+    files::write_atomic(ca_dir, CERT_FILE, cert.pem().as_bytes(), Visibility::Public)?;
+    files::sync_dir(ca_dir)?;
+    tracing::info!(
+        cert = %cert_path.display(),
+        fingerprint_sha256 = %facts.fingerprint,
+        permitted = ?facts.permitted,
+        "site CA created"
+    );
+    Ok(CaSummary {
+        cert_path,
+        key_path,
+        fingerprint_sha256: facts.fingerprint,
+        permitted: facts.permitted,
+        not_after: facts.not_after,
+    })
+}
+
+/// The CA certificate PEM, as devices should install it.
+pub fn export(ca_dir: &Path) -> Result<String, TlsError> {
+    files::read_text(&ca_dir.join(CERT_FILE))
+}
+
+fn permitted_names(hosts: &[String]) -> Result<Vec<String>, TlsError> {
+    let mut permitted: Vec<String> = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let name = names::site_host(host).map_err(|reason| TlsError::InvalidHost {
+            host: host.clone(),
+            reason,
+        })?;
+        if !permitted.contains(&name) {
+            permitted.push(name);
+        }
+    }
+    if permitted.is_empty() {
+        // No permitted subtree would leave every DNS name permitted.
+        return Err(TlsError::NoHosts);
+    }
+    Ok(permitted)
+}
+
+fn ca_params(permitted: &[String]) -> CertificateParams {
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, COMMON_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = now - BACKDATE;
+    params.not_after = now + LIFETIME;
+    params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: permitted
+            .iter()
+            .map(|h| GeneralSubtree::DnsName(h.clone()))
+            .collect(),
+        excluded_subtrees: vec![
+            GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])),
+            GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])),
+        ],
+    });
+    params
+}
+
+/// The loaded site CA: its certificate and a signer for leaves.
+pub struct SiteCa {
+    cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    facts: Facts,
+}
+
+impl SiteCa {
+    /// Loads `ca.pem` and `ca.key` from `ca_dir`. Refuses a key file that
+    /// group or others can read, a key that does not match the
+    /// certificate, a certificate without dNSName name constraints and one
+    /// outside its validity period.
+    pub fn load(ca_dir: &Path) -> Result<Self, TlsError> {
+        let cert_path = ca_dir.join(CERT_FILE);
+        let key_path = ca_dir.join(KEY_FILE);
+        let key_pem = files::read_private(&key_path)?;
+        let cert = first_certificate(&files::read_text(&cert_path)?, &cert_path)?;
+        let facts = Facts::parse(&cert, &cert_path)?;
+        let now = OffsetDateTime::now_utc();
+        if now < facts.not_before || now > facts.not_after {
+            return Err(TlsError::CaNotValidNow {
+                path: cert_path,
+                not_before: facts.not_before,
+                not_after: facts.not_after,
+            });
+        }
+        let key = KeyPair::from_pem(&key_pem).map_err(|source| TlsError::KeyParse {
+            path: key_path.clone(),
+            source,
+        })?;
+        if key.public_key_raw() != facts.public_key.as_slice() {
+            return Err(TlsError::KeyMismatch {
+                key: key_path,
+                cert: cert_path,
+            });
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|_| TlsError::CaCertificate {
+            path: cert_path,
+            problem: "rcgen cannot sign with this certificate as issuer",
+        })?;
+        Ok(Self {
+            cert,
+            issuer,
+            facts,
+        })
+    }
+
+    /// Whether a leaf for `host` verifies under the CA's name constraints
+    /// (equal to, or a subdomain of, a permitted name and not excluded).
+    pub fn permits(&self, host: &str) -> bool {
+        let host = names::normalize(host);
+        self.facts.permitted.iter().any(|c| names::within(&host, c))
+            && !self.facts.excluded.iter().any(|c| names::within(&host, c))
+    }
+
+    /// The permitted dNSName subtrees the CA was created for.
+    pub fn permitted(&self) -> &[String] {
+        &self.facts.permitted
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    pub fn fingerprint_sha256(&self) -> &str {
+        &self.facts.fingerprint
+    }
+
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.facts.not_after
+    }
+
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+}
+
+impl std::fmt::Debug for SiteCa {
+    // Hand-written so that no formatting of a SiteCa can reach the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteCa")
+            .field("fingerprint_sha256", &self.facts.fingerprint)
+            .field("permitted", &self.facts.permitted)
+            .field("not_after", &self.facts.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn first_certificate(pem: &str, path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    match rustls_pemfile::certs(&mut pem.as_bytes()).next() {
+        Some(Ok(der)) => Ok(der),
+        Some(Err(source)) => Err(TlsError::io("parse the PEM in", path)(source)),
+        None => Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// What the daemon needs to know from the CA certificate.
+#[derive(Debug)]
+struct Facts {
+    permitted: Vec<String>,
+    excluded: Vec<String>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    public_key: Vec<u8>,
+    fingerprint: String,
+}
+
+impl Facts {
+    fn parse(der: &[u8], path: &Path) -> Result<Self, TlsError> {
+        let problem = |problem| TlsError::CaCertificate {
+            path: path.to_owned(),
+            problem,
+        };
+        let (rest, x509) = x509_parser::parse_x509_certificate(der)
+            .map_err(|_| problem("not a DER X.509 certificate"))?;
+        if !rest.is_empty() {
+            return Err(problem("trailing bytes after the certificate"));
+        }
+        if !x509.is_ca() {
+            return Err(problem(
+                "not a CA certificate (basicConstraints cA is not set)",
+            ));
+        }
+        let (permitted, excluded) =
+            dns_constraints(&x509).map_err(|_| problem("its name constraints do not parse"))?;
+        if permitted.is_empty() {
+            return Err(TlsError::CaNotConstrained {
+                path: path.to_owned(),
+            });
+        }
+        let validity = x509.validity();
+        Ok(Self {
+            permitted,
+            excluded,
+            not_before: validity.not_before.to_datetime(),
+            not_after: validity.not_after.to_datetime(),
+            public_key: x509.public_key().subject_public_key.data.to_vec(),
+            fingerprint: hex::encode(Sha256::digest(der)),
+        })
+    }
+}
+
+/// The permitted and excluded dNSName subtrees, canonical.
+fn dns_constraints(
+    x509: &X509Certificate<'_>,
+) -> Result<(Vec<String>, Vec<String>), x509_parser::error::X509Error> {
+    let Some(ext) = x509.name_constraints()? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let dns = |subtrees: &Option<Vec<x509_parser::extensions::GeneralSubtree<'_>>>| {
+        subtrees
+            .iter()
+            .flatten()
+            .filter_map(|s| match s.base {
+                GeneralName::DNSName(name) => Some(name.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    Ok((
+        dns(&ext.value.permitted_subtrees),
+        dns(&ext.value.excluded_subtrees),
+    ))
+}

@@ -1,0 +1,109 @@
+//! Real handshakes, in process: a tokio-rustls server on `server_config`
+//! over an in-memory duplex stream, and a rustls client trusting only the
+//! site CA.
+
+use std::sync::Arc;
+
+use rustls::{ClientConfig, pki_types::ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::{HOST, TestCa, ca_client, ca_roots, test_ca};
+use crate::tls::{LeafResolver, provider, server_config};
+
+struct Outcome {
+    client: Result<Option<Vec<u8>>, std::io::Error>,
+    server: Result<(), std::io::Error>,
+}
+
+/// Connects as `name`; on success the client sends "ping", the server
+/// answers "pong", and the client returns the negotiated ALPN.
+async fn handshake(resolver: Arc<LeafResolver>, client: Arc<ClientConfig>, name: &str) -> Outcome {
+    let acceptor = TlsAcceptor::from(server_config(resolver).expect("server config"));
+    let connector = TlsConnector::from(client);
+    let name = ServerName::try_from(name.to_owned()).expect("name");
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let server = async move {
+        let mut tls = acceptor.accept(server_io).await?;
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"ping");
+        tls.write_all(b"pong").await?;
+        tls.shutdown().await
+    };
+    let client = async move {
+        let mut tls = connector.connect(name, client_io).await?;
+        tls.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"pong");
+        Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+    };
+    let (client, server) = tokio::join!(client, server);
+    Outcome { client, server }
+}
+
+fn setup() -> (TestCa, Arc<LeafResolver>) {
+    let t = test_ca(&[HOST]);
+    let hosts = vec![HOST.to_owned()];
+    let resolver = LeafResolver::new(
+        t.ca.clone(),
+        hosts,
+        std::time::Duration::from_secs(3600),
+        16,
+    );
+    (t, Arc::new(resolver))
+}
+
+#[tokio::test]
+async fn allowed_name_handshakes_and_prefers_h2() {
+    let (t, resolver) = setup();
+    let client = ca_client(&t.ca, &[b"h2", b"http/1.1"]);
+    let out = handshake(resolver.clone(), client, HOST).await;
+    out.server.expect("server side");
+    assert_eq!(
+        out.client.expect("client side").as_deref(),
+        Some(&b"h2"[..])
+    );
+
+    let http1 = ca_client(&t.ca, &[b"http/1.1"]);
+    let out = handshake(resolver.clone(), http1, HOST).await;
+    assert_eq!(
+        out.client.expect("client side").as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+
+    let none = ca_client(&t.ca, &[]);
+    let out = handshake(resolver.clone(), none, HOST).await;
+    assert_eq!(out.client.expect("client side"), None);
+    assert_eq!(resolver.stats().minted, 1, "{:?}", resolver.stats());
+}
+
+#[tokio::test]
+async fn tls12_clients_are_served() {
+    let (t, resolver) = setup();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(ca_roots(&t.ca))
+        .with_no_client_auth();
+    let out = handshake(resolver, Arc::new(config), HOST).await;
+    out.server.expect("server side");
+    out.client.expect("client side");
+}
+
+#[tokio::test]
+async fn other_names_fail_the_handshake() {
+    let (t, resolver) = setup();
+    let client = ca_client(&t.ca, &[b"h2"]);
+    let out = handshake(resolver.clone(), client, "evil.example.test").await;
+    let server = out.server.expect_err("server refuses");
+    let client = out.client.expect_err("client fails");
+    println!("server: {server}; client: {client}");
+    let stats = resolver.stats();
+    assert_eq!(
+        (stats.minted, stats.refused_unknown_name),
+        (0, 1),
+        "{stats:?}"
+    );
+}

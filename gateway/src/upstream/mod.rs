@@ -1,0 +1,44 @@
+//! The upstream side: one HTTP client per configured site, which fills
+//! cache misses from the site's registry with credentials only the
+//! gateway holds.
+//!
+//! [`Upstream::send`] takes a GET or HEAD relative to the site's upstream
+//! URL and returns the final response of any status (the caller decides
+//! what a 404 or 429 means). Around the bare request it:
+//!
+//! - answers one `401` with a Bearer token from the challenge's realm
+//!   (the "token dance", cached per realm, service and scope) or with
+//!   Basic credentials (`auth.rs`);
+//! - follows up to [`MAX_REDIRECTS`] redirects, sending `Authorization`
+//!   only to the configured origin, never to a CDN (`redirect.rs`);
+//! - retries a request that failed before any response, or got
+//!   502/503/504, twice with a short pause; never 429, never once a body
+//!   was read;
+//! - bounds the wait for response headers ([`Timeouts`]); the caller
+//!   bounds body stalls with [`body_stream`].
+//!
+//! Passwords and tokens never reach logs or errors ([`Secret`], sensitive
+//! header values, redacted URLs).
+
+mod auth;
+mod body;
+pub mod challenge;
+mod client;
+mod credentials;
+mod error;
+mod redirect;
+mod tls;
+
+pub use body::{BodyStream, DEFAULT_BODY_IDLE, body_stream};
+pub use client::{ResponseMeta, Timeouts, Upstream, UpstreamRequest};
+pub use credentials::{CredentialsError, Secret, UpstreamCredentials};
+pub use error::{Fault, UpstreamError, Waiting};
+pub use redirect::{MAX_REDIRECTS, redact};
+pub use tls::TlsConfigError;
+
+#[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+mod tests;
