@@ -9,10 +9,15 @@
 //! readers use the open descriptor, the rename at publish changes nothing
 //! for them.
 //!
-//! A leader ends in exactly one of two ways: [`FillWriter::finish`]
-//! publishes and reports `Verified`, or anything else (an error, a digest
-//! mismatch, [`FillWriter::fail`], or being dropped) reports `Failed`,
-//! removes the temp file and frees the digest for a new fill.
+//! A leader ends in exactly one of two ways: [`FillWriter::finish`] checks
+//! size and digest, reports `Verified` and publishes; anything else (an
+//! error, a size or digest mismatch, [`FillWriter::fail`], or being
+//! dropped) reports `Failed`, removes the temp file and frees the digest for
+//! a new fill. `Verified` goes out before the fsyncs and the rename: readers
+//! need the digest check, not durability, to finish their responses, so
+//! followers complete with the leader instead of a few fsyncs later. If
+//! publishing then fails, nothing is stored, and readers still finish the
+//! verified bytes from the open descriptor.
 //!
 //! Recommended use by a proxy: pump upstream into the writer from a spawned
 //! task (a client that hangs up must not end the fill its followers wait
@@ -321,6 +326,12 @@ impl FillWriter {
             return Err(e);
         }
 
+        // The bytes are right: readers may finish now. They need the digest
+        // check, not durability, so they do not wait for the fsyncs below.
+        self.shared
+            .progress
+            .send_replace(Progress::Verified { size });
+
         let inner = Arc::clone(&self.cache.inner);
         let access = inner.state().tick();
         let publish_file = Arc::clone(&file);
@@ -337,23 +348,27 @@ impl FillWriter {
         .await
         .map_err(CacheError::task("publish a fill"))
         .and_then(|r| r);
-        if let Err(e) = published {
-            self.abort(e.to_string());
-            return Err(e);
-        }
 
+        self.closed = true;
+        let temp = self.temp.take();
         {
             // One critical section: a concurrent begin_fill sees either this
-            // fill (and follows it to `Verified`) or the blob.
+            // fill (and follows it, already `Verified`) or the blob.
             let mut state = self.cache.inner.state();
-            state.insert_blob(digest, size, access);
+            if published.is_ok() {
+                state.insert_blob(digest, size, access);
+            }
             remove_fill(&mut state.fills, &self.shared);
         }
-        self.closed = true;
-        self.temp = None;
-        self.shared
-            .progress
-            .send_replace(Progress::Verified { size });
+        if let Err(e) = published {
+            // Not stored, but what readers got is verified: they keep
+            // reading it through the open descriptor, so no `Failed` here.
+            tracing::warn!(%digest, error = %e, "cache: verified blob could not be stored");
+            if let Some(temp) = temp {
+                store::remove_in_background(temp);
+            }
+            return Err(e);
+        }
         self.cache.schedule_maintenance();
         Ok(Blob::new(digest, size, file))
     }

@@ -76,7 +76,8 @@ impl FillReader {
         }
     }
 
-    /// Waits until the fill is verified (its size) or failed.
+    /// Waits until the fill is verified (returns its size) or failed. The
+    /// blob may still be on its way into the store when this returns.
     pub async fn wait(&self) -> Result<u64, CacheError> {
         let mut rx = self.shared.progress.subscribe();
         loop {

@@ -19,9 +19,23 @@
 //! - References (tag → digest) and pins live in an embedded ACID index
 //!   (index.rs); [`Cache::open`] reconciles it with the files (reconcile.rs).
 //!
-//! Nothing holds a lock across I/O: the std `Mutex` in state.rs guards maps
-//! only, and file and index work runs on `spawn_blocking`. Nothing buffers a
-//! whole blob: data moves in chunks of at most 256 KiB.
+//! No data lock is held across I/O: the std `Mutex` in state.rs guards maps
+//! only, and file and index work runs on `spawn_blocking` (two async
+//! mutexes only serialise maintenance passes and pin writes). Nothing
+//! buffers a whole blob: data moves in chunks of at most 256 KiB.
+//!
+//! # Use from a proxy
+//!
+//! `get` → serve the [`Blob`]. Otherwise `begin_fill`: `Done` → serve it;
+//! `Follower` → [`FillReader::known_size`] for headers, then
+//! [`FillReader::stream`]; `Leader` → request upstream, [`FillWriter::set_size`]
+//! from its Content-Length, spawn a task that pumps the body into
+//! [`FillWriter::write_bytes`] and calls `finish` (or `fail`), and serve the
+//! client from [`FillWriter::reader`]. The pump must time out a stalled
+//! upstream and `fail`: followers wait as long as the leader does.
+//!
+//! A blob larger than `max_size` (and not pinned) is served to everyone
+//! following its fill, then evicted by the next pass.
 //!
 //! Only one process may open a cache directory at a time (the index file is
 //! locked); `gateway cache ls` and the like go through the running daemon,

@@ -22,7 +22,6 @@ use super::{
     credentials::UpstreamCredentials,
     error::{UpstreamError, Waiting, is_tls_rejection},
     redirect::{MAX_REDIRECTS, Origin, is_redirect, redact, resolve},
-    tls,
 };
 use crate::config::Site;
 
@@ -164,11 +163,12 @@ impl Upstream {
                 site: site.host.clone(),
                 source,
             })?;
-        let tls =
-            tls::client_config(site.ca_file.as_deref()).map_err(|source| UpstreamError::Tls {
+        let tls = crate::tls::client_config(site.ca_file.as_deref()).map_err(|source| {
+            UpstreamError::Tls {
                 site: site.host.clone(),
                 source,
-            })?;
+            }
+        })?;
         // The connector sets ALPN itself and panics if it is already set.
         let mut tls = (*tls).clone();
         tls.alpn_protocols.clear();

@@ -13,7 +13,7 @@ use std::{fmt, time::Duration};
 use http::{Method, StatusCode};
 use thiserror::Error;
 
-use super::{credentials::CredentialsError, tls::TlsConfigError};
+use super::credentials::CredentialsError;
 
 /// Who was at fault when a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub enum UpstreamError {
     Tls {
         site: String,
         #[source]
-        source: TlsConfigError,
+        source: crate::tls::TlsError,
     },
     /// Internal (a caller's bug); not retryable.
     #[error("method {method} is never sent upstream: only GET and HEAD are")]

@@ -27,14 +27,12 @@ mod client;
 mod credentials;
 mod error;
 mod redirect;
-mod tls;
 
 pub use body::{BodyStream, DEFAULT_BODY_IDLE, body_stream};
 pub use client::{ResponseMeta, Timeouts, Upstream, UpstreamRequest};
 pub use credentials::{CredentialsError, Secret, UpstreamCredentials};
 pub use error::{Fault, UpstreamError, Waiting};
 pub use redirect::{MAX_REDIRECTS, redact};
-pub use tls::TlsConfigError;
 
 #[cfg(test)]
 #[expect(

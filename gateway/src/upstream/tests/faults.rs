@@ -312,7 +312,7 @@ async fn missing_password_file_and_ca_file_are_internal_errors() {
     s.ca_file = Some(empty);
     let e = Upstream::new(&s).unwrap_err();
     assert!(
-        all_text(&e).contains("no PEM certificate"),
+        all_text(&e).contains("no PEM `CERTIFICATE` block"),
         "{}",
         all_text(&e)
     );
