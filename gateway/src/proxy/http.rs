@@ -150,8 +150,11 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// Request shapes that different parsers frame differently (request
-/// smuggling). hyper already rejects malformed lengths; these are the
-/// ones it tolerates.
+/// smuggling). hyper already rejects malformed lengths (`+3`, duplicates
+/// that disagree) but silently drops a `Content-Length` that comes with
+/// `Transfer-Encoding`, so the CL.TE and TE.CL shapes reach us only as a
+/// `Transfer-Encoding` header. Sites serve pulls, which carry no body: any
+/// `Transfer-Encoding` on a request is refused.
 pub fn framing_problem(headers: &HeaderMap) -> Option<&'static str> {
     let te = headers.get_all(header::TRANSFER_ENCODING).iter().count();
     let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
@@ -160,6 +163,9 @@ pub fn framing_problem(headers: &HeaderMap) -> Option<&'static str> {
     }
     if te > 1 {
         return Some("duplicate_transfer_encoding");
+    }
+    if te > 0 {
+        return Some("transfer_encoding_not_accepted");
     }
     if cl > 1 {
         return Some("duplicate_content_length");
@@ -218,6 +224,7 @@ mod tests {
         );
         assert!(h(&[("content-length", "3"), ("content-length", "3")]).is_some());
         assert!(h(&[("host", "a"), ("host", "b")]).is_some());
+        assert!(h(&[("transfer-encoding", "chunked")]).is_some());
         assert!(h(&[("content-length", "3")]).is_none());
         assert!(h(&[]).is_none());
     }

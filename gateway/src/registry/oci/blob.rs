@@ -114,6 +114,25 @@ pub async fn blob(
                 o.upstream_ms = Some(ms(started));
                 return o;
             }
+            // Followers learn the size from here on, and can be told a
+            // Content-Length.
+            let length = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let mut writer = writer;
+            if let Some(len) = length
+                && let Err(e) = writer.set_size(len)
+            {
+                writer.fail(&e);
+                return response::failed(
+                    StatusCode::BAD_GATEWAY,
+                    "UNAVAILABLE",
+                    "upstream",
+                    e.to_string(),
+                );
+            }
             let reader = writer.reader();
             let stream = Box::pin(site.upstream.body_stream(resp));
             tokio::spawn(pump(writer, stream));
@@ -122,8 +141,17 @@ pub async fn blob(
             return o;
         }
     };
+    // A follower that joined before the leader had upstream's headers
+    // waits for the size, so that it too can send a Content-Length.
+    if reader.size().is_none() {
+        let _ = tokio::time::timeout(SIZE_WAIT, reader.known_size()).await;
+    }
     serve_reader(method, digest, &reader, range_header)
 }
+
+/// How long a follower waits for the leader's upstream headers before it
+/// streams without a Content-Length.
+const SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Writes the upstream body into the fill; the fill verifies the digest.
 async fn pump(
