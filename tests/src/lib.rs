@@ -17,6 +17,8 @@ pub mod device;
 pub mod gateway;
 pub mod kernel;
 pub mod netns;
+pub mod oci;
+pub mod registry;
 pub mod servers;
 pub mod site;
 pub mod tls;
