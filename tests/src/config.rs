@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     pub pin_path: PathBuf,
     /// `kernel.drop_event_interval_ms`
     pub drop_event_interval_ms: u64,
+    /// `kernel.attach`: `auto` (None), `tcx` or `netlink`.
+    pub attach: Option<&'static str>,
     /// Appended verbatim (extra top-level keys for a test of its own).
     pub extra_yaml: String,
 }
@@ -55,6 +57,7 @@ impl GatewayConfig {
             state_dir: dir.join("state"),
             pin_path: site.pin_path(),
             drop_event_interval_ms: 1000,
+            attach: None,
             extra_yaml: String::new(),
         }
     }
@@ -97,6 +100,9 @@ impl GatewayConfig {
             "  drop_event_interval_ms: {}",
             self.drop_event_interval_ms
         );
+        if let Some(attach) = self.attach {
+            let _ = writeln!(y, "  attach: {attach}");
+        }
         y.push_str(&self.extra_yaml);
         y
     }

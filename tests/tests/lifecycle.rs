@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gateway_tests::{
     Gateway, Site,
-    config::DEFAULT_ROUTE_TABLE,
+    config::{DEFAULT_ROUTE_TABLE, GatewayConfig},
     device,
     kernel::{self, Attached},
     require_root,
@@ -23,11 +23,49 @@ fn attached(gw: &Gateway) -> Vec<Attached> {
     gw.must(kernel::attached(site, &site.gw_dev_if))
 }
 
+/// Starts a gateway attaching with `attach` (`None`: the kernel's
+/// default, TCX here) and checks which path was taken.
+fn start<'s>(site: &'s Site, attach: Option<&'static str>) -> Gateway<'s> {
+    let mut cfg = GatewayConfig::for_site(site);
+    cfg.attach = attach;
+    let gw = Gateway::start(site, cfg).unwrap();
+    if attach == Some("netlink") {
+        let via: Vec<&str> = attached(&gw).iter().map(|a| a.via).collect();
+        assert_eq!(
+            via,
+            ["tc"],
+            "kernel.attach: netlink must attach a cls_bpf filter"
+        );
+    }
+    gw
+}
+
 #[test]
 fn sigkill_fails_closed_and_restart_adopts_the_pinned_program() {
+    fail_closed_then_adopted("fail-closed", None);
+}
+
+/// The netlink (`clsact`) path, which kernels before 6.6 take, on this
+/// kernel too.
+#[test]
+fn netlink_path_fails_closed_and_restart_adopts_it() {
+    fail_closed_then_adopted("fail-closed-nl", Some("netlink"));
+}
+
+#[test]
+fn sigterm_removes_everything() {
+    clean_stop("clean-stop", None);
+}
+
+#[test]
+fn netlink_path_sigterm_removes_everything() {
+    clean_stop("clean-stop-nl", Some("netlink"));
+}
+
+fn fail_closed_then_adopted(name: &str, attach: Option<&'static str>) {
     require_root();
-    let site = Site::new("fail-closed").unwrap();
-    let mut gw = Gateway::start_default(&site).unwrap();
+    let site = Site::new(name).unwrap();
+    let mut gw = start(&site, attach);
     let manager = v4(addr::UP_V4, addr::MANAGER_PORT);
     gw.must(device::manager_echo(&site, manager, 4096));
     let before = attached(&gw);
@@ -73,19 +111,16 @@ fn sigkill_fails_closed_and_restart_adopts_the_pinned_program() {
         1,
         "expected exactly one program after restart: {after:?}"
     );
-    if before[0].via == "tcx" {
-        assert_eq!(
-            after[0].id, before[0].id,
-            "restart replaced the pinned program instead of adopting it"
-        );
-    }
+    assert_eq!(
+        after[0].id, before[0].id,
+        "restart replaced the pinned program instead of adopting it"
+    );
 }
 
-#[test]
-fn sigterm_removes_everything() {
+fn clean_stop(name: &str, attach: Option<&'static str>) {
     require_root();
-    let site = Site::new("clean-stop").unwrap();
-    let mut gw = Gateway::start_default(&site).unwrap();
+    let site = Site::new(name).unwrap();
+    let mut gw = start(&site, attach);
     gw.must(device::manager_echo(
         &site,
         v4(addr::UP_V4, addr::MANAGER_PORT),
