@@ -57,6 +57,8 @@ where
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let sni = sni.map(Arc::<str>::from);
+    let host = sni.as_deref().map(str::to_owned);
+    let audit = ctx.audit.clone();
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         let sni = sni.clone();
@@ -64,7 +66,39 @@ where
     });
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         tracing::debug!(%device, error = %e, "connection ended with an error");
+        // Requests hyper refused before they reached a handler (malformed
+        // lengths, oversized or slow headers) are decisions too.
+        if let Some(reason) = refused_by_parser(e.as_ref()) {
+            let mut record = Record::new(Event::Request)
+                .reason(reason)
+                .detail(e.to_string());
+            record.device = Some(addr_text(device));
+            record.host = host;
+            record.fault = Some("device");
+            if reason == "malformed_request" {
+                record.status = Some(StatusCode::BAD_REQUEST.as_u16());
+            }
+            audit.log(record).await;
+        }
     }
+}
+
+/// Why hyper's own parser or timers ended a connection, when they did.
+fn refused_by_parser(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_too_large() {
+                return Some("malformed_request");
+            }
+            if h.is_timeout() {
+                return Some("header_read_timeout");
+            }
+            return None;
+        }
+        source = err.source();
+    }
+    None
 }
 
 async fn handle(

@@ -1,73 +1,58 @@
 //! `cargo xtask demo`: a site in network namespaces, the gateway guarding
 //! it, and what a device can and cannot do, shown step by step. Exits
 //! non-zero if any step does not behave as shown.
+//!
+//! Part 1 is the kernel path: passthrough to the manager, drops, a denied
+//! interception. Part 2 ([`demo::image`], [`demo::pulls`]) serves the site's registry: an
+//! image pushed upstream, the gateway restarted with the site configured,
+//! and a device pulling it cold, warm and with the upstream link cut. Then
+//! the audit trail, `gateway cache ls`, and a clean stop.
 
-use std::{
-    io::Write as _,
-    net::SocketAddr,
-    process::ExitCode,
-    time::{Duration, Instant},
-};
+use std::{process::ExitCode, time::Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use gateway_tests::{
-    Gateway, GatewayConfig, Site, audit,
-    config::DEFAULT_ROUTE_TABLE,
-    device, kernel,
-    site::{addr, v4},
-    tls,
+    Gateway, GatewayConfig, Site,
+    registry::{self, Registry, RegistryOptions},
+    site::addr,
 };
 use serde_json::Value;
 
-/// Counts failed steps; every step prints its own verdict.
-struct Steps {
-    n: usize,
-    failed: usize,
-}
+#[path = "../demo/mod.rs"]
+mod demo;
 
-impl Steps {
-    fn run(&mut self, title: &str, f: impl FnOnce() -> Result<String>) -> bool {
-        self.n += 1;
-        println!("\n[{}] {title}", self.n);
-        match f() {
-            Ok(shown) => {
-                for line in shown.lines() {
-                    println!("    {line}");
-                }
-                println!("    => ok");
-                true
-            }
-            Err(e) => {
-                self.failed += 1;
-                println!("    => FAILED: {e:#}");
-                false
-            }
-        }
-    }
-}
+use demo::{
+    image, kernel_path,
+    pulls::Pulls,
+    steps::{Steps, secs},
+    trail,
+};
 
 fn main() -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("the demo needs root (CAP_NET_ADMIN, CAP_BPF): run `cargo xtask demo` as root");
         return ExitCode::FAILURE;
     }
-    match demo() {
+    let start = Instant::now();
+    let outcome = run_demo();
+    let took = secs(start.elapsed());
+    match outcome {
         Ok(0) => {
-            println!("\ndemo: every step behaved as shown");
+            println!("\ndemo: every step behaved as shown ({took})");
             ExitCode::SUCCESS
         }
         Ok(failed) => {
-            println!("\ndemo: {failed} step(s) did not behave as shown");
+            println!("\ndemo: {failed} step(s) did not behave as shown ({took})");
             ExitCode::FAILURE
         }
         Err(e) => {
-            println!("\ndemo aborted: {e:#}");
+            println!("\ndemo aborted after {took}: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn demo() -> Result<usize> {
+fn run_demo() -> Result<usize> {
     println!("== Margo transparent egress gateway: demo ==");
     let site = Site::new("demo").context("building the site")?;
     println!(
@@ -95,10 +80,7 @@ fn demo() -> Result<usize> {
     );
 
     let failed = {
-        let mut steps = Steps { n: 0, failed: 0 };
-        // The dropped flows' device addresses, to wait for exactly their records.
-        let mut udp_from: Option<SocketAddr> = None;
-        let mut tcp_from: Option<SocketAddr> = None;
+        let mut steps = Steps::default();
         let config = GatewayConfig::for_site(&site);
         println!(
             "\ngateway config ({}):",
@@ -109,135 +91,101 @@ fn demo() -> Result<usize> {
         }
         let mut gw = Gateway::start(&site, config).context("starting the gateway")?;
         println!("\ngateway ready (pid {})", gw.pid().unwrap_or(0));
-        show_attached(&site);
-        let _ = std::io::stdout().flush();
+        kernel_path::show_attached(&site);
 
-        steps.run(
-            "device -> manager 10.77.2.2:443 (passed through untouched)",
+        steps.section("Part 1: the kernel path (manager passthrough, drops, denied interception)");
+        kernel_path::kernel_path(&mut steps, &site, &gw);
+
+        steps.section(&format!(
+            "Part 2: {} served from the gateway's verified cache",
+            registry::HOST
+        ));
+        let registry = steps.run_with(
+            &format!(
+                "upstream: start the registry {} ({}:443, TLS under its own CA)",
+                registry::HOST,
+                registry::ADDR_V4
+            ),
             || {
-                let e =
-                    device::manager_echo(&site, v4(addr::UP_V4, addr::MANAGER_PORT), 64 * 1024)?;
-                ensure!(
-                    site.servers.manager.get() == 1,
-                    "the manager saw {} connections",
-                    site.servers.manager.get()
+                let r = Registry::start(&site, RegistryOptions::default())?;
+                let shown = format!(
+                    "docker-registry (pid {}) in {}, storage {}",
+                    r.pid().unwrap_or(0),
+                    site.up_ns,
+                    r.storage.display()
                 );
-                Ok(format!(
-                    "from {}: banner \"manager\" read, {} random bytes echoed byte for byte",
-                    e.device, e.sent
-                ))
+                Ok((r, shown))
             },
         );
-        steps.run(
-            "device -> 10.77.2.2:8080 (not intercepted: dropped)",
-            || {
-                site.warm_neighbors()?;
-                let dropped = device::expect_connect_timeout(&site, v4(addr::UP_V4, 8080))?;
-                ensure!(
-                    site.servers.service_8080.get() == 0,
-                    "the service on 8080 accepted a connection"
-                );
-                tcp_from = Some(dropped.device);
-                Ok(format!(
-                    "from {}: connect timed out after {:.1?}; the service on 8080 saw 0 connections",
-                    dropped.device, dropped.took
-                ))
-            },
-        );
-        steps.run("device -> udp 10.77.2.2:5353 (UDP: dropped)", || {
-            let dst = v4(addr::UP_V4, addr::UDP_ECHO_PORT);
-            let sock = device::udp_socket(&site, 0, dst)?;
-            sock.send(b"hello?")?;
-            ensure!(
-                device::udp_reply(&sock, Duration::from_secs(1))?.is_none(),
-                "the echo answered"
-            );
-            ensure!(
-                site.servers.udp_echo.get() == 0,
-                "the echo received a datagram"
-            );
-            let from = sock.local_addr()?;
-            udp_from = Some(from);
-            Ok(format!(
-                "from {from}: no reply within 1 s; the echo saw 0 datagrams"
-            ))
-        });
-        steps.run("device -> 10.77.9.9:443 claiming the manager's name (intercepted, denied)", || {
-            let dst = v4(addr::UNROUTED_V4, 443);
-            let mut s = device::connect_ok(&site, dst)?;
-            let local = s.local_addr()?;
-            let _ = s.write_all(&tls::client_hello("wfm.site.example"));
-            let got = device::read_until_closed(&mut s, Duration::from_secs(5))?;
-            ensure!(!String::from_utf8_lossy(&got).contains("manager"), "tunnelled to the manager");
-            ensure!(site.servers.tcp_accepts() == 1, "an upstream server saw the connection");
-            gw.wait_audit(|r| audit::is_flow(r, "flow.denied", local, dst), Duration::from_secs(10))?;
-            Ok(format!(
-                "from {local}: handshake accepted by the gateway's listener, closed after {} bytes; nothing upstream saw it",
-                got.len()
-            ))
-        });
-        steps.run(
-            "waiting for the drop records (flushed by the daemon)",
-            || {
-                let start = Instant::now();
-                let udp_from = udp_from.context("no UDP flow to wait for (step failed)")?;
-                let tcp_from = tcp_from.context("no TCP flow to wait for (step failed)")?;
-                let tcp_dst = v4(addr::UP_V4, 8080);
-                let udp_dst = v4(addr::UP_V4, addr::UDP_ECHO_PORT);
-                gw.wait_audit_all(
-                    |rs| {
-                        rs.iter().any(|r| {
-                            audit::is_flow(r, "flow.dropped", tcp_from, tcp_dst)
-                                && r["reason"] == "port_not_intercepted"
-                        }) && rs.iter().any(|r| {
-                            audit::is_flow(r, "flow.dropped", udp_from, udp_dst)
-                                && r["reason"] == "protocol_not_allowed"
-                        })
-                    },
-                    Duration::from_secs(10),
-                )?;
-                Ok(format!(
-                    "TCP to 8080 and UDP to 5353 both recorded after {:.1?}",
-                    start.elapsed()
-                ))
-            },
-        );
-        steps.run("the audit log", || {
-            let records = gw.audit()?;
-            Ok(records.iter().map(pretty).collect::<Vec<_>>().join("\n"))
-        });
-        steps.run("kernel counters (gateway status --json)", || {
-            let status = gw.status()?;
-            let counters = status["counters"]
-                .as_object()
-                .context("no counters in status")?;
-            Ok(counters
-                .iter()
-                .filter(|(_, v)| v.as_u64() != Some(0))
-                .map(|(k, v)| format!("{k:<22} {v}"))
-                .collect::<Vec<_>>()
-                .join("\n"))
-        });
-        steps.run("SIGTERM: the gateway stops and removes what it installed", || {
-            let programs = kernel::attached(&site, &site.gw_dev_if)?;
-            let status = gw.sigterm(Duration::from_secs(10))?;
-            ensure!(status.code() == Some(0), "exit status {status}");
-            let left = kernel::attached(&site, &site.gw_dev_if)?;
-            let pins = kernel::files_under(&site.pin_path())?;
-            let rules = kernel::fwmark_rules(&site)?;
-            let routes = kernel::table_routes(&site, DEFAULT_ROUTE_TABLE)?;
-            if !(left.is_empty() && pins.is_empty() && rules.is_empty() && routes.is_empty()) {
-                bail!("left behind: attached {left:?}, pins {pins:?}, rules {rules:?}, routes {routes:?}");
+        let pushed = match &registry {
+            Some(r) => steps.run_with(
+                &format!(
+                    "push {}/{}:{} (a two-platform index, a 16 MiB layer)",
+                    registry::HOST,
+                    image::REPO,
+                    image::TAG
+                ),
+                || image::push_image(r),
+            ),
+            None => None,
+        };
+        let mut world = match (&registry, &pushed) {
+            (Some(r), Some(_)) => steps.run_with(
+                "configure the site: sites + cache in gateway.yaml, site CA, restart",
+                || image::configure(&site, r, &mut gw),
+            ),
+            _ => None,
+        };
+        let cold =
+            "(a) cold pull through the gateway: every document and blob a miss, fetched once";
+        let warm = "(b) warm pull: every request a cache hit, nothing reaches the registry";
+        let offline =
+            "(c) pull with the upstream link cut: served from the cache; then the link is restored";
+        match (&registry, &pushed, &world) {
+            (Some(reg), Some(pushed), Some((ogw, device))) => {
+                let p = Pulls {
+                    site: &site,
+                    gw: ogw,
+                    registry: reg,
+                    pushed,
+                };
+                let cold_started = steps.run_with(cold, || p.cold(device));
+                steps.run(warm, || p.warm());
+                match cold_started {
+                    Some(t) => {
+                        steps.run(offline, || p.offline(t));
+                    }
+                    None => steps.skip(offline, "the cold pull failed"),
+                }
             }
-            for p in &programs {
-                ensure!(kernel::wait_prog_gone(p.id, Duration::from_secs(5))?, "program {} still loaded", p.id);
+            _ => {
+                for title in [cold, warm, offline] {
+                    steps.skip(title, "the site is not configured");
+                }
             }
-            Ok(format!(
-                "exit status 0\nprograms {:?} unloaded; no attachment, pin, fwmark rule or table {DEFAULT_ROUTE_TABLE} route left",
-                programs.iter().map(|p| p.id).collect::<Vec<_>>()
-            ))
-        });
-        steps.failed
+        }
+
+        steps.section("The audit trail");
+        let active = match world.as_mut() {
+            Some((ogw, _)) => &mut ogw.gw,
+            None => &mut gw,
+        };
+        steps.run(
+            "request and flow.* records (gateway.start/stop for context), in log order",
+            || audit_trail(active, pushed.is_some()),
+        );
+        if let Some((ogw, _)) = &world {
+            steps.run("gateway cache ls", || ogw.cache_ls());
+        }
+        let active = match world.as_mut() {
+            Some((ogw, _)) => &mut ogw.gw,
+            None => &mut gw,
+        };
+        steps.run(
+            "SIGTERM: the gateway stops and removes what it installed",
+            || kernel_path::stop(&site, active),
+        );
+        steps.failed()
     };
     let prefix = site.prefix.clone();
     drop(site);
@@ -252,36 +200,48 @@ fn demo() -> Result<usize> {
     Ok(failed + usize::from(left != 0))
 }
 
-fn show_attached(site: &Site) {
-    match kernel::attached(site, &site.gw_dev_if) {
-        Ok(a) => {
-            for p in a {
-                println!(
-                    "  attached on {} ingress via {}: program {} ({})",
-                    site.gw_dev_if, p.via, p.id, p.name
-                );
-            }
+/// The audit log, one compact line per record; with the registry part
+/// run, every cache label the pulls produced must be there.
+fn audit_trail(gw: &Gateway<'_>, pulled: bool) -> Result<String> {
+    let records = gw.audit()?;
+    let shown: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            let e = r["event"].as_str().unwrap_or_default();
+            e == "request" || e.starts_with("flow.") || e.starts_with("gateway.")
+        })
+        .collect();
+    let count = |event: &str| {
+        records
+            .iter()
+            .filter(|r| r["event"].as_str().is_some_and(|e| e.starts_with(event)))
+            .count()
+    };
+    let label = |l: &str| {
+        records
+            .iter()
+            .filter(|r| r["event"] == "request" && r["cache"] == l)
+            .count()
+    };
+    if pulled {
+        for l in ["miss", "hit", "stale", "revalidated"] {
+            ensure!(label(l) > 0, "no request record with cache {l}");
         }
-        Err(e) => println!("  (could not query attachments: {e:#})"),
     }
-}
-
-/// One audit record on one line, the interesting fields first.
-fn pretty(r: &Value) -> String {
-    let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
-    let detail = match r["event"].as_str() {
-        Some("flow.dropped") => format!("reason={} packets={}", s("reason"), r["packets"]),
-        Some("flow.passthrough") => format!(
-            "bytes_up={} bytes_down={} duration_ms={}",
-            r["bytes_up"], r["bytes_down"], r["duration_ms"]
+    let mut out = vec![
+        format!(
+            "{} records: {} request (miss {}, hit {}, stale {}, revalidated {}), {} flow.*",
+            records.len(),
+            count("request"),
+            label("miss"),
+            label("hit"),
+            label("stale"),
+            label("revalidated"),
+            count("flow.")
         ),
-        Some("flow.denied") => format!("reason={}", s("reason")),
-        _ => String::new(),
-    };
-    let flow = if r.get("dst").is_some() {
-        format!("{} -> {} {}", s("device"), s("dst"), s("proto"))
-    } else {
-        String::new()
-    };
-    format!("{} {:<17} {flow} {detail}", s("ts"), s("event"))
+        format!("log: {}", gw.config.audit_path.display()),
+        trail::header(),
+    ];
+    out.extend(shown.iter().map(|r| trail::line(r)));
+    Ok(out.join("\n"))
 }
