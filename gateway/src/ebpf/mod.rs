@@ -102,6 +102,13 @@ pub fn check_kernel() -> Result<KernelVersion, EbpfError> {
         feature: "a readable version",
         needs: "5.7",
     })?;
+    check_kernel_version(v)?;
+    Ok(v)
+}
+
+/// [`check_kernel`] for a given version, so the refusal is testable on
+/// any kernel.
+fn check_kernel_version(v: KernelVersion) -> Result<(), EbpfError> {
     if v < KernelVersion::new(5, 7, 0) {
         return Err(EbpfError::KernelTooOld {
             found: v.to_string(),
@@ -109,7 +116,7 @@ pub fn check_kernel() -> Result<KernelVersion, EbpfError> {
             needs: "5.7",
         });
     }
-    Ok(v)
+    Ok(())
 }
 
 /// The installed kernel path: maps to configure and read, and the record
@@ -346,4 +353,22 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_without_sk_assign_are_refused_by_name() {
+        let Err(err) = check_kernel_version(KernelVersion::new(5, 6, 19)) else {
+            panic!("5.6 has no bpf_sk_assign at TC ingress and must be refused");
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("bpf_sk_assign"), "{msg}");
+        assert!(msg.contains("5.6.19") && msg.contains("Linux 5.7"), "{msg}");
+        for ok in [(5, 7, 0), (6, 1, 0), (6, 12, 117)] {
+            assert!(check_kernel_version(KernelVersion::new(ok.0, ok.1, ok.2)).is_ok());
+        }
+    }
 }
