@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::tc::{SchedClassifier, TcAttachType};
+use aya::programs::{
+    ProgramError,
+    tc::{SchedClassifier, TcAttachType},
+};
 
 use crate::{
     netns::{in_ns, ip_in, run},
@@ -77,12 +80,23 @@ pub fn tc_programs(site: &Site, iface: &str) -> Result<Vec<Attached>> {
         .collect())
 }
 
-/// BPF programs attached through TCX on `iface` ingress (kernel 6.6+).
+/// BPF programs attached through TCX on `iface` ingress (kernel 6.6+). A
+/// kernel without TCX (before 6.6) answers the query with EINVAL: it can
+/// have no TCX attachments, so that is an empty list, not an error.
 pub fn tcx_programs(site: &Site, iface: &str) -> Result<Vec<Attached>> {
     let iface = iface.to_owned();
     in_ns(&site.gw_ns, move || -> Result<Vec<Attached>> {
-        let (_revision, infos) = SchedClassifier::query_tcx(&iface, TcAttachType::Ingress)
-            .with_context(|| format!("querying TCX ingress programs on {iface}"))?;
+        let (_revision, infos) = match SchedClassifier::query_tcx(&iface, TcAttachType::Ingress) {
+            Ok(found) => found,
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EINVAL) && !kernel_has_tcx() =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("querying TCX ingress programs on {iface}"));
+            }
+        };
         Ok(infos
             .iter()
             .map(|p| Attached {
@@ -231,4 +245,15 @@ pub fn describe(site: &Site) -> String {
         show(routes_all(site, false)),
         show(routes_all(site, true)),
     )
+}
+
+/// Whether the running kernel is 6.6 or later, the first with TCX.
+pub fn kernel_has_tcx() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
 }

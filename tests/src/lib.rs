@@ -12,6 +12,8 @@
 //! itself from the tests.
 
 pub mod audit;
+/// `cargo xtask bench` (issue 5): the gateway beside its peers.
+pub mod bench;
 pub mod config;
 pub mod device;
 pub mod gateway;

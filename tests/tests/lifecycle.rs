@@ -24,19 +24,23 @@ fn attached(gw: &Gateway) -> Vec<Attached> {
 }
 
 /// Starts a gateway attaching with `attach` (`None`: the kernel's
-/// default, TCX here) and checks which path was taken.
+/// default, TCX from 6.6, a netlink clsact filter before) and checks which
+/// path was taken.
 fn start<'s>(site: &'s Site, attach: Option<&'static str>) -> Gateway<'s> {
     let mut cfg = GatewayConfig::for_site(site);
     cfg.attach = attach;
     let gw = Gateway::start(site, cfg).unwrap();
-    if attach == Some("netlink") {
-        let via: Vec<&str> = attached(&gw).iter().map(|a| a.via).collect();
-        assert_eq!(
-            via,
-            ["tc"],
-            "kernel.attach: netlink must attach a cls_bpf filter"
-        );
-    }
+    let via: Vec<&str> = attached(&gw).iter().map(|a| a.via).collect();
+    let expected = match attach {
+        Some("netlink") => "tc",
+        _ if kernel::kernel_has_tcx() => "tcx",
+        _ => "tc",
+    };
+    assert_eq!(
+        via,
+        [expected],
+        "kernel.attach: {attach:?} on this kernel must attach through {expected}"
+    );
     gw
 }
 

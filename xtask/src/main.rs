@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
 mod setup;
 mod test;
+mod vm;
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker,
+    /// the kernels the VM runs boot).
     Setup,
     /// Set up, then build the gateway binary (with its eBPF object).
     Build {
@@ -35,12 +38,33 @@ enum Command {
     },
     /// Set up, then run every check and test: fmt, clippy, unit tests, root-only tests.
     Test,
+    /// Set up, build, then run the root integration tests inside QEMU on
+    /// other kernels (needs root; see "Tests on other kernels" in README.md).
+    Vm(vm::Options),
+    /// Checks that `vm` turns a kernel panic or a hung guest into a failed run.
+    #[command(hide = true)]
+    VmSelfCheck {
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Only list the checks (libtest's `--list` format).
+        #[arg(long)]
+        list: bool,
+    },
+    /// Inside a test VM: run the plan the host wrote (started by the VM's /init).
+    #[command(hide = true)]
+    VmGuest {
+        #[arg(long)]
+        plan: std::path::PathBuf,
+    },
     /// Set up, build the gateway, then run the demo (needs root).
     Demo {
         /// Arguments passed on to the demo binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build the gateway (release), then measure it beside its peers (needs root);
+    /// writes docs/BENCHMARKS.md and docs/benchmarks.json.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,7 +90,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", bin.display());
         }
         Command::Test => return test::run(),
+        Command::Vm(opts) => return vm::run(&opts),
+        Command::VmSelfCheck { kernel, list } => return vm::self_check::run(&kernel, list),
+        Command::VmGuest { plan } => return vm::guest::run(&plan),
         Command::Demo { args } => demo::run(&args)?,
+        Command::Bench(args) => bench::run(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd;
+use crate::{cmd, vm};
 
 /// Debian packages the project needs, by purpose.
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -26,9 +26,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // Real peers for tests and benchmarks: an OCI registry and an HTTP(S) server.
     "docker-registry",
     "nginx",
-    // VM runs: a static userland and `cpio` for the initramfs, QEMU (TCG) to boot it.
+    // Benchmarks (`cargo xtask bench`): TCP throughput of a passthrough flow.
+    "iperf3",
+    // VM runs: a static userland and `cpio` for the initramfs, `xz` to
+    // unpack the kernels' modules, QEMU (TCG) to boot it, with virtiofsd
+    // (in qemu-system-common) to share the host's root with the guest.
     "busybox-static",
     "cpio",
+    "xz-utils",
     "qemu-system-x86",
     // Reading JSON (registry APIs, gateway output) in scripts and demos.
     "jq",
@@ -43,6 +48,20 @@ pub fn run() -> Result<()> {
     nightly()?;
     rust_src()?;
     bpf_linker()?;
+    vm_kernels()?;
+    Ok(())
+}
+
+/// The kernels `cargo xtask vm` boots, unpacked once into the cache.
+fn vm_kernels() -> Result<()> {
+    for spec in vm::kernels::KERNELS {
+        let k = vm::kernels::ensure(spec)
+            .with_context(|| format!("getting kernel {} ({})", spec.name, spec.package))?;
+        println!(
+            "setup: kernel {} ok ({} {})",
+            spec.name, k.package, k.version
+        );
+    }
     Ok(())
 }
 

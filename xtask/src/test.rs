@@ -12,9 +12,9 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, setup};
+use crate::{bench, build, cmd, setup, vm};
 
 /// Why root-only tests are skipped when not running as root.
 const ROOT_SKIP_REASON: &str = "needs root (CAP_NET_ADMIN, CAP_BPF); run as root";
@@ -83,6 +83,26 @@ fn parse_result_line(line: &str) -> Option<Counts> {
         seen = true;
     }
     seen.then_some(counts)
+}
+
+/// What an extra suite may print besides libtest's `test result:` lines
+/// (each line starting with [`vm::SUITE_MARK`]).
+#[derive(Debug, PartialEq, Eq)]
+enum SuiteLine {
+    /// `note TEXT`: shown beside the suite's counts in the summary.
+    Note(String),
+    /// `skip N REASON`: N tests not run, for REASON.
+    Skip(u64, String),
+}
+
+fn parse_suite_line(line: &str) -> Option<SuiteLine> {
+    let line = strip_ansi(line);
+    let rest = line.trim().strip_prefix(vm::SUITE_MARK)?;
+    if let Some(note) = rest.strip_prefix("note ") {
+        return Some(SuiteLine::Note(note.trim().to_owned()));
+    }
+    let (n, reason) = rest.strip_prefix("skip ")?.split_once(' ')?;
+    Some(SuiteLine::Skip(n.parse().ok()?, reason.trim().to_owned()))
 }
 
 /// Counts the tests in `cargo test -- --list` output (lines ending in `: test`).
@@ -182,20 +202,52 @@ pub struct Context {
 pub struct Suite {
     /// Its label in the summary, e.g. `vm-6.1`.
     pub label: String,
-    /// A `cargo test …` (any libtest runner): its stdout is streamed and parsed.
+    /// A `cargo test …` (any libtest runner): its stdout is streamed and
+    /// parsed, `test result:` lines and [`SuiteLine`]s.
     pub run: Command,
+    /// Whether it needs the gateway binary of the build step; if that did
+    /// not build, `list` is run instead.
+    pub needs_gateway: bool,
     /// Whether it needs root. When not root, `list` is run instead (a
     /// `… -- --list` command) and its tests count as skipped.
     pub needs_root: bool,
     pub list: Option<Command>,
 }
 
-/// EXTENSION POINT (VM runs): suites to run after the root-only tests, e.g.
-/// the root-only tests again inside QEMU-booted Debian 6.1 / 6.12 kernels.
-/// Return one [`Suite`] per run; the runner announces, streams, counts and
-/// summarises them like the built-in suites. None yet.
+/// EXTENSION POINT: suites to run after the root-only tests. One per VM
+/// kernel (`cargo xtask vm --kernel NAME`: the root-only tests again inside
+/// QEMU on that kernel); the runner announces, streams, counts and
+/// summarises them like the built-in suites, with the skip reasons and the
+/// note (kernel, accelerator, attach path) each prints.
 fn extra_suites(_ctx: &Context) -> Result<Vec<Suite>> {
-    Ok(Vec::new())
+    let xtask = std::env::current_exe().context("finding xtask's own binary")?;
+    let mut suites: Vec<Suite> = vm::kernels::KERNELS
+        .iter()
+        .map(|k| {
+            let mut run = cmd::new(&xtask);
+            run.args(["vm", "--kernel", k.name]);
+            Suite {
+                label: format!("vm-{}", k.name),
+                run,
+                needs_gateway: true,
+                needs_root: true,
+                list: Some(cargo_test(&["gateway-tests"], &["--list"])),
+            }
+        })
+        .collect();
+    // The harness itself: a panicking or hung guest must fail the run.
+    let mut run = cmd::new(&xtask);
+    run.arg("vm-self-check");
+    let mut list = cmd::new(&xtask);
+    list.args(["vm-self-check", "--list"]);
+    suites.push(Suite {
+        label: "vm-harness".to_owned(),
+        run,
+        needs_gateway: true,
+        needs_root: true,
+        list: Some(list),
+    });
+    Ok(suites)
 }
 
 struct Runner {
@@ -244,11 +296,22 @@ impl Runner {
     fn suite(&mut self, name: &str, label: &str, mut cmd: Command, note: Option<String>) -> bool {
         let started = self.announce(name, &cmd::describe(&cmd));
         let mut counts = Counts::default();
+        let mut notes = Vec::new();
+        let mut skips = Vec::new();
         let result = cmd::stream(&mut cmd, |line| {
             if let Some(c) = parse_result_line(line) {
                 counts += c;
             }
+            match parse_suite_line(line) {
+                Some(SuiteLine::Note(n)) => notes.push(n),
+                Some(SuiteLine::Skip(n, reason)) => skips.push((reason, n)),
+                None => {}
+            }
         });
+        for (reason, n) in skips {
+            self.summary.skip(&reason, n);
+        }
+        let note = note.or_else(|| (!notes.is_empty()).then(|| notes.join("; ")));
         self.summary.add_suite(label, counts, note);
         let failure = match result {
             Ok(st) if st.success() => None,
@@ -313,7 +376,7 @@ pub fn run() -> Result<ExitCode> {
     let mut r = Runner {
         summary: Summary::default(),
         step: 0,
-        steps: 6,
+        steps: 7,
     };
 
     // a. setup: nothing else can work without it.
@@ -403,7 +466,15 @@ pub fn run() -> Result<ExitCode> {
                         suite.run.env("GATEWAY_BIN", bin);
                     }
                     let name = format!("{} tests", suite.label);
+                    let no_gateway = suite.needs_gateway && ctx.gateway_bin.is_none();
                     match (suite.needs_root && !is_root, suite.list) {
+                        (false, Some(list)) if no_gateway => r.list_as_skipped(
+                            &name,
+                            &suite.label,
+                            list,
+                            "not run: the gateway binary did not build",
+                            "not run: gateway build failed",
+                        ),
                         (false, _) => {
                             r.suite(&name, &suite.label, suite.run, None);
                         }
@@ -426,6 +497,9 @@ pub fn run() -> Result<ExitCode> {
             }
             Err(e) => r.summary.failed_steps.push(format!("extra suites: {e:#}")),
         }
+
+        // g. The benchmark's smoke run (issue 5).
+        bench_smoke(&mut r, ctx.gateway_bin.as_deref(), is_root);
     }
 
     println!("\n{}", r.summary.render());
@@ -435,6 +509,31 @@ pub fn run() -> Result<ExitCode> {
         ExitCode::FAILURE
     })
 }
+
+// ---- bench smoke step (issue 5) ------------------------------------------
+
+/// Step g: `cargo xtask bench --smoke` (tiny sizes, one run, output in the
+/// target directory), so the benchmark cannot rot. Needs root, like the
+/// root-only tests; otherwise it counts as one skip.
+fn bench_smoke(r: &mut Runner, gateway_bin: Option<&std::path::Path>, is_root: bool) {
+    const NAME: &str = "bench smoke";
+    let skip = |r: &mut Runner, reason: &str| {
+        let started = r.announce(NAME, &format!("not running ({reason})"));
+        r.summary.skip(reason, 1);
+        r.done(NAME, started, None);
+    };
+    match (gateway_bin, is_root) {
+        (Some(bin), true) => {
+            let out = build::target_dir()
+                .unwrap_or_else(|_| cmd::workspace_root().join("target"))
+                .join("bench-smoke");
+            r.check(NAME, bench::command(bin, true, &out));
+        }
+        (_, false) => skip(r, ROOT_SKIP_REASON),
+        (None, true) => skip(r, "not run: the gateway binary did not build"),
+    }
+}
+// ---- end of bench smoke step ---------------------------------------------
 
 #[cfg(test)]
 mod tests {
@@ -502,6 +601,31 @@ mod tests {
             "",
         ] {
             assert_eq!(parse_result_line(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn parses_suite_lines() {
+        assert_eq!(
+            parse_suite_line("xtask-suite: note 6.1.0-56-cloud-amd64, TCG, attach netlink\n"),
+            Some(SuiteLine::Note(
+                "6.1.0-56-cloud-amd64, TCG, attach netlink".into()
+            ))
+        );
+        assert_eq!(
+            parse_suite_line("xtask-suite: skip 12 vm-6.1: too slow under TCG emulation"),
+            Some(SuiteLine::Skip(
+                12,
+                "vm-6.1: too slow under TCG emulation".into()
+            ))
+        );
+        for other in [
+            "[vm 6.1] xtask-suite: skip 1 x",
+            "xtask-suite: skip many x",
+            "xtask-suite: frob",
+            "test result: ok. 1 passed; 0 failed",
+        ] {
+            assert_eq!(parse_suite_line(other), None, "{other:?}");
         }
     }
 
