@@ -85,13 +85,19 @@ struct Packet {
 #[inline(always)]
 fn try_ingress(ctx: &TcContext) -> Result<i32, ()> {
     // Headers of a non-linear skb may sit outside the directly readable
-    // area; pull once so the bounds checks below see them.
+    // area; pull once so the bounds checks below see them. Only when the
+    // headers this packet needs are not linear already: a TCP sender's skb
+    // carries them in its head with the payload in fragments, and it is a
+    // clone, so a pull of more than the headers would copy the head on
+    // every packet (measured: ~2 µs per packet of a passthrough flow).
     let len = ctx.len();
-    if ((ctx.data_end() - ctx.data()) as u32) < len
-        && ((ctx.data_end() - ctx.data()) as u32) < PULL_LEN
-    {
-        let want = if len < PULL_LEN { len } else { PULL_LEN };
-        ctx.pull_data(want).map_err(|_| ())?;
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < len {
+        let need = headers_needed(ctx);
+        if linear < need {
+            let want = if len < need { len } else { need };
+            ctx.pull_data(want).map_err(|_| ())?;
+        }
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let mut flow = FlowKey {
@@ -117,6 +123,24 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, ()> {
             flow.dport = other;
             Ok(drop_packet(&flow, DropReason::Ethertype))
         }
+    }
+}
+
+/// Linear bytes the verdict reads: Ethernet, the IP header, the ports.
+/// [`PULL_LEN`] when the linear area is too short to tell.
+#[inline(always)]
+fn headers_needed(ctx: &TcContext) -> u32 {
+    let Ok(ethertype) = read::<u16>(ctx, 12) else {
+        return PULL_LEN;
+    };
+    match u16::from_be(ethertype) {
+        ETH_P_IP => match read::<u8>(ctx, ETH_HLEN) {
+            Ok(vihl) => (ETH_HLEN + ((vihl & 0x0f) as usize) * 4 + 4) as u32,
+            Err(()) => PULL_LEN,
+        },
+        // The fixed header, then the ports or the ICMPv6 type.
+        ETH_P_IPV6 => (ETH_HLEN + IPV6_HLEN + 4) as u32,
+        _ => ETH_HLEN as u32,
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use futures::{Stream, StreamExt as _};
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -153,24 +153,63 @@ pub async fn blob(
 /// streams without a Content-Length.
 const SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Upstream chunks that have already arrived are written together up to
+/// this size: each write is a trip to the blocking pool and wakes every
+/// follower, and upstream's chunks are TLS records (16 KiB at most).
+const FILL_BATCH: usize = 256 * 1024;
+
 /// Writes the upstream body into the fill; the fill verifies the digest.
 async fn pump(
     mut writer: FillWriter,
     mut body: impl Stream<Item = Result<bytes::Bytes, crate::upstream::UpstreamError>> + Unpin,
 ) {
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(bytes) => {
-                if let Err(e) = writer.write_bytes(bytes).await {
-                    tracing::warn!(error = %e, "blob fill failed");
-                    return;
-                }
-            }
-            Err(e) => {
+    let mut ended = false;
+    while !ended {
+        let mut batch = match body.next().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "upstream body failed during a blob fill");
                 writer.fail(&e);
                 return;
             }
+            None => break,
+        };
+        let mut failed = None;
+        if batch.len() < FILL_BATCH {
+            let mut joined: Option<bytes::BytesMut> = None;
+            // Only what is ready now: never wait for more before writing.
+            while joined.as_ref().map_or(batch.len(), |j| j.len()) < FILL_BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(Ok(more))) => joined
+                        .get_or_insert_with(|| {
+                            let mut j = bytes::BytesMut::with_capacity(FILL_BATCH + more.len());
+                            j.extend_from_slice(&batch);
+                            j
+                        })
+                        .extend_from_slice(&more),
+                    Some(Some(Err(e))) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if let Some(j) = joined {
+                batch = j.freeze();
+            }
+        }
+        if let Err(e) = writer.write_bytes(batch).await {
+            tracing::warn!(error = %e, "blob fill failed");
+            return;
+        }
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "upstream body failed during a blob fill");
+            writer.fail(&e);
+            return;
         }
     }
     if let Err(e) = writer.finish().await {
@@ -317,4 +356,72 @@ async fn head_upstream(
 
 fn ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    //! `pump`'s batching of ready chunks: what arrives is stored whole and
+    //! verified, and an upstream error inside a batch still fails the fill.
+    use bytes::Bytes;
+    use futures::stream;
+
+    use super::pump;
+    use crate::{
+        cache::{Cache, Digest, Fill},
+        upstream::UpstreamError,
+    };
+
+    fn content() -> Vec<u8> {
+        (0..(FILL_TEST_CHUNKS * 16 * 1024))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect()
+    }
+    const FILL_TEST_CHUNKS: usize = 40;
+
+    async fn leader(cache: &Cache, digest: &Digest, size: u64) -> crate::cache::FillWriter {
+        match cache.begin_fill(digest, Some(size)).await.expect("begin") {
+            Fill::Leader(w) => w,
+            _ => panic!("expected to lead the fill"),
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_chunks_are_batched_and_the_blob_verified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path(), 1 << 30).await.expect("cache");
+        let data = content();
+        let digest = Digest::of(&data);
+        let writer = leader(&cache, &digest, data.len() as u64).await;
+        let reader = writer.reader();
+        let chunks: Vec<Result<Bytes, UpstreamError>> = data
+            .chunks(16 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        pump(writer, stream::iter(chunks)).await;
+        assert_eq!(reader.wait().await.expect("verified"), data.len() as u64);
+        let blob = cache.get(&digest).await.expect("get").expect("stored");
+        assert_eq!(blob.size(), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn an_error_inside_a_batch_fails_the_fill() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path(), 1 << 30).await.expect("cache");
+        let data = content();
+        let digest = Digest::of(&data);
+        let writer = leader(&cache, &digest, data.len() as u64).await;
+        let reader = writer.reader();
+        // Every chunk but the last, then an error, all ready at once.
+        let mut chunks: Vec<Result<Bytes, UpstreamError>> = data
+            .chunks(16 * 1024)
+            .take(FILL_TEST_CHUNKS - 1)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        chunks.push(Err(UpstreamError::InvalidTarget {
+            target: "test: the body broke".into(),
+        }));
+        pump(writer, stream::iter(chunks)).await;
+        assert!(reader.wait().await.is_err(), "a broken fill verified");
+        assert!(cache.get(&digest).await.expect("get").is_none());
+    }
 }

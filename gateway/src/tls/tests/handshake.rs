@@ -107,3 +107,32 @@ async fn other_names_fail_the_handshake() {
         "{stats:?}"
     );
 }
+
+/// Clients list AES-256-GCM-SHA384 first; the server's own order (the
+/// SHA-256 suites first, hashed with the CPU's SHA extensions) wins.
+#[test]
+fn sha256_suites_come_first_whatever_the_client_prefers() {
+    let (_t, resolver) = setup();
+    let config = server_config(resolver).expect("server config");
+    assert!(config.ignore_client_order);
+    let names: Vec<&str> = config
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| s.suite().as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        names.first(),
+        Some(&"TLS13_AES_128_GCM_SHA256"),
+        "{names:?}"
+    );
+    let first_other = names
+        .iter()
+        .position(|n| !n.ends_with("_SHA256"))
+        .expect("a SHA-384 suite");
+    assert!(
+        names[first_other..].iter().all(|n| !n.ends_with("_SHA256")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"TLS13_AES_256_GCM_SHA384"), "{names:?}");
+}
