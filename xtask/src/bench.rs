@@ -28,6 +28,10 @@ pub struct Args {
     /// Sections to run, by issue letter (default: abcdef).
     #[arg(long)]
     pub sections: Option<String>,
+    /// Record a profile of the gateway (`perf record`) during the first
+    /// run of its heavy measurements, into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub perf: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -54,6 +58,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if let Some(s) = &args.sections {
         extra.extend(["--sections".to_owned(), s.clone()]);
+    }
+    if let Some(dir) = &args.perf {
+        extra.extend(["--perf".to_owned(), dir.display().to_string()]);
     }
     let mut c = command(&gateway, args.smoke, &out);
     c.args(&extra);

@@ -26,8 +26,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // Real peers for tests and benchmarks: an OCI registry and an HTTP(S) server.
     "docker-registry",
     "nginx",
-    // Benchmarks (`cargo xtask bench`): TCP throughput of a passthrough flow.
+    // Benchmarks (`cargo xtask bench`): TCP throughput of a passthrough
+    // flow; `perf record` for `--perf`.
     "iperf3",
+    "linux-perf",
     // VM runs: a static userland and `cpio` for the initramfs, `xz` to
     // unpack the kernels' modules, QEMU (TCG) to boot it, with virtiofsd
     // (in qemu-system-common) to share the host's root with the guest.

@@ -127,6 +127,8 @@ struct Summary {
     skipped: Vec<(String, u64)>,
     /// Steps that failed, each with why.
     failed_steps: Vec<String>,
+    /// Labels of the suites that needed root and ran as root.
+    root_suites: Vec<String>,
 }
 
 impl Summary {
@@ -178,6 +180,22 @@ impl Summary {
             s.push('\n');
         }
         let (passed, failed, skipped) = self.totals();
+        let root: u64 = self
+            .suites
+            .iter()
+            .filter(|r| self.root_suites.contains(&r.label))
+            .map(|r| r.counts.passed + r.counts.failed)
+            .sum();
+        let _ = writeln!(
+            s,
+            "{:<11}{root:>5}  of the tests that ran needed root and ran as root ({})",
+            "as root:",
+            if self.root_suites.is_empty() {
+                "none".to_owned()
+            } else {
+                self.root_suites.join(", ")
+            }
+        );
         let _ = writeln!(s, "{:<11}{skipped:>5}", "skipped:");
         for (reason, n) in &self.skipped {
             let _ = writeln!(s, "{:<11}{n:>5}  {reason}", "");
@@ -430,6 +448,7 @@ pub fn run() -> Result<ExitCode> {
             (Some(bin), true) => {
                 let mut run = cargo_test(&["gateway-tests"], &["--test-threads=2"]);
                 run.env("GATEWAY_BIN", bin);
+                r.summary.root_suites.push("root-only".into());
                 r.suite(
                     "root-only tests",
                     "root-only",
@@ -476,6 +495,9 @@ pub fn run() -> Result<ExitCode> {
                             "not run: gateway build failed",
                         ),
                         (false, _) => {
+                            if suite.needs_root {
+                                r.summary.root_suites.push(suite.label.clone());
+                            }
                             r.suite(&name, &suite.label, suite.run, None);
                         }
                         (true, Some(list)) => r.list_as_skipped(
@@ -514,7 +536,8 @@ pub fn run() -> Result<ExitCode> {
 
 /// Step g: `cargo xtask bench --smoke` (tiny sizes, one run, output in the
 /// target directory), so the benchmark cannot rot. Needs root, like the
-/// root-only tests; otherwise it counts as one skip.
+/// root-only tests; otherwise it counts as one skip. It counts as one
+/// test (`bench-smoke` in the summary).
 fn bench_smoke(r: &mut Runner, gateway_bin: Option<&std::path::Path>, is_root: bool) {
     const NAME: &str = "bench smoke";
     let skip = |r: &mut Runner, reason: &str| {
@@ -527,7 +550,17 @@ fn bench_smoke(r: &mut Runner, gateway_bin: Option<&std::path::Path>, is_root: b
             let out = build::target_dir()
                 .unwrap_or_else(|_| cmd::workspace_root().join("target"))
                 .join("bench-smoke");
-            r.check(NAME, bench::command(bin, true, &out));
+            let ok = r.check(NAME, bench::command(bin, true, &out));
+            r.summary.root_suites.push("bench-smoke".into());
+            r.summary.add_suite(
+                "bench-smoke",
+                Counts {
+                    passed: u64::from(ok),
+                    failed: u64::from(!ok),
+                    ignored: 0,
+                },
+                Some(format!("report in {}", out.display())),
+            );
         }
         (_, false) => skip(r, ROOT_SKIP_REASON),
         (None, true) => skip(r, "not run: the gateway binary did not build"),
@@ -666,11 +699,13 @@ src/lib.rs - Config (line 12): test
             },
             Some("ran as root".into()),
         );
+        s.root_suites.push("root-only".into());
         assert_eq!(
             s.render(),
             "== test summary ==\n\
              unit:        123 passed, 0 failed\n\
              root-only:    14 passed, 0 failed (ran as root)\n\
+             as root:      14  of the tests that ran needed root and ran as root (root-only)\n\
              skipped:       0\n\
              137 passed, 0 failed, 0 skipped"
         );
@@ -699,10 +734,14 @@ src/lib.rs - Config (line 12): test
         s.failed_steps.push("clippy: exited with 101".into());
         let text = s.render();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[3], "skipped:      17");
-        assert_eq!(lines[4], "               3  ignored");
-        assert_eq!(lines[5], format!("              14  {ROOT_SKIP_REASON}"));
-        assert_eq!(lines[6], "FAILED step: clippy: exited with 101");
+        assert_eq!(
+            lines[3],
+            "as root:       0  of the tests that ran needed root and ran as root (none)"
+        );
+        assert_eq!(lines[4], "skipped:      17");
+        assert_eq!(lines[5], "               3  ignored");
+        assert_eq!(lines[6], format!("              14  {ROOT_SKIP_REASON}"));
+        assert_eq!(lines[7], "FAILED step: clippy: exited with 101");
         assert_eq!(
             lines.last().copied(),
             Some("10 passed, 1 failed, 17 skipped")
