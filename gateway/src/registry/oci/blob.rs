@@ -158,26 +158,68 @@ const SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// follower, and upstream's chunks are TLS records (16 KiB at most).
 const FILL_BATCH: usize = 256 * 1024;
 
+/// Batches in flight between the upstream reader and the disk writer.
+const FILL_QUEUE: usize = 4;
+
 /// Writes the upstream body into the fill; the fill verifies the digest.
+///
+/// Reading upstream and writing (hashing) run side by side: the batches
+/// go through a short queue to a writer task, so upstream's connection
+/// keeps flowing while a batch is hashed and written. Either side's
+/// failure fails the fill for every reader.
 async fn pump(
-    mut writer: FillWriter,
+    writer: FillWriter,
     mut body: impl Stream<Item = Result<bytes::Bytes, crate::upstream::UpstreamError>> + Unpin,
 ) {
-    let mut ended = false;
-    while !ended {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(FILL_QUEUE);
+    let disk = tokio::spawn(async move {
+        let mut writer = writer;
+        while let Some(batch) = rx.recv().await {
+            if let Err(e) = writer.write_bytes(batch).await {
+                // write_bytes has failed the fill for everyone already.
+                tracing::warn!(error = %e, "blob fill failed");
+                return None;
+            }
+        }
+        Some(writer)
+    });
+    let outcome = read_batches(&mut body, &tx).await;
+    drop(tx);
+    let Ok(Some(writer)) = disk.await else {
+        // The writer failed (the fill with it), or its task panicked, in
+        // which case the dropped writer failed the fill.
+        return;
+    };
+    match outcome {
+        Ok(()) => {
+            if let Err(e) = writer.finish().await {
+                tracing::warn!(error = %e, "blob fill rejected");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream body failed during a blob fill");
+            writer.fail(&e);
+        }
+    }
+}
+
+/// Reads the body into batches of up to [`FILL_BATCH`] (joining only
+/// chunks that are ready, never waiting for more) and queues them. Stops at
+/// the end, at upstream's first error (after queueing what came before),
+/// or when the writer has gone.
+async fn read_batches(
+    body: &mut (impl Stream<Item = Result<bytes::Bytes, crate::upstream::UpstreamError>> + Unpin),
+    tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<(), crate::upstream::UpstreamError> {
+    loop {
         let mut batch = match body.next().await {
             Some(Ok(bytes)) => bytes,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "upstream body failed during a blob fill");
-                writer.fail(&e);
-                return;
-            }
-            None => break,
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
         };
-        let mut failed = None;
+        let mut next: Option<Result<(), crate::upstream::UpstreamError>> = None;
         if batch.len() < FILL_BATCH {
             let mut joined: Option<bytes::BytesMut> = None;
-            // Only what is ready now: never wait for more before writing.
             while joined.as_ref().map_or(batch.len(), |j| j.len()) < FILL_BATCH {
                 match body.next().now_or_never() {
                     Some(Some(Ok(more))) => joined
@@ -188,11 +230,11 @@ async fn pump(
                         })
                         .extend_from_slice(&more),
                     Some(Some(Err(e))) => {
-                        failed = Some(e);
+                        next = Some(Err(e));
                         break;
                     }
                     Some(None) => {
-                        ended = true;
+                        next = Some(Ok(()));
                         break;
                     }
                     None => break,
@@ -202,18 +244,13 @@ async fn pump(
                 batch = j.freeze();
             }
         }
-        if let Err(e) = writer.write_bytes(batch).await {
-            tracing::warn!(error = %e, "blob fill failed");
-            return;
+        if tx.send(batch).await.is_err() {
+            // The writer failed; it has failed the fill.
+            return Ok(());
         }
-        if let Some(e) = failed {
-            tracing::warn!(error = %e, "upstream body failed during a blob fill");
-            writer.fail(&e);
-            return;
+        if let Some(end) = next {
+            return end;
         }
-    }
-    if let Err(e) = writer.finish().await {
-        tracing::warn!(error = %e, "blob fill rejected");
     }
 }
 
