@@ -10,9 +10,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::{
-    ProgramError,
-    tc::{SchedClassifier, TcAttachType},
+use aya::{
+    programs::{
+        ProgramError,
+        tc::{SchedClassifier, TcAttachType},
+    },
+    util::KernelVersion,
 };
 
 use crate::{
@@ -247,13 +250,8 @@ pub fn describe(site: &Site) -> String {
     )
 }
 
-/// Whether the running kernel is 6.6 or later, the first with TCX.
+/// Whether the running kernel is 6.6 or later, the first with TCX (the
+/// gateway decides with the same aya helper).
 pub fn kernel_has_tcx() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (6, 6)
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }

@@ -7,7 +7,6 @@
 use std::{
     fmt::Write as _,
     ops::AddAssign,
-    path::PathBuf,
     process::{Command, ExitCode},
     time::Instant,
 };
@@ -208,14 +207,6 @@ impl Summary {
     }
 }
 
-/// What extra suites get to know about the run.
-pub struct Context {
-    /// The gateway binary built in the build step (`None` if that failed).
-    pub gateway_bin: Option<PathBuf>,
-    #[allow(dead_code)] // for the extra suites to come (VM runs)
-    pub is_root: bool,
-}
-
 /// A suite beyond the built-in ones; run after the root-only tests.
 pub struct Suite {
     /// Its label in the summary, e.g. `vm-6.1`.
@@ -237,7 +228,7 @@ pub struct Suite {
 /// QEMU on that kernel); the runner announces, streams, counts and
 /// summarises them like the built-in suites, with the skip reasons and the
 /// note (kernel, accelerator, attach path) each prints.
-fn extra_suites(_ctx: &Context) -> Result<Vec<Suite>> {
+fn extra_suites() -> Result<Vec<Suite>> {
     let xtask = std::env::current_exe().context("finding xtask's own binary")?;
     let mut suites: Vec<Suite> = vm::kernels::KERNELS
         .iter()
@@ -473,19 +464,15 @@ pub fn run() -> Result<ExitCode> {
         }
 
         // Extension point: VM runs and other extra suites.
-        let ctx = Context {
-            gateway_bin,
-            is_root,
-        };
-        match extra_suites(&ctx) {
+        match extra_suites() {
             Ok(suites) => {
                 r.steps += suites.len();
                 for mut suite in suites {
-                    if let Some(bin) = &ctx.gateway_bin {
+                    if let Some(bin) = &gateway_bin {
                         suite.run.env("GATEWAY_BIN", bin);
                     }
                     let name = format!("{} tests", suite.label);
-                    let no_gateway = suite.needs_gateway && ctx.gateway_bin.is_none();
+                    let no_gateway = suite.needs_gateway && gateway_bin.is_none();
                     match (suite.needs_root && !is_root, suite.list) {
                         (false, Some(list)) if no_gateway => r.list_as_skipped(
                             &name,
@@ -521,7 +508,7 @@ pub fn run() -> Result<ExitCode> {
         }
 
         // g. The benchmark's smoke run (issue 5).
-        bench_smoke(&mut r, ctx.gateway_bin.as_deref(), is_root);
+        bench_smoke(&mut r, gateway_bin.as_deref(), is_root);
     }
 
     println!("\n{}", r.summary.render());

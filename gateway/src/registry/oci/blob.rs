@@ -415,21 +415,35 @@ mod tests {
     }
     const FILL_TEST_CHUNKS: usize = 40;
 
-    async fn leader(cache: &Cache, digest: &Digest, size: u64) -> crate::cache::FillWriter {
-        match cache.begin_fill(digest, Some(size)).await.expect("begin") {
-            Fill::Leader(w) => w,
-            _ => panic!("expected to lead the fill"),
-        }
-    }
-
-    #[tokio::test]
-    async fn ready_chunks_are_batched_and_the_blob_verified() {
+    /// A cache in a temp dir, the test content, and the fill of it that
+    /// this test leads (with a reader following it).
+    async fn leading_fill() -> (
+        tempfile::TempDir,
+        Cache,
+        Vec<u8>,
+        Digest,
+        crate::cache::FillWriter,
+        crate::cache::FillReader,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = Cache::open(dir.path(), 1 << 30).await.expect("cache");
         let data = content();
         let digest = Digest::of(&data);
-        let writer = leader(&cache, &digest, data.len() as u64).await;
+        let writer = match cache
+            .begin_fill(&digest, Some(data.len() as u64))
+            .await
+            .expect("begin")
+        {
+            Fill::Leader(w) => w,
+            _ => panic!("expected to lead the fill"),
+        };
         let reader = writer.reader();
+        (dir, cache, data, digest, writer, reader)
+    }
+
+    #[tokio::test]
+    async fn ready_chunks_are_batched_and_the_blob_verified() {
+        let (_dir, cache, data, digest, writer, reader) = leading_fill().await;
         let chunks: Vec<Result<Bytes, UpstreamError>> = data
             .chunks(16 * 1024)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -442,12 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_inside_a_batch_fails_the_fill() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Cache::open(dir.path(), 1 << 30).await.expect("cache");
-        let data = content();
-        let digest = Digest::of(&data);
-        let writer = leader(&cache, &digest, data.len() as u64).await;
-        let reader = writer.reader();
+        let (_dir, cache, data, digest, writer, reader) = leading_fill().await;
         // Every chunk but the last, then an error, all ready at once.
         let mut chunks: Vec<Result<Bytes, UpstreamError>> = data
             .chunks(16 * 1024)
