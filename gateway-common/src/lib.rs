@@ -12,7 +12,7 @@
 ///
 /// The daemon stores it beside its pins; a daemon that finds pins of another
 /// version replaces them rather than adopting them.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the TC ingress program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_ingress";
@@ -21,20 +21,66 @@ pub const PROGRAM_NAME: &str = "gateway_ingress";
 pub mod maps {
     /// `Array<Settings>`, one entry.
     pub const SETTINGS: &str = "SETTINGS";
-    /// `HashMap<InterceptKey, u32>`: what is redirected to the proxy.
+    /// `HashMap<InterceptKey, u32>`: the manager addresses (address and
+    /// port), redirected to the proxy.
     pub const INTERCEPT: &str = "INTERCEPT";
+    /// `Array<u64>` of [`crate::PORT_WORDS`] words per [`crate::PortKind`]:
+    /// one bit per TCP port.
+    pub const PORTS: &str = "PORTS";
     /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// `LruHashMap<FlowKey, FlowState>`: per-flow event rate limiting.
     pub const FLOWS: &str = "FLOWS";
     /// `RingBuf` of [`crate::DropEvent`].
     pub const EVENTS: &str = "EVENTS";
+    /// `SockMap` of the transparent listeners, indexed by
+    /// [`crate::LISTENER_V4`] and [`crate::LISTENER_V6`].
+    pub const LISTENERS: &str = "LISTENERS";
     /// Every map, in a fixed order (pinning, adoption, removal).
-    pub const ALL: [&str; 5] = [SETTINGS, INTERCEPT, COUNTERS, FLOWS, EVENTS];
+    pub const ALL: [&str; 7] = [
+        SETTINGS, INTERCEPT, PORTS, COUNTERS, FLOWS, EVENTS, LISTENERS,
+    ];
 }
 
-/// Capacity of the intercept table (ports and manager addresses).
+/// Capacity of the intercept table (manager addresses).
 pub const INTERCEPT_MAX_ENTRIES: u32 = 1024;
+/// Slots of the `LISTENERS` socket map. The daemon puts its listeners
+/// there, so a new connection's listener is an array index away instead of
+/// a socket-table lookup; the kernel empties a slot when its socket closes.
+pub const LISTENER_V4: u32 = 0;
+pub const LISTENER_V6: u32 = 1;
+pub const LISTENERS_MAX_ENTRIES: u32 = 2;
+
+/// 64-bit words of one port bitmap (65,536 ports).
+pub const PORT_WORDS: u32 = 65_536 / 64;
+/// Entries of the `PORTS` array: one bitmap per [`PortKind`].
+pub const PORTS_MAX_ENTRIES: u32 = PortKind::COUNT * PORT_WORDS;
+
+/// The bitmaps of the `PORTS` array. A bit test in an array costs the
+/// program a few nanoseconds where a hash lookup costs tens, so every TCP
+/// packet is judged by its ports first and the intercept table is only
+/// consulted for ports a manager uses.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// Intercepted whatever the destination address (`intercept.tcp_ports`).
+    Intercept = 0,
+    /// The port of at least one manager address: the intercept table says
+    /// which addresses.
+    Manager = 1,
+}
+
+impl PortKind {
+    pub const COUNT: u32 = 2;
+
+    /// The array index and the bit of `port` in this bitmap.
+    pub const fn slot(self, port: u16) -> (u32, u64) {
+        (
+            self as u32 * PORT_WORDS + (port as u32 >> 6),
+            1u64 << (port & 63),
+        )
+    }
+}
 /// Capacity of the per-flow rate-limit table; least recently used flows are
 /// evicted, so a flood of new flows cannot fill it.
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
@@ -58,9 +104,9 @@ pub struct Settings {
     pub mark: u32,
     /// Minimum interval between two drop events of one flow, nanoseconds.
     pub event_interval_ns: u64,
-    /// The transparent listener's port, host byte order.
-    pub proxy_port: u16,
-    pub _pad: [u8; 6],
+    /// Reserved (the listener's port until ABI 2; the listeners now sit in
+    /// the `LISTENERS` socket map).
+    pub _pad: [u8; 8],
 }
 
 /// Address family tags used in keys and events.
@@ -68,9 +114,9 @@ pub const FAMILY_ANY: u8 = 0;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// Key of the intercept table. A port-only entry has `family = FAMILY_ANY`
-/// and an all-zero address; an address entry (the manager) names one
-/// family, address and port. IPv4 addresses sit in the first four bytes.
+/// Key of the intercept table: a manager's family, address and port. IPv4
+/// addresses sit in the first four bytes. (Ports intercepted for any
+/// address live in the `PORTS` bitmap instead.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InterceptKey {
@@ -82,15 +128,6 @@ pub struct InterceptKey {
 }
 
 impl InterceptKey {
-    pub const fn port(port: u16) -> Self {
-        Self {
-            family: FAMILY_ANY,
-            _pad: 0,
-            port,
-            addr: [0; 16],
-        }
-    }
-
     pub const fn addr(family: u8, addr: [u8; 16], port: u16) -> Self {
         Self {
             family,
@@ -101,8 +138,7 @@ impl InterceptKey {
     }
 }
 
-/// Values of the intercept table: why a destination is redirected.
-pub const INTERCEPT_PORT: u32 = 1;
+/// Value of the intercept table's entries.
 pub const INTERCEPT_MANAGER: u32 = 2;
 
 /// A flow as the kernel sees it, for rate limiting and events.
@@ -238,10 +274,13 @@ pub enum Counter {
     EventsLost = 13,
     /// The flow table refused an insert; the packet was still dropped.
     FlowTableFull = 14,
+    /// A segment other than a SYN of an intercepted or manager flow: marked
+    /// for local delivery, where the stack's own lookup finds its socket.
+    MarkSegment = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::PassArp,
@@ -259,6 +298,7 @@ impl Counter {
         Self::DropNotConfigured,
         Self::EventsLost,
         Self::FlowTableFull,
+        Self::MarkSegment,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -278,6 +318,7 @@ impl Counter {
             Self::DropNotConfigured => "drop_not_configured",
             Self::EventsLost => "events_lost",
             Self::FlowTableFull => "flow_table_full",
+            Self::MarkSegment => "mark_segment",
         }
     }
 }
@@ -289,6 +330,17 @@ pub const fn is_dhcp(family: u8, sport: u16, dport: u16) -> bool {
         FAMILY_V6 => matches!((sport, dport), (546, 547) | (547, 546)),
         _ => false,
     }
+}
+
+/// TCP header flag bits (RFC 9293).
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Whether a TCP segment opens a connection: SYN without ACK. Only these
+/// need a socket chosen by the program; every later segment of the flow
+/// matches the connection's own 4-tuple in the stack.
+pub const fn opens_connection(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
 }
 
 /// Whether an ICMPv6 type is neighbour discovery (RFC 4861: router
@@ -369,6 +421,31 @@ mod tests {
         assert!(is_dhcp(FAMILY_V6, 546, 547));
         assert!(!is_dhcp(FAMILY_V6, 68, 67));
         assert!(!is_dhcp(FAMILY_V4, 53, 67));
+    }
+
+    #[test]
+    fn only_a_bare_syn_opens_a_connection() {
+        assert!(opens_connection(TCP_FLAG_SYN));
+        assert!(opens_connection(TCP_FLAG_SYN | 0x08)); // SYN+PSH (fast open data)
+        assert!(!opens_connection(TCP_FLAG_SYN | TCP_FLAG_ACK));
+        assert!(!opens_connection(TCP_FLAG_ACK));
+        assert!(!opens_connection(0x04)); // RST
+        assert!(!opens_connection(0x01)); // FIN
+    }
+
+    #[test]
+    fn port_slots_cover_every_port_once() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in [PortKind::Intercept, PortKind::Manager] {
+            for port in 0..=u16::MAX {
+                let (index, bit) = kind.slot(port);
+                assert!(index < PORTS_MAX_ENTRIES);
+                assert_eq!(bit.count_ones(), 1);
+                assert!(seen.insert((index, bit)));
+            }
+        }
+        assert_eq!(PortKind::Intercept.slot(443), (6, 1 << 59));
+        assert_eq!(PortKind::Manager.slot(0), (PORT_WORDS, 1));
     }
 
     #[test]

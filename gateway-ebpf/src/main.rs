@@ -4,9 +4,13 @@
 //! made on the host lives in `gateway-common` and is unit-tested there.
 //!
 //! - TCP to an intercepted port, or to a manager address and port, is
-//!   assigned (`bpf_sk_assign`) to the gateway's socket: the established
-//!   connection if there is one, else the transparent listener, whatever the
-//!   destination address.
+//!   delivered to the gateway whatever the destination address. A SYN is
+//!   assigned (`bpf_sk_assign`) to the socket of its 4-tuple if there is one
+//!   (a retransmitted SYN, a TIME-WAIT), else to the transparent listener.
+//!   Every later segment is only marked: policy routing delivers it locally
+//!   and the stack's own lookup finds the connection the SYN created (what
+//!   TPROXY does); without one the stack answers with a reset. This keeps
+//!   the socket lookup and its reference counting off the per-packet path.
 //! - ARP and IPv6 neighbour discovery pass; DHCP passes when configured.
 //! - Everything else is dropped, counted, and reported to userspace through a
 //!   ring buffer, at most once per flow per interval.
@@ -15,22 +19,26 @@
 #![no_std]
 #![no_main]
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_NOEXIST, BPF_TCP_LISTEN, TC_ACT_OK, TC_ACT_SHOT, bpf_sock,
-        bpf_sock_tuple,
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
-    helpers::{bpf_ktime_get_ns, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
+    helpers::{
+        bpf_ktime_get_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
+    },
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockMap},
     programs::TcContext,
 };
 use gateway_common::{
     Counter, DropEvent, DropReason, EVENTS_BYTES, FAMILY_ANY, FAMILY_V4, FAMILY_V6,
     FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLOWS_MAX_ENTRIES, FlowKey, FlowState, INTERCEPT_MANAGER,
-    INTERCEPT_MAX_ENTRIES, InterceptKey, Settings, is_dhcp, is_neighbor_discovery,
+    INTERCEPT_MAX_ENTRIES, InterceptKey, LISTENER_V4, LISTENER_V6, LISTENERS_MAX_ENTRIES,
+    PORTS_MAX_ENTRIES, PortKind, Settings, is_dhcp, is_neighbor_discovery, opens_connection,
 };
 
 #[map(name = "SETTINGS")]
@@ -38,6 +46,12 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 #[map(name = "INTERCEPT")]
 static INTERCEPT: HashMap<InterceptKey, u32> = HashMap::with_max_entries(INTERCEPT_MAX_ENTRIES, 0);
+
+#[map(name = "PORTS")]
+static PORTS: Array<u64> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
+
+#[map(name = "LISTENERS")]
+static LISTENERS: SockMap = SockMap::with_max_entries(LISTENERS_MAX_ENTRIES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -60,8 +74,12 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_HLEN: usize = 40;
 /// Without settings we still rate-limit events, at one per second per flow.
 const DEFAULT_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
-/// Enough linear bytes for Ethernet, the largest IPv4 header and the ports.
-const PULL_LEN: u32 = (ETH_HLEN + 60 + 4) as u32;
+/// Bytes of the transport header the verdict reads: the ports, and TCP's
+/// flags (byte 13).
+const L4_NEEDED: usize = 14;
+/// Enough linear bytes for Ethernet, the largest IPv4 header and
+/// [`L4_NEEDED`].
+const PULL_LEN: u32 = (ETH_HLEN + 60 + L4_NEEDED) as u32;
 
 #[classifier]
 pub fn gateway_ingress(ctx: TcContext) -> i32 {
@@ -74,12 +92,10 @@ pub fn gateway_ingress(ctx: TcContext) -> i32 {
     }
 }
 
-/// The parsed facts about one packet that the verdict needs.
-struct Packet {
+/// The parsed facts about one TCP segment that the verdict needs.
+struct Segment {
     flow: FlowKey,
-    /// TCP tuple in network byte order, as `bpf_skc_lookup_tcp` takes it.
-    tuple: bpf_sock_tuple,
-    tuple_len: u32,
+    flags: u8,
 }
 
 #[inline(always)]
@@ -100,33 +116,52 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, ()> {
         }
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mut flow = FlowKey {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        family: FAMILY_ANY,
-        proto: 0,
-        reason: 0,
-        _pad: 0,
-        ifindex,
-    };
     let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
     match ethertype {
         ETH_P_ARP => {
             count(Counter::PassArp);
             Ok(TC_ACT_OK as i32)
         }
-        ETH_P_IP => ipv4(ctx, flow),
-        ETH_P_IPV6 => ipv6(ctx, flow),
+        ETH_P_IP => ipv4(ctx, ifindex),
+        ETH_P_IPV6 => ipv6(ctx, ifindex),
         other => {
+            let mut flow = flow_key(FAMILY_ANY, ZERO_ADDR, ZERO_ADDR, 0, ifindex);
             flow.dport = other;
             Ok(drop_packet(&flow, DropReason::Ethertype))
         }
     }
 }
 
-/// Linear bytes the verdict reads: Ethernet, the IP header, the ports.
+const ZERO_ADDR: [u8; 16] = [0; 16];
+
+/// A flow key built in one go from values. Zero-filling a key and then
+/// writing into it makes LLVM emit `memset` calls, which the BPF target
+/// links as a byte-by-byte loop: that loop was a third of the program's
+/// run time.
+#[inline(always)]
+fn flow_key(family: u8, saddr: [u8; 16], daddr: [u8; 16], proto: u8, ifindex: u32) -> FlowKey {
+    FlowKey {
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        family,
+        proto,
+        reason: 0,
+        _pad: 0,
+        ifindex,
+    }
+}
+
+/// An IPv4 address in the first four bytes of sixteen, as keys hold it,
+/// widened as an integer (two stores, no `memset`).
+#[inline(always)]
+fn v4_in_16(addr: u32) -> [u8; 16] {
+    (addr as u128).to_ne_bytes()
+}
+
+/// Linear bytes the verdict reads: Ethernet, the IP header, the start of
+/// the transport header.
 /// [`PULL_LEN`] when the linear area is too short to tell.
 #[inline(always)]
 fn headers_needed(ctx: &TcContext) -> u32 {
@@ -135,25 +170,24 @@ fn headers_needed(ctx: &TcContext) -> u32 {
     };
     match u16::from_be(ethertype) {
         ETH_P_IP => match read::<u8>(ctx, ETH_HLEN) {
-            Ok(vihl) => (ETH_HLEN + ((vihl & 0x0f) as usize) * 4 + 4) as u32,
+            Ok(vihl) => (ETH_HLEN + ((vihl & 0x0f) as usize) * 4 + L4_NEEDED) as u32,
             Err(()) => PULL_LEN,
         },
-        // The fixed header, then the ports or the ICMPv6 type.
-        ETH_P_IPV6 => (ETH_HLEN + IPV6_HLEN + 4) as u32,
+        // The fixed header, then the ports and flags or the ICMPv6 type.
+        ETH_P_IPV6 => (ETH_HLEN + IPV6_HLEN + L4_NEEDED) as u32,
         _ => ETH_HLEN as u32,
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, mut flow: FlowKey) -> Result<i32, ()> {
-    flow.family = FAMILY_V4;
+fn ipv4(ctx: &TcContext, ifindex: u32) -> Result<i32, ()> {
     let vihl: u8 = read(ctx, ETH_HLEN)?;
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    let saddr: [u8; 4] = read(ctx, ETH_HLEN + 12)?;
-    let daddr: [u8; 4] = read(ctx, ETH_HLEN + 16)?;
-    flow.saddr[..4].copy_from_slice(&saddr);
-    flow.daddr[..4].copy_from_slice(&daddr);
-    flow.proto = read(ctx, ETH_HLEN + 9)?;
+    // Addresses stay in network byte order, as `bpf_sock_tuple` takes them.
+    let saddr: u32 = read(ctx, ETH_HLEN + 12)?;
+    let daddr: u32 = read(ctx, ETH_HLEN + 16)?;
+    let proto: u8 = read(ctx, ETH_HLEN + 9)?;
+    let mut flow = flow_key(FAMILY_V4, v4_in_16(saddr), v4_in_16(daddr), proto, ifindex);
     if !(20..=60).contains(&ihl) {
         return Ok(drop_packet(&flow, DropReason::Malformed));
     }
@@ -164,23 +198,11 @@ fn ipv4(ctx: &TcContext, mut flow: FlowKey) -> Result<i32, ()> {
         return Ok(drop_packet(&flow, DropReason::Fragment));
     }
     let l4 = ETH_HLEN + ihl;
-    match flow.proto {
+    match proto {
         IPPROTO_TCP => {
             ports(ctx, l4, &mut flow)?;
-            let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-            unsafe {
-                let t = &mut tuple.__bindgen_anon_1.ipv4;
-                t.saddr = u32::from_ne_bytes(saddr);
-                t.daddr = u32::from_ne_bytes(daddr);
-                t.sport = flow.sport.to_be();
-                t.dport = flow.dport.to_be();
-            }
-            let pkt = Packet {
-                flow,
-                tuple,
-                tuple_len: (size_of::<u32>() * 2 + size_of::<u16>() * 2) as u32,
-            };
-            Ok(tcp(ctx, pkt))
+            let flags = read(ctx, l4 + 13)?;
+            Ok(tcp(ctx, Segment { flow, flags }))
         }
         IPPROTO_UDP => udp(ctx, l4, flow),
         IPPROTO_ICMP => Ok(drop_packet(&flow, DropReason::Protocol)),
@@ -189,29 +211,17 @@ fn ipv4(ctx: &TcContext, mut flow: FlowKey) -> Result<i32, ()> {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext, mut flow: FlowKey) -> Result<i32, ()> {
-    flow.family = FAMILY_V6;
-    flow.saddr = read(ctx, ETH_HLEN + 8)?;
-    flow.daddr = read(ctx, ETH_HLEN + 24)?;
-    flow.proto = read(ctx, ETH_HLEN + 6)?;
+fn ipv6(ctx: &TcContext, ifindex: u32) -> Result<i32, ()> {
+    let saddr = read(ctx, ETH_HLEN + 8)?;
+    let daddr = read(ctx, ETH_HLEN + 24)?;
+    let proto: u8 = read(ctx, ETH_HLEN + 6)?;
+    let mut flow = flow_key(FAMILY_V6, saddr, daddr, proto, ifindex);
     let l4 = ETH_HLEN + IPV6_HLEN;
-    match flow.proto {
+    match proto {
         IPPROTO_TCP => {
             ports(ctx, l4, &mut flow)?;
-            let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-            unsafe {
-                let t = &mut tuple.__bindgen_anon_1.ipv6;
-                t.saddr = core::mem::transmute::<[u8; 16], [u32; 4]>(flow.saddr);
-                t.daddr = core::mem::transmute::<[u8; 16], [u32; 4]>(flow.daddr);
-                t.sport = flow.sport.to_be();
-                t.dport = flow.dport.to_be();
-            }
-            let pkt = Packet {
-                flow,
-                tuple,
-                tuple_len: (size_of::<[u32; 4]>() * 2 + size_of::<u16>() * 2) as u32,
-            };
-            Ok(tcp(ctx, pkt))
+            let flags = read(ctx, l4 + 13)?;
+            Ok(tcp(ctx, Segment { flow, flags }))
         }
         IPPROTO_UDP => udp(ctx, l4, flow),
         IPPROTO_ICMPV6 => {
@@ -244,72 +254,131 @@ fn udp(ctx: &TcContext, l4: usize, mut flow: FlowKey) -> Result<i32, ()> {
 }
 
 #[inline(always)]
-fn tcp(ctx: &TcContext, mut pkt: Packet) -> i32 {
+fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
     let Some(settings) = settings().filter(|s| s.flags & FLAG_CONFIGURED != 0) else {
-        return drop_packet(&pkt.flow, DropReason::NotConfigured);
+        return drop_packet(&seg.flow, DropReason::NotConfigured);
     };
-    let flow = &pkt.flow;
+    let flow = &seg.flow;
     let intercepted = intercepted(flow.family, &flow.daddr, flow.dport);
     // Return traffic of the gateway's own connection to a manager that sits
     // on the device side: matched by its source, never redirected.
-    let from_manager = !intercepted
-        && unsafe { INTERCEPT.get(InterceptKey::addr(flow.family, flow.saddr, flow.sport)) }
-            .is_some_and(|v| *v == INTERCEPT_MANAGER);
+    let from_manager = !intercepted && is_manager(flow.family, &flow.saddr, flow.sport);
     if !intercepted && !from_manager {
-        return drop_packet(&pkt.flow, DropReason::NotIntercepted);
+        return drop_packet(flow, DropReason::NotIntercepted);
+    }
+    if !opens_connection(seg.flags) {
+        ctx.set_mark(settings.mark);
+        count(Counter::MarkSegment);
+        return TC_ACT_OK as i32;
     }
 
-    // An existing connection or request socket for this exact 4-tuple.
-    let sk = lookup(ctx, &mut pkt);
+    // A socket for this exact 4-tuple: a request socket (retransmitted
+    // SYN) or a TIME-WAIT one, which the stack's rules then handle.
+    let sk = lookup(ctx, flow);
     if !sk.is_null() {
         if unsafe { (*sk).state } != BPF_TCP_LISTEN {
-            return assign(ctx, sk, &pkt.flow, &settings, Counter::AssignEstablished);
+            return assign(ctx, sk, flow, &settings, Counter::AssignEstablished);
         }
         // A listener of the host's own on the original port is not ours.
         unsafe { bpf_sk_release(sk as *mut _) };
     }
     if !intercepted {
-        return drop_packet(&pkt.flow, DropReason::NotIntercepted);
+        return drop_packet(flow, DropReason::NotIntercepted);
     }
 
-    // A new connection: the transparent listener, found by its port. It is
+    // A new connection: the transparent listener of its family. It is
     // bound to the wildcard address, so any original destination matches.
-    match pkt.flow.family {
-        FAMILY_V4 => pkt.tuple.__bindgen_anon_1.ipv4.dport = settings.proxy_port.to_be(),
-        _ => pkt.tuple.__bindgen_anon_1.ipv6.dport = settings.proxy_port.to_be(),
-    }
-    let sk = lookup(ctx, &mut pkt);
+    let sk = listener(flow.family);
     if sk.is_null() {
-        return drop_packet(&pkt.flow, DropReason::NoListener);
+        return drop_packet(flow, DropReason::NoListener);
     }
     if unsafe { (*sk).state } != BPF_TCP_LISTEN {
         unsafe { bpf_sk_release(sk as *mut _) };
-        return drop_packet(&pkt.flow, DropReason::NoListener);
+        return drop_packet(flow, DropReason::NoListener);
     }
-    assign(ctx, sk, &pkt.flow, &settings, Counter::AssignListener)
+    assign(ctx, sk, flow, &settings, Counter::AssignListener)
 }
 
+/// Whether `port` is set in one of the `PORTS` bitmaps.
+#[inline(always)]
+fn port_in(kind: PortKind, port: u16) -> bool {
+    let (index, bit) = kind.slot(port);
+    PORTS.get(index).is_some_and(|w| *w & bit != 0)
+}
+
+/// TCP to this destination goes to the gateway: an intercepted port, or a
+/// manager's address and port. The hash table is only read for ports that
+/// some manager uses.
 #[inline(always)]
 fn intercepted(family: u8, daddr: &[u8; 16], dport: u16) -> bool {
-    unsafe {
-        INTERCEPT
-            .get(InterceptKey::addr(family, *daddr, dport))
-            .is_some()
-            || INTERCEPT.get(InterceptKey::port(dport)).is_some()
-    }
+    port_in(PortKind::Intercept, dport) || is_manager(family, daddr, dport)
 }
 
 #[inline(always)]
-fn lookup(ctx: &TcContext, pkt: &mut Packet) -> *mut bpf_sock {
+fn is_manager(family: u8, addr: &[u8; 16], port: u16) -> bool {
+    port_in(PortKind::Manager, port)
+        && unsafe { INTERCEPT.get(InterceptKey::addr(family, *addr, port)) }
+            .is_some_and(|v| *v == INTERCEPT_MANAGER)
+}
+
+/// The socket of the flow's exact 4-tuple, with a reference the caller
+/// releases. Only the tuple's own family is written: the helper reads
+/// `tuple_len` bytes, so the rest of the union is never zero-filled.
+#[inline(always)]
+fn lookup(ctx: &TcContext, flow: &FlowKey) -> *mut bpf_sock {
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
+    let t = tuple.as_mut_ptr();
+    let len = if flow.family == FAMILY_V4 {
+        unsafe {
+            (*t).__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                // The first four bytes: the low half of a little-endian u128.
+                saddr: u128::from_ne_bytes(flow.saddr) as u32,
+                daddr: u128::from_ne_bytes(flow.daddr) as u32,
+                sport: flow.sport.to_be(),
+                dport: flow.dport.to_be(),
+            };
+        }
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        unsafe {
+            (*t).__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: core::mem::transmute::<[u8; 16], [u32; 4]>(flow.saddr),
+                daddr: core::mem::transmute::<[u8; 16], [u32; 4]>(flow.daddr),
+                sport: flow.sport.to_be(),
+                dport: flow.dport.to_be(),
+            };
+        }
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    };
     unsafe {
         bpf_skc_lookup_tcp(
             ctx.skb.skb as *mut _,
-            &mut pkt.tuple,
-            pkt.tuple_len,
+            t,
+            len as u32,
             BPF_F_CURRENT_NETNS as u64,
             0,
         )
     }
+}
+
+/// The daemon's listener for `family` from the socket map, with a
+/// reference the caller releases; null while no daemon listens.
+#[inline(always)]
+fn listener(family: u8) -> *mut bpf_sock {
+    let index = if family == FAMILY_V4 {
+        LISTENER_V4
+    } else {
+        LISTENER_V6
+    };
+    // The map static is the kernel's map definition (`repr(transparent)`);
+    // aya-ebpf's SockMap offers no lookup outside sk_lookup programs.
+    unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(&LISTENERS).cast_mut().cast(),
+            core::ptr::from_ref(&index).cast(),
+        )
+    }
+    .cast()
 }
 
 /// Assigns the packet to `sk` and releases the reference either way.

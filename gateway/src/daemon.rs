@@ -50,7 +50,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         priority: config.kernel.rule_priority,
     };
     routing.install().await?;
-    let mut kernel = match KernelPath::install(&config) {
+    let mut kernel = match KernelPath::install(&config, &listeners) {
         Ok(k) => k,
         Err(e) => {
             // Nothing of ours guards the interfaces; don't leave rules.

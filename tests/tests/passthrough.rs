@@ -51,6 +51,13 @@ fn passthrough(name: &str, dst: SocketAddr) {
         rec["ts"].as_str().is_some_and(is_rfc3339),
         "ts not RFC 3339: {rec}"
     );
+    // The SYN was handed to the listener from the socket map; every later
+    // segment (the handshake's ACK, 64 KiB of data, the FIN) was only
+    // marked, and the stack delivered it to the accepted connection.
+    let listener = gw.must(gw.counter("assign_listener"));
+    assert!(listener >= 1, "assign_listener = {listener}");
+    let marked = gw.must(gw.counter("mark_segment"));
+    assert!(marked >= 3, "mark_segment = {marked}");
 }
 
 #[test]

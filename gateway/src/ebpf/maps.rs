@@ -5,11 +5,13 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, SockMap};
 use gateway_common::{
     Counter, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FlowKey, FlowState,
-    INTERCEPT_MANAGER, INTERCEPT_PORT, InterceptKey, Settings, maps as names,
+    INTERCEPT_MANAGER, InterceptKey, LISTENER_V4, LISTENER_V6, PORTS_MAX_ENTRIES, PortKind,
+    Settings, maps as names,
 };
+use tokio::net::TcpListener;
 
 use super::{EbpfError, pins::Pins};
 use crate::config::Config;
@@ -17,11 +19,13 @@ use crate::config::Config;
 pub struct Maps {
     pub settings: Array<MapData, Settings>,
     pub intercept: HashMap<MapData, InterceptKey, u32>,
+    pub ports: Array<MapData, u64>,
     pub counters: PerCpuArray<MapData, u64>,
     /// An LRU hash map in the kernel; aya types it as a `HashMap`.
     pub flows: HashMap<MapData, FlowKey, FlowState>,
     /// Taken by the event reader.
     pub events: Option<RingBuf<MapData>>,
+    pub listeners: SockMap<MapData>,
 }
 
 fn map_err(name: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
@@ -45,6 +49,8 @@ impl Maps {
                 .map_err(map_err(names::SETTINGS))?,
             intercept: HashMap::try_from(Map::HashMap(open(names::INTERCEPT)?))
                 .map_err(map_err(names::INTERCEPT))?,
+            ports: Array::try_from(Map::Array(open(names::PORTS)?))
+                .map_err(map_err(names::PORTS))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(names::COUNTERS)?))
                 .map_err(map_err(names::COUNTERS))?,
             flows: HashMap::try_from(Map::LruHashMap(open(names::FLOWS)?))
@@ -53,6 +59,8 @@ impl Maps {
                 RingBuf::try_from(Map::RingBuf(open(names::EVENTS)?))
                     .map_err(map_err(names::EVENTS))?,
             ),
+            listeners: SockMap::try_from(Map::SockMap(open(names::LISTENERS)?))
+                .map_err(map_err(names::LISTENERS))?,
         })
     }
 
@@ -73,17 +81,27 @@ impl Maps {
             settings: Array::try_from(take(names::SETTINGS)?).map_err(map_err(names::SETTINGS))?,
             intercept: HashMap::try_from(take(names::INTERCEPT)?)
                 .map_err(map_err(names::INTERCEPT))?,
+            ports: Array::try_from(take(names::PORTS)?).map_err(map_err(names::PORTS))?,
             counters: PerCpuArray::try_from(take(names::COUNTERS)?)
                 .map_err(map_err(names::COUNTERS))?,
             flows: HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?,
             events: Some(RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?),
+            listeners: SockMap::try_from(take(names::LISTENERS)?)
+                .map_err(map_err(names::LISTENERS))?,
         })
     }
 
-    /// Writes the configuration: intercept entries first (new ones before
-    /// stale ones go, so a running program never sees a gap), then the
-    /// settings that turn redirection on.
-    pub fn configure(&mut self, config: &Config) -> Result<(), EbpfError> {
+    /// Writes the configuration: manager entries first (new ones before
+    /// stale ones go, so a running program never sees a gap), then the port
+    /// bitmaps (a port's word is replaced in one write, so a port kept
+    /// across a reload never reads as unset), then the settings that turn
+    /// redirection on. The listeners go into the socket map before
+    /// that, so the first redirected SYN finds one.
+    pub fn configure(
+        &mut self,
+        config: &Config,
+        listeners: &[TcpListener],
+    ) -> Result<(), EbpfError> {
         let wanted = intercept_entries(config);
         let wanted_keys: HashSet<InterceptKey> = wanted.iter().map(|(k, _)| *k).collect();
         for (key, value) in &wanted {
@@ -102,6 +120,28 @@ impl Maps {
                 .remove(&key)
                 .map_err(map_err(names::INTERCEPT))?;
         }
+        for (index, word) in port_words(config).into_iter().enumerate() {
+            let index = index as u32;
+            // Only changed words are written: a reload rewrites a handful.
+            let current = self.ports.get(&index, 0).map_err(map_err(names::PORTS))?;
+            if current != word {
+                self.ports
+                    .set(index, word, 0)
+                    .map_err(map_err(names::PORTS))?;
+            }
+        }
+        for listener in listeners {
+            let slot = match listener.local_addr() {
+                Ok(a) if a.is_ipv4() => LISTENER_V4,
+                Ok(_) => LISTENER_V6,
+                Err(e) => return Err(EbpfError::Listener(e)),
+            };
+            // Replaces the socket of a previous daemon, if the kernel has
+            // not already emptied the slot when that one closed.
+            self.listeners
+                .set(slot, listener, 0)
+                .map_err(map_err(names::LISTENERS))?;
+        }
         let mut flags = FLAG_CONFIGURED;
         if config.devices.allow_dhcp {
             flags |= FLAG_ALLOW_DHCP;
@@ -113,8 +153,7 @@ impl Maps {
                 .kernel
                 .drop_event_interval_ms
                 .saturating_mul(1_000_000),
-            proxy_port: config.proxy.port,
-            _pad: [0; 6],
+            _pad: [0; 8],
         };
         self.settings
             .set(0, settings, 0)
@@ -156,21 +195,30 @@ impl Maps {
     }
 }
 
-/// The intercept table the configuration asks for.
+/// The intercept table the configuration asks for: its manager addresses.
 pub fn intercept_entries(config: &Config) -> Vec<(InterceptKey, u32)> {
-    let mut entries: Vec<(InterceptKey, u32)> = config
-        .intercept
-        .tcp_ports
-        .iter()
-        .map(|p| (InterceptKey::port(*p), INTERCEPT_PORT))
-        .collect();
-    entries.extend(
-        config
-            .manager_addresses()
-            .into_iter()
-            .map(|a| (manager_key(a), INTERCEPT_MANAGER)),
-    );
-    entries
+    config
+        .manager_addresses()
+        .into_iter()
+        .map(|a| (manager_key(a), INTERCEPT_MANAGER))
+        .collect()
+}
+
+/// The `PORTS` array the configuration asks for: intercepted ports in the
+/// first bitmap, the managers' ports in the second.
+pub fn port_words(config: &Config) -> Vec<u64> {
+    let mut words = vec![0u64; PORTS_MAX_ENTRIES as usize];
+    let mut set = |kind: PortKind, port: u16| {
+        let (index, bit) = kind.slot(port);
+        words[index as usize] |= bit;
+    };
+    for port in &config.intercept.tcp_ports {
+        set(PortKind::Intercept, *port);
+    }
+    for addr in config.manager_addresses() {
+        set(PortKind::Manager, addr.port());
+    }
+    words
 }
 
 fn manager_key(addr: SocketAddr) -> InterceptKey {
@@ -193,14 +241,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn intercept_entries_cover_ports_and_managers() {
+    fn intercept_entries_and_port_bitmaps_cover_ports_and_managers() {
         let config = Config::parse(
             "devices: {interfaces: [dev0]}\nmanager: {name: wfm.example, addresses: [\"10.0.0.5:8443\", \"[fd00::5]:443\"]}\nintercept: {tcp_ports: [80]}\n",
         )
         .expect("config");
         let entries = intercept_entries(&config);
-        assert_eq!(entries.len(), 3);
-        assert!(entries.contains(&(InterceptKey::port(80), INTERCEPT_PORT)));
+        assert_eq!(entries.len(), 2);
         let mut v4 = [0u8; 16];
         v4[..4].copy_from_slice(&[10, 0, 0, 5]);
         assert!(entries.contains(&(InterceptKey::addr(FAMILY_V4, v4, 8443), INTERCEPT_MANAGER)));
@@ -209,5 +256,17 @@ mod tests {
             InterceptKey::addr(FAMILY_V6, v6.octets(), 443),
             INTERCEPT_MANAGER
         )));
+        let words = port_words(&config);
+        let is_set = |kind: PortKind, port: u16| {
+            let (index, bit) = kind.slot(port);
+            words[index as usize] & bit != 0
+        };
+        assert!(is_set(PortKind::Intercept, 80));
+        assert!(!is_set(PortKind::Intercept, 443));
+        assert!(!is_set(PortKind::Intercept, 8443));
+        assert!(is_set(PortKind::Manager, 8443));
+        assert!(is_set(PortKind::Manager, 443));
+        assert!(!is_set(PortKind::Manager, 80));
+        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
     }
 }

@@ -33,6 +33,7 @@ use aya::{
 };
 use gateway_common::{ABI_VERSION, PROGRAM_NAME};
 use thiserror::Error;
+use tokio::net::TcpListener;
 
 pub use maps::Maps;
 pub use state::{Attachment, Mode, State};
@@ -93,6 +94,8 @@ pub enum EbpfError {
     State { path: PathBuf, message: String },
     #[error("policy routing: {0}")]
     Routing(String),
+    #[error("the transparent listener has no local address: {0}")]
+    Listener(#[source] std::io::Error),
 }
 
 /// Refuses kernels that cannot run the gateway at all.
@@ -133,7 +136,7 @@ pub struct KernelPath {
 impl KernelPath {
     /// Installs the program on every configured interface, or adopts the
     /// installation a previous daemon left, then writes the configuration.
-    pub fn install(config: &Config) -> Result<Self, EbpfError> {
+    pub fn install(config: &Config, listeners: &[TcpListener]) -> Result<Self, EbpfError> {
         check_kernel()?;
         raise_memlock();
         let pins = Pins::new(&config.kernel.pin_path);
@@ -156,7 +159,7 @@ impl KernelPath {
                     );
                     remove_installation(&Pins::new(&state.pin_path), &state);
                 }
-                match Self::fresh(pins.clone(), config) {
+                match Self::fresh(pins.clone(), config, listeners) {
                     Ok(path) => path,
                     Err(e) => {
                         // Nothing was attached: leave no half installation.
@@ -168,7 +171,7 @@ impl KernelPath {
             }
         };
         path.reconcile_interfaces(config, mode)?;
-        path.maps.configure(config)?;
+        path.maps.configure(config, listeners)?;
         Ok(path)
     }
 
@@ -184,7 +187,7 @@ impl KernelPath {
         })
     }
 
-    fn fresh(pins: Pins, config: &Config) -> Result<Self, EbpfError> {
+    fn fresh(pins: Pins, config: &Config, listeners: &[TcpListener]) -> Result<Self, EbpfError> {
         if OBJECT.is_empty() {
             return Err(EbpfError::NoObject);
         }
@@ -196,7 +199,7 @@ impl KernelPath {
             .map_err(|e| EbpfError::Load(error_chain(&e)))?;
         let mut maps = Maps::take_and_pin(&mut ebpf, &pins)?;
         // Configure before attaching, so the first packet meets the policy.
-        maps.configure(config)?;
+        maps.configure(config, listeners)?;
         let prog = program(&mut ebpf)?;
         prog.load().map_err(program_err)?;
         prog.pin(pins.prog())
