@@ -14,12 +14,20 @@ use crate::tls::{LeafResolver, provider, server_config};
 struct Outcome {
     client: Result<Option<Vec<u8>>, std::io::Error>,
     server: Result<(), std::io::Error>,
+    resumed: bool,
 }
 
 /// Connects as `name`; on success the client sends "ping", the server
 /// answers "pong", and the client returns the negotiated ALPN.
 async fn handshake(resolver: Arc<LeafResolver>, client: Arc<ClientConfig>, name: &str) -> Outcome {
     let acceptor = TlsAcceptor::from(server_config(resolver).expect("server config"));
+    handshake_with(acceptor, client, name).await
+}
+
+/// [`handshake`] against a given server (whose session cache persists).
+async fn handshake_with(acceptor: TlsAcceptor, client: Arc<ClientConfig>, name: &str) -> Outcome {
+    let resumed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resumed_in = resumed.clone();
     let connector = TlsConnector::from(client);
     let name = ServerName::try_from(name.to_owned()).expect("name");
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -37,10 +45,19 @@ async fn handshake(resolver: Arc<LeafResolver>, client: Arc<ClientConfig>, name:
         let mut buf = [0u8; 4];
         tls.read_exact(&mut buf).await?;
         assert_eq!(&buf, b"pong");
-        Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+        let conn = tls.get_ref().1;
+        resumed_in.store(
+            conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(conn.alpn_protocol().map(<[u8]>::to_vec))
     };
     let (client, server) = tokio::join!(client, server);
-    Outcome { client, server }
+    Outcome {
+        client,
+        server,
+        resumed: resumed.load(std::sync::atomic::Ordering::SeqCst),
+    }
 }
 
 fn setup() -> (TestCa, Arc<LeafResolver>) {
@@ -135,4 +152,80 @@ fn sha256_suites_come_first_whatever_the_client_prefers() {
         "{names:?}"
     );
     assert!(names.contains(&"TLS13_AES_256_GCM_SHA384"), "{names:?}");
+}
+
+/// Counts the TLS 1.3 tickets a client is given, keeping them as rustls'
+/// own memory cache would.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group);
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value);
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value);
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// One resumption ticket per handshake (rustls' default is two), and it
+/// works: the next connection resumes.
+#[tokio::test]
+async fn one_ticket_per_handshake_and_it_resumes() {
+    let (t, resolver) = setup();
+    let store = Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        tickets: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let mut client = (*ca_client(&t.ca, &[b"http/1.1"])).clone();
+    client.resumption = rustls::client::Resumption::store(store.clone());
+    let client = Arc::new(client);
+    let acceptor = TlsAcceptor::from(server_config(resolver).expect("server config"));
+    let first = handshake_with(acceptor.clone(), client.clone(), HOST).await;
+    first.client.expect("first handshake");
+    first.server.expect("first handshake, server");
+    assert!(!first.resumed);
+    assert_eq!(
+        store.tickets.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "tickets after one handshake"
+    );
+    let second = handshake_with(acceptor, client, HOST).await;
+    second.client.expect("resumed handshake");
+    second.server.expect("resumed handshake, server");
+    assert!(second.resumed, "the second connection did not resume");
 }
