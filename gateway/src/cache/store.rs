@@ -235,7 +235,9 @@ mod tests {
         assert_eq!(&chunk[..], &data[1234..1234 + 262_144]);
         let tail = read_chunk(f.clone(), 299_000, 1000).await.expect("tail");
         assert_eq!(&tail[..], &data[299_000..]);
-        let err = read_chunk(f, 299_500, 1000).await.expect_err("past the end");
+        let err = read_chunk(f, 299_500, 1000)
+            .await
+            .expect_err("past the end");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -71,6 +71,13 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::
 }
 
 async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
+    // The gateway answers in whole messages (handshake flights, responses)
+    // and relays the manager's: Nagle would hold the last segment of each
+    // for the device's delayed ACK, adding ~40 ms to a new connection's
+    // first request.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, %device, "TCP_NODELAY not set");
+    }
     // The local address of a transparently accepted socket is where the
     // device sent its SYN.
     let original_dst = match stream.local_addr() {
@@ -106,12 +113,6 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
 }
 
 async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, dst: SocketAddr) {
-    // The gateway answers in whole messages (handshake flights, responses):
-    // Nagle would hold the last segment of each for the device's delayed
-    // ACK, adding ~40 ms to every new connection's first request.
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, %device, "TCP_NODELAY not set");
-    }
     let denied = |reason: &str| {
         Record::new(Event::FlowDenied)
             .tcp(device, dst)

@@ -1,25 +1,26 @@
 //! Passthrough: a device connection spliced byte for byte to the manager.
 //!
 //! The Margo device API is mutual TLS that must not be inspected; the
-//! gateway neither reads nor changes a byte, it only counts them.
+//! gateway neither reads nor changes a byte, it only counts them. The bytes
+//! never enter userspace either: each direction is `splice(2)`d from one
+//! socket into a pipe and from the pipe into the other socket, so the
+//! kernel moves page references instead of copying through a buffer.
 
 use std::{
-    net::SocketAddr,
+    io,
+    net::{Shutdown, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
-    time::timeout,
-};
+use tokio::{io::Interest, net::TcpStream, time::timeout};
 
 use crate::audit::{Event, Record};
 
 /// Splices `device` to `upstream` and returns the audit record of the
 /// finished flow.
 pub async fn splice(
-    mut device: TcpStream,
+    device: TcpStream,
     device_addr: SocketAddr,
     original_dst: SocketAddr,
     upstream: SocketAddr,
@@ -29,7 +30,7 @@ pub async fn splice(
     let record = Record::new(Event::FlowPassthrough)
         .tcp(device_addr, original_dst)
         .reason("manager");
-    let mut manager = match timeout(connect_timeout, TcpStream::connect(upstream)).await {
+    let manager = match timeout(connect_timeout, TcpStream::connect(upstream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return failed(
@@ -48,16 +49,16 @@ pub async fn splice(
             );
         }
     };
-    let _ = device.set_nodelay(true);
+    // The device's socket has it already (`proxy::handle`).
     let _ = manager.set_nodelay(true);
     let (mut up, mut down) = (0u64, 0u64);
-    let result = {
-        let (dev_r, dev_w) = device.split();
-        let (mgr_r, mgr_w) = manager.split();
-        // The first error ends both directions: a half that can no longer
-        // be delivered must not keep the other open.
-        tokio::try_join!(pump(dev_r, mgr_w, &mut up), pump(mgr_r, dev_w, &mut down)).err()
-    };
+    // The first error ends both directions: a half that can no longer be
+    // delivered must not keep the other open.
+    let result = tokio::try_join!(
+        pump(&device, &manager, &mut up),
+        pump(&manager, &device, &mut down)
+    )
+    .err();
     let mut record = record;
     record.bytes_up = Some(up);
     record.bytes_down = Some(down);
@@ -69,24 +70,99 @@ pub async fn splice(
     record
 }
 
-/// Splice buffer per direction.
-const BUF: usize = 64 * 1024;
+/// Bytes a pipe holds per direction; the kernel's default is 64 KiB.
+const PIPE_BYTES: usize = 1 << 20;
 
-/// Copies until end of stream, then half-closes the writer. `count` holds
-/// the bytes delivered even when it fails.
-async fn pump(
-    mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
-    count: &mut u64,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return to.shutdown().await;
+/// A pipe's two ends, non-blocking.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds` on success.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
         }
-        to.write_all(&buf[..n]).await?;
-        *count += n as u64;
+        // SAFETY: both descriptors are fresh and owned by nothing else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A larger pipe moves more per system call; the default size stays
+        // if the system's pipe-max-size refuses (best effort).
+        // SAFETY: F_SETPIPE_SZ / F_GETPIPE_SZ on our own pipe.
+        let capacity = unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_BYTES as libc::c_int,
+            );
+            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        let capacity = usize::try_from(capacity).unwrap_or(0).max(4096);
+        Ok(Self {
+            read,
+            write,
+            capacity,
+        })
+    }
+}
+
+/// One `splice(2)` of up to `len` bytes, without blocking.
+fn splice_once(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors, no offsets (sockets and pipes have none).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Moves bytes from `from` to `to` through a pipe until `from` ends, then
+/// half-closes `to`. `count` holds the bytes delivered even when it fails.
+async fn pump(from: &TcpStream, to: &TcpStream, count: &mut u64) -> io::Result<()> {
+    let pipe = Pipe::new()?;
+    let mut queued = 0usize;
+    let mut ended = false;
+    loop {
+        if ended && queued == 0 {
+            return socket2::SockRef::from(to).shutdown(Shutdown::Write);
+        }
+        if !ended && queued < pipe.capacity {
+            let room = pipe.capacity - queued;
+            match from.try_io(Interest::READABLE, || {
+                splice_once(from.as_raw_fd(), pipe.write.as_raw_fd(), room)
+            }) {
+                Ok(0) => ended = true,
+                Ok(n) => queued += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if queued == 0 {
+                        from.readable().await?;
+                        continue;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if queued > 0 {
+            match to.try_io(Interest::WRITABLE, || {
+                splice_once(pipe.read.as_raw_fd(), to.as_raw_fd(), queued)
+            }) {
+                Ok(n) => {
+                    queued -= n;
+                    *count += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -101,4 +177,86 @@ fn failed(mut record: Record, started: Instant, fault: &'static str, detail: Str
 
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Both directions, more than a pipe holds, with half-closes: every byte
+    /// arrives in order, each side sees the other's end, and the record
+    /// counts what was delivered.
+    #[tokio::test]
+    async fn splices_both_ways_and_counts_bytes() {
+        const UP: usize = 8 << 20;
+        const DOWN: usize = 3 << 20;
+        let manager = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let manager_addr = manager.local_addr().expect("addr");
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+
+        let manager_task = tokio::spawn(async move {
+            let (mut s, _) = manager.accept().await.expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.expect("read up");
+            s.write_all(&pattern(DOWN, 7)).await.expect("write down");
+            s.shutdown().await.expect("shutdown");
+            got
+        });
+        let device_task = tokio::spawn(async move {
+            let mut s = TcpStream::connect(front_addr).await.expect("connect");
+            s.write_all(&pattern(UP, 3)).await.expect("write up");
+            s.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.expect("read down");
+            got
+        });
+        let (device, device_addr) = front.accept().await.expect("accept");
+        let record = splice(
+            device,
+            device_addr,
+            front_addr,
+            manager_addr,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(manager_task.await.expect("manager"), pattern(UP, 3));
+        assert_eq!(device_task.await.expect("device"), pattern(DOWN, 7));
+        assert_eq!(record.bytes_up, Some(UP as u64));
+        assert_eq!(record.bytes_down, Some(DOWN as u64));
+        assert_eq!(record.fault, None, "{:?}", record.detail);
+    }
+
+    /// A manager that refuses is an upstream fault, with nothing spliced.
+    #[tokio::test]
+    async fn refused_manager_is_an_upstream_fault() {
+        let gone = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gone_addr = gone.local_addr().expect("addr");
+        drop(gone);
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let _client = TcpStream::connect(front_addr).await.expect("connect");
+        let (device, device_addr) = front.accept().await.expect("accept");
+        let record = splice(
+            device,
+            device_addr,
+            front_addr,
+            gone_addr,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(record.fault, Some("upstream"));
+        assert_eq!((record.bytes_up, record.bytes_down), (Some(0), Some(0)));
+    }
 }
