@@ -87,6 +87,12 @@ impl Site {
     /// Builds a fresh topology named after `name` (used only in messages)
     /// and starts the upstream servers.
     pub fn new(name: &str) -> Result<Self> {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(|| {
+            for (prefix, pid) in sweep_stale_sites() {
+                eprintln!("removed test site {prefix} left by process {pid}, which is gone");
+            }
+        });
         let prefix = unique_prefix()?;
         let run_dir = PathBuf::from("/run").join(&prefix);
         let tmp = tempfile::Builder::new()
@@ -339,6 +345,64 @@ impl Drop for NetnsGuard {
     }
 }
 
+/// The file in a site's run dir that names the process that made it.
+const OWNER_FILE: &str = "owner";
+
+/// Removes the sites of test processes that died without cleaning up
+/// (killed, or their session ended): a run dir `/run/mg??????` whose
+/// `owner` pid no longer exists. Exactly what such a site made goes: its
+/// three namespaces (with their veths), its bpffs mount, its run dir.
+/// Sites of live processes, and dirs without an owner file, are left.
+/// Returns the prefixes removed, with their owner's pid.
+pub fn sweep_stale_sites() -> Vec<(String, i32)> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/run") else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let prefix = entry.file_name().to_string_lossy().into_owned();
+        let is_site = prefix.len() == 8
+            && prefix.starts_with("mg")
+            && prefix[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_site {
+            continue;
+        }
+        let run_dir = entry.path();
+        let Some(pid) = std::fs::read_to_string(run_dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if !gone {
+            continue;
+        }
+        for side in ["dev", "gw", "up"] {
+            let ns = format!("{prefix}-{side}");
+            if ns_path(&ns).exists() {
+                let _ = ip(&["netns", "del", &ns]);
+            }
+        }
+        let mount_point = run_dir.join("bpf");
+        let mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(&*mount_point.to_string_lossy()))
+        });
+        BpffsGuard {
+            run_dir,
+            mount_point,
+            mounted,
+        }
+        .release();
+        removed.push((prefix, pid));
+    }
+    removed
+}
+
 /// A bpffs instance mounted at `/run/{P}/bpf`. A fresh instance per site
 /// keeps pins from colliding between sites, and it lives in this process's
 /// mount namespace, so it survives a gateway killed inside `ip netns exec`
@@ -357,6 +421,11 @@ impl BpffsGuard {
             run_dir,
             mounted: false,
         };
+        // Names this process, so that a later run can tell the site is
+        // stale if the process dies without cleaning up.
+        let owner = guard.run_dir.join(OWNER_FILE);
+        std::fs::write(&owner, std::process::id().to_string())
+            .with_context(|| format!("writing {}", owner.display()))?;
         std::fs::create_dir(&guard.mount_point)
             .with_context(|| format!("creating {}", guard.mount_point.display()))?;
         nix::mount::mount(
@@ -386,6 +455,7 @@ impl BpffsGuard {
         }
         // remove_dir, not remove_dir_all: only the empty dirs we made.
         let _ = std::fs::remove_dir(&self.mount_point);
+        let _ = std::fs::remove_file(self.run_dir.join(OWNER_FILE));
         let _ = std::fs::remove_dir(&self.run_dir);
     }
 }

@@ -195,3 +195,50 @@ fn gateway_namespace_has_no_default_route_and_no_forwarding() {
     let up_lo = ip_in(&site.up_ns, &["addr", "show", "dev", "lo"]).unwrap();
     assert!(up_lo.contains("10.77.9.9/32"), "{up_lo}");
 }
+
+/// A site whose test process died (SIGKILL, a session that ended) is
+/// removed by the next run: namespaces, bpffs mount, run dir. A live
+/// process's site is left alone.
+#[test]
+fn sites_of_dead_processes_are_swept() {
+    require_root();
+    let live = Site::new("harness-sweep-live").unwrap();
+    // A pid that existed and is gone.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let prefix = format!("mgdead{:02x}", dead & 0xff);
+    let run_dir = Path::new("/run").join(&prefix);
+    let ns = format!("{prefix}-dev");
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::write(run_dir.join("owner"), dead.to_string()).unwrap();
+    std::fs::create_dir(run_dir.join("bpf")).unwrap();
+    nix::mount::mount(
+        Some("bpf"),
+        &run_dir.join("bpf"),
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    ip(&["netns", "add", &ns]).unwrap();
+
+    let removed = gateway_tests::site::sweep_stale_sites();
+    assert!(
+        removed
+            .iter()
+            .any(|(p, pid)| *p == prefix && *pid == dead as i32),
+        "{removed:?}"
+    );
+    assert!(!run_dir.exists(), "{} still there", run_dir.display());
+    assert!(
+        !Path::new("/run/netns").join(&ns).exists(),
+        "{ns} still there"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&prefix), "bpffs of {prefix} still mounted");
+    for ns in [&live.dev_ns, &live.gw_ns, &live.up_ns] {
+        assert!(Path::new("/run/netns").join(ns).exists(), "{ns} was swept");
+    }
+    assert!(!removed.iter().any(|(p, _)| *p == live.prefix));
+}
