@@ -164,35 +164,16 @@ impl<'s> Registry<'s> {
         std::fs::write(&cert, &pki.cert_pem)?;
         std::fs::write(&key, &pki.key_pem)?;
         let q = |p: &Path| serde_json::Value::String(p.to_string_lossy().into_owned()).to_string();
-        let mut yaml = format!(
-            "version: 0.1
-log:
-  level: info
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: {storage}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-  redirect:
-    disable: true
-http:
-  addr: \"{ADDR_V4}:{PORT}\"
-  secret: \"{secret}\"
-  tls:
-    certificate: {cert}
-    key: {key}
-",
-            storage = q(&self.storage),
-            secret = hex::encode(crate::device::random_bytes(16)),
-            cert = q(&cert),
-            key = q(&key),
-        );
+        let mut yaml = DistributionConfig {
+            storage: &self.storage,
+            addr: SocketAddr::from((ADDR_V4, PORT)),
+            secret: &hex::encode(crate::device::random_bytes(16)),
+            cert: &cert,
+            key: &key,
+            access_log: true,
+            remote_url: None,
+        }
+        .yaml();
         if let Some(creds) = &self.credentials {
             let hash = bcrypt::hash(&creds.password, 4).context("hashing the password")?;
             let htpasswd = self.dir.join("htpasswd");
@@ -417,4 +398,63 @@ pub fn throttle_upstream(site: &Site, rate: &str) -> Result<()> {
 pub fn restore_upstream(site: &Site) -> Result<()> {
     ip_in(&site.gw_ns, &["link", "set", &site.gw_up_if, "up"])?;
     Ok(())
+}
+
+/// The distribution registry's `config.yml`, as the tests' origin and the
+/// benchmark's pull-through peer both run it: filesystem storage, deletes
+/// allowed, no upload purging, no storage redirects, TLS.
+pub struct DistributionConfig<'a> {
+    pub storage: &'a Path,
+    pub addr: SocketAddr,
+    pub secret: &'a str,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// Access log lines on stdout (the tests count upstream requests).
+    pub access_log: bool,
+    /// Run as a pull-through cache of this registry (`proxy.remoteurl`).
+    pub remote_url: Option<&'a str>,
+}
+
+impl DistributionConfig<'_> {
+    pub fn yaml(&self) -> String {
+        // Paths and strings as JSON strings, which YAML reads as quoted.
+        let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+        let p = |p: &Path| q(&p.to_string_lossy());
+        let mut yaml = format!(
+            "version: 0.1
+log:
+  level: {level}
+  formatter: text
+  accesslog:
+    disabled: {no_access_log}
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+  redirect:
+    disable: true
+http:
+  addr: {addr}
+  secret: {secret}
+  tls:
+    certificate: {cert}
+    key: {key}
+",
+            level = if self.access_log { "info" } else { "warn" },
+            no_access_log = !self.access_log,
+            storage = p(self.storage),
+            addr = q(&self.addr.to_string()),
+            secret = q(self.secret),
+            cert = p(self.cert),
+            key = p(self.key),
+        );
+        if let Some(url) = self.remote_url {
+            yaml.push_str(&format!("proxy:\n  remoteurl: {}\n", q(url)));
+        }
+        yaml
+    }
 }

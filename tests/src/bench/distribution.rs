@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{pki::PeerPki, proc::Proc, world::wait_listening};
+use crate::registry::DistributionConfig;
 
 pub struct PullThrough {
     ns: String,
@@ -32,38 +33,16 @@ impl PullThrough {
         origin_ca: &Path,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let q = |p: &Path| serde_json::Value::String(p.to_string_lossy().into_owned()).to_string();
-        let config = format!(
-            "version: 0.1
-log:
-  level: warn
-  formatter: text
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {storage}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-  redirect:
-    disable: true
-proxy:
-  remoteurl: \"{origin_url}\"
-http:
-  addr: \"{addr}:443\"
-  secret: \"bench-{pid}\"
-  tls:
-    certificate: {cert}
-    key: {key}
-",
-            storage = q(&dir.join("storage")),
-            pid = std::process::id(),
-            cert = q(&pki.chain_pem),
-            key = q(&pki.key_pem),
-        );
+        let config = DistributionConfig {
+            storage: &dir.join("storage"),
+            addr: SocketAddr::from((addr, 443)),
+            secret: &format!("bench-{}", std::process::id()),
+            cert: &pki.chain_pem,
+            key: &pki.key_pem,
+            access_log: false,
+            remote_url: Some(origin_url),
+        }
+        .yaml();
         std::fs::write(dir.join("config.yml"), config)?;
         let mut p = Self {
             ns: ns.to_owned(),
