@@ -7,7 +7,9 @@
 //! `watch` channel of [`Progress`] to every [`FillReader`], which reads the
 //! bytes back with positional reads as they land (follow.rs). Because
 //! readers use the open descriptor, the rename at publish changes nothing
-//! for them.
+//! for them. The batch written last is also kept in memory: a reader that
+//! has caught up takes its bytes from there instead of reading back what
+//! was just written.
 //!
 //! A leader ends in exactly one of two ways: [`FillWriter::finish`] checks
 //! size and digest, reports `Verified` and publishes; anything else (an
@@ -29,7 +31,7 @@ use std::{
     fs::File,
     os::unix::fs::FileExt as _,
     path::PathBuf,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
 };
 
 use bytes::Bytes;
@@ -70,6 +72,23 @@ pub(super) struct FillShared {
     /// Set once, before progress leaves `Opening`.
     pub(super) file: OnceLock<Arc<File>>,
     pub(super) progress: watch::Sender<Progress>,
+    /// The batch written last and its offset: the same bytes as the file
+    /// holds there, set before the progress that makes them readable.
+    pub(super) recent: Mutex<Option<(u64, Bytes)>>,
+}
+
+impl FillShared {
+    /// Up to `len` bytes at `pos` from the batch written last, if it holds
+    /// `pos` (a shared slice, no copy).
+    pub(super) fn recent_slice(&self, pos: u64, len: usize) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let (offset, bytes) = recent.as_ref()?;
+        let skip = usize::try_from(pos.checked_sub(*offset)?).ok()?;
+        if skip >= bytes.len() {
+            return None;
+        }
+        Some(bytes.slice(skip..bytes.len().min(skip + len)))
+    }
 }
 
 /// The one writer of a fill. Dropping it without [`FillWriter::finish`]
@@ -119,6 +138,7 @@ impl Cache {
                         expected_size: expected_size.map(OnceLock::from).unwrap_or_default(),
                         file: OnceLock::new(),
                         progress: watch::Sender::new(Progress::Opening),
+                        recent: Mutex::new(None),
                     });
                     state.fills.insert(*digest, Arc::clone(&shared));
                     Next::Lead(shared)
@@ -252,6 +272,7 @@ impl FillWriter {
             return Err(e);
         }
         let pos = self.written;
+        let batch = chunk.clone();
         let written = tokio::task::spawn_blocking(move || {
             file.write_all_at(&chunk, pos)?;
             hasher.update(&chunk);
@@ -262,6 +283,11 @@ impl FillWriter {
             Ok(Ok(hasher)) => {
                 self.hasher = Some(hasher);
                 self.written = end;
+                *self
+                    .shared
+                    .recent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((pos, batch));
                 self.shared
                     .progress
                     .send_replace(Progress::Writing { written: end });
@@ -417,5 +443,29 @@ fn remove_fill(
         .is_some_and(|s| Arc::ptr_eq(s, shared))
     {
         fills.remove(&shared.digest);
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn recent_slice_serves_only_the_bytes_it_holds() {
+        let shared = FillShared {
+            digest: Digest::of(b""),
+            expected_size: OnceLock::new(),
+            file: OnceLock::new(),
+            progress: watch::Sender::new(Progress::Opening),
+            recent: Mutex::new(None),
+        };
+        assert_eq!(shared.recent_slice(0, 10), None);
+        *shared.recent.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((100, Bytes::from_static(b"0123456789")));
+        assert_eq!(shared.recent_slice(99, 10), None, "before the batch");
+        assert_eq!(shared.recent_slice(110, 10), None, "after the batch");
+        assert_eq!(shared.recent_slice(100, 4).as_deref(), Some(&b"0123"[..]));
+        assert_eq!(shared.recent_slice(106, 100).as_deref(), Some(&b"6789"[..]));
+        assert_eq!(shared.recent_slice(109, 1).as_deref(), Some(&b"9"[..]));
     }
 }

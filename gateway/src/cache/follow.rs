@@ -2,7 +2,8 @@
 //!
 //! A [`FillReader`] streams from the leader's temp file through the shared
 //! open descriptor, with positional reads, as far as the leader's
-//! [`Progress`] says bytes have landed; when it has caught up it waits for
+//! [`Progress`] says bytes have landed (bytes of the batch written last come
+//! from the leader's memory instead); when it has caught up it waits for
 //! the next progress change on the `watch` channel. Ranges wait until their
 //! bytes are written.
 //!
@@ -231,6 +232,11 @@ impl Follow {
             return Err(io::Error::other("cache: fill progressed without a file"));
         };
         let len = chunk_len(self.pos, limit);
+        // Caught up with the leader: the batch it wrote last, from memory.
+        if let Some(bytes) = self.shared.recent_slice(self.pos, len) {
+            self.pos += bytes.len() as u64;
+            return Ok(bytes);
+        }
         match read_chunk(file, self.pos, len).await {
             Ok(bytes) => {
                 self.pos += len as u64;
