@@ -7,9 +7,10 @@
 //! `watch` channel of [`Progress`] to every [`FillReader`], which reads the
 //! bytes back with positional reads as they land (follow.rs). Because
 //! readers use the open descriptor, the rename at publish changes nothing
-//! for them. The batch written last is also kept in memory: a reader that
-//! has caught up takes its bytes from there instead of reading back what
-//! was just written.
+//! for them. The two batches written last are also kept in memory: a
+//! reader that has caught up takes its bytes from there instead of reading
+//! back what was just written. (Two, because a caught-up reader still holds
+//! back the newest byte: its next read starts in the batch before the last.)
 //!
 //! A leader ends in exactly one of two ways: [`FillWriter::finish`] checks
 //! size and digest, reports `Verified` and publishes; anything else (an
@@ -72,22 +73,28 @@ pub(super) struct FillShared {
     /// Set once, before progress leaves `Opening`.
     pub(super) file: OnceLock<Arc<File>>,
     pub(super) progress: watch::Sender<Progress>,
-    /// The batch written last and its offset: the same bytes as the file
-    /// holds there, set before the progress that makes them readable.
-    pub(super) recent: Mutex<Option<(u64, Bytes)>>,
+    /// The two batches written last with their offsets, oldest first: the
+    /// same bytes as the file holds there, set before the progress that
+    /// makes them readable.
+    pub(super) recent: Mutex<[Option<(u64, Bytes)>; 2]>,
 }
 
 impl FillShared {
-    /// Up to `len` bytes at `pos` from the batch written last, if it holds
-    /// `pos` (a shared slice, no copy).
+    /// Records a batch just written at `offset`.
+    fn remember(&self, offset: u64, batch: Bytes) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent[0] = recent[1].take();
+        recent[1] = Some((offset, batch));
+    }
+
+    /// Up to `len` bytes at `pos` from the batches written last, if one
+    /// holds `pos` (a shared slice, no copy).
     pub(super) fn recent_slice(&self, pos: u64, len: usize) -> Option<Bytes> {
         let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let (offset, bytes) = recent.as_ref()?;
-        let skip = usize::try_from(pos.checked_sub(*offset)?).ok()?;
-        if skip >= bytes.len() {
-            return None;
-        }
-        Some(bytes.slice(skip..bytes.len().min(skip + len)))
+        recent.iter().flatten().find_map(|(offset, bytes)| {
+            let skip = usize::try_from(pos.checked_sub(*offset)?).ok()?;
+            (skip < bytes.len()).then(|| bytes.slice(skip..bytes.len().min(skip + len)))
+        })
     }
 }
 
@@ -138,7 +145,7 @@ impl Cache {
                         expected_size: expected_size.map(OnceLock::from).unwrap_or_default(),
                         file: OnceLock::new(),
                         progress: watch::Sender::new(Progress::Opening),
-                        recent: Mutex::new(None),
+                        recent: Mutex::new([None, None]),
                     });
                     state.fills.insert(*digest, Arc::clone(&shared));
                     Next::Lead(shared)
@@ -283,11 +290,7 @@ impl FillWriter {
             Ok(Ok(hasher)) => {
                 self.hasher = Some(hasher);
                 self.written = end;
-                *self
-                    .shared
-                    .recent
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some((pos, batch));
+                self.shared.remember(pos, batch);
                 self.shared
                     .progress
                     .send_replace(Progress::Writing { written: end });
@@ -451,21 +454,26 @@ mod recent_tests {
     use super::*;
 
     #[test]
-    fn recent_slice_serves_only_the_bytes_it_holds() {
+    fn recent_slices_serve_only_the_bytes_the_two_last_batches_hold() {
         let shared = FillShared {
             digest: Digest::of(b""),
             expected_size: OnceLock::new(),
             file: OnceLock::new(),
             progress: watch::Sender::new(Progress::Opening),
-            recent: Mutex::new(None),
+            recent: Mutex::new([None, None]),
         };
         assert_eq!(shared.recent_slice(0, 10), None);
-        *shared.recent.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((100, Bytes::from_static(b"0123456789")));
-        assert_eq!(shared.recent_slice(99, 10), None, "before the batch");
-        assert_eq!(shared.recent_slice(110, 10), None, "after the batch");
+        shared.remember(90, Bytes::from_static(b"abcdefghij"));
+        shared.remember(100, Bytes::from_static(b"0123456789"));
+        assert_eq!(shared.recent_slice(89, 10), None, "before the batches");
+        assert_eq!(shared.recent_slice(110, 10), None, "after the batches");
         assert_eq!(shared.recent_slice(100, 4).as_deref(), Some(&b"0123"[..]));
         assert_eq!(shared.recent_slice(106, 100).as_deref(), Some(&b"6789"[..]));
-        assert_eq!(shared.recent_slice(109, 1).as_deref(), Some(&b"9"[..]));
+        // A held-back reader's next read starts in the older batch: it gets
+        // the rest of that batch, then the newer one.
+        assert_eq!(shared.recent_slice(99, 256).as_deref(), Some(&b"j"[..]));
+        shared.remember(110, Bytes::from_static(b"ABCDEFGHIJ"));
+        assert_eq!(shared.recent_slice(95, 4), None, "forgotten");
+        assert_eq!(shared.recent_slice(105, 2).as_deref(), Some(&b"56"[..]));
     }
 }
