@@ -12,7 +12,7 @@
 ///
 /// The daemon stores it beside its pins; a daemon that finds pins of another
 /// version replaces them rather than adopting them.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Name of the TC ingress program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_ingress";
@@ -21,8 +21,8 @@ pub const PROGRAM_NAME: &str = "gateway_ingress";
 pub mod maps {
     /// `Array<Settings>`, one entry.
     pub const SETTINGS: &str = "SETTINGS";
-    /// `HashMap<InterceptKey, u32>`: the manager addresses (address and
-    /// port), redirected to the proxy.
+    /// `HashMap<InterceptKey, u32>`: the passthrough services' addresses
+    /// (address and port), redirected to the proxy.
     pub const INTERCEPT: &str = "INTERCEPT";
     /// `Array<u64>` of [`crate::PORT_WORDS`] words per [`crate::PortKind`]:
     /// one bit per TCP port.
@@ -33,8 +33,9 @@ pub mod maps {
     pub const FLOWS: &str = "FLOWS";
     /// `RingBuf` of [`crate::DropEvent`].
     pub const EVENTS: &str = "EVENTS";
-    /// `SockMap` of the transparent listeners, indexed by
-    /// [`crate::LISTENER_V4`] and [`crate::LISTENER_V6`].
+    /// `SockMap` of the daemon's transparent sockets: the TCP listeners
+    /// ([`crate::LISTENER_V4`], [`crate::LISTENER_V6`]) and the UDP sockets
+    /// that answer DNS and NTP ([`crate::UDP_V4`], [`crate::UDP_V6`]).
     pub const LISTENERS: &str = "LISTENERS";
     /// Every map, in a fixed order (pinning, adoption, removal).
     pub const ALL: [&str; 7] = [
@@ -42,14 +43,18 @@ pub mod maps {
     ];
 }
 
-/// Capacity of the intercept table (manager addresses).
+/// Capacity of the intercept table (passthrough addresses).
 pub const INTERCEPT_MAX_ENTRIES: u32 = 1024;
 /// Slots of the `LISTENERS` socket map. The daemon puts its listeners
 /// there, so a new connection's listener is an array index away instead of
 /// a socket-table lookup; the kernel empties a slot when its socket closes.
 pub const LISTENER_V4: u32 = 0;
 pub const LISTENER_V6: u32 = 1;
-pub const LISTENERS_MAX_ENTRIES: u32 = 2;
+/// Slots of the UDP sockets that answer devices' DNS and NTP queries,
+/// whatever address they were sent to.
+pub const UDP_V4: u32 = 2;
+pub const UDP_V6: u32 = 3;
+pub const LISTENERS_MAX_ENTRIES: u32 = 4;
 
 /// 64-bit words of one port bitmap (65,536 ports).
 pub const PORT_WORDS: u32 = 65_536 / 64;
@@ -65,8 +70,9 @@ pub const PORTS_MAX_ENTRIES: u32 = PortKind::COUNT * PORT_WORDS;
 pub enum PortKind {
     /// Intercepted whatever the destination address (`intercept.tcp_ports`).
     Intercept = 0,
-    /// The port of at least one manager address: the intercept table says
-    /// which addresses.
+    /// The port of at least one passthrough address (the manager and the
+    /// other `passthrough:` services): the intercept table says which
+    /// addresses.
     Manager = 1,
 }
 
@@ -92,6 +98,17 @@ pub const FLAG_ALLOW_DHCP: u32 = 1;
 /// `Settings::flags` bit: the daemon has written the settings. Until it is
 /// set the program drops everything it would otherwise redirect.
 pub const FLAG_CONFIGURED: u32 = 1 << 1;
+/// `Settings::flags` bit: UDP to port 53, any address, goes to the
+/// gateway's DNS responder (`dns.enabled`).
+pub const FLAG_DNS: u32 = 1 << 2;
+/// `Settings::flags` bit: UDP to port 123, any address, goes to the
+/// gateway's time server (`time.serve`).
+pub const FLAG_NTP: u32 = 1 << 3;
+
+/// The DNS port (UDP and TCP).
+pub const DNS_PORT: u16 = 53;
+/// The NTP port.
+pub const NTP_PORT: u16 = 123;
 
 /// Global settings written by the daemon, read by the program per packet.
 #[repr(C)]
@@ -138,7 +155,7 @@ impl InterceptKey {
     }
 }
 
-/// Value of the intercept table's entries.
+/// Value of the intercept table's entries: a passthrough address.
 pub const INTERCEPT_MANAGER: u32 = 2;
 
 /// A flow as the kernel sees it, for rate limiting and events.
@@ -277,10 +294,14 @@ pub enum Counter {
     /// A segment other than a SYN of an intercepted or manager flow: marked
     /// for local delivery, where the stack's own lookup finds its socket.
     MarkSegment = 15,
+    /// A UDP DNS query assigned to the gateway's DNS responder.
+    AssignDns = 16,
+    /// A UDP NTP request assigned to the gateway's time server.
+    AssignNtp = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 18;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::PassArp,
@@ -299,6 +320,8 @@ impl Counter {
         Self::EventsLost,
         Self::FlowTableFull,
         Self::MarkSegment,
+        Self::AssignDns,
+        Self::AssignNtp,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -319,6 +342,8 @@ impl Counter {
             Self::EventsLost => "events_lost",
             Self::FlowTableFull => "flow_table_full",
             Self::MarkSegment => "mark_segment",
+            Self::AssignDns => "assign_dns",
+            Self::AssignNtp => "assign_ntp",
         }
     }
 }
@@ -329,6 +354,37 @@ pub const fn is_dhcp(family: u8, sport: u16, dport: u16) -> bool {
         FAMILY_V4 => matches!((sport, dport), (68, 67) | (67, 68)),
         FAMILY_V6 => matches!((sport, dport), (546, 547) | (547, 546)),
         _ => false,
+    }
+}
+
+/// A UDP service of the gateway's own, answered whatever address the
+/// device sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpService {
+    Dns,
+    Ntp,
+}
+
+impl UdpService {
+    /// The counter of packets assigned to this service.
+    pub const fn counter(self) -> Counter {
+        match self {
+            Self::Dns => Counter::AssignDns,
+            Self::Ntp => Counter::AssignNtp,
+        }
+    }
+}
+
+/// The gateway's UDP service a packet to `dport` goes to, given the
+/// settings' flags; `None` for every other UDP packet.
+pub const fn udp_service(flags: u32, dport: u16) -> Option<UdpService> {
+    if flags & FLAG_CONFIGURED == 0 {
+        return None;
+    }
+    match dport {
+        DNS_PORT if flags & FLAG_DNS != 0 => Some(UdpService::Dns),
+        NTP_PORT if flags & FLAG_NTP != 0 => Some(UdpService::Ntp),
+        _ => None,
     }
 }
 
@@ -446,6 +502,20 @@ mod tests {
         }
         assert_eq!(PortKind::Intercept.slot(443), (6, 1 << 59));
         assert_eq!(PortKind::Manager.slot(0), (PORT_WORDS, 1));
+    }
+
+    #[test]
+    fn udp_services_follow_their_flags() {
+        let all = FLAG_CONFIGURED | FLAG_DNS | FLAG_NTP;
+        assert_eq!(udp_service(all, 53), Some(UdpService::Dns));
+        assert_eq!(udp_service(all, 123), Some(UdpService::Ntp));
+        assert_eq!(udp_service(all, 853), None); // DNS over TLS/QUIC stays dropped
+        assert_eq!(udp_service(all, 443), None);
+        assert_eq!(udp_service(FLAG_CONFIGURED | FLAG_NTP, 53), None);
+        assert_eq!(udp_service(FLAG_CONFIGURED | FLAG_DNS, 123), None);
+        // Until the daemon has configured the program, nothing is assigned.
+        assert_eq!(udp_service(FLAG_DNS | FLAG_NTP, 53), None);
+        assert_eq!(UdpService::Dns.counter(), Counter::AssignDns);
     }
 
     #[test]

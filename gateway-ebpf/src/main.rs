@@ -11,6 +11,9 @@
 //!   and the stack's own lookup finds the connection the SYN created (what
 //!   TPROXY does); without one the stack answers with a reset. This keeps
 //!   the socket lookup and its reference counting off the per-packet path.
+//! - UDP to port 53 (DNS) and 123 (NTP), whatever the destination address,
+//!   is assigned to the daemon's transparent UDP socket when those services
+//!   are on: the gateway answers devices' names and time itself.
 //! - ARP and IPv6 neighbour discovery pass; DHCP passes when configured.
 //! - Everything else is dropped, counted, and reported to userspace through a
 //!   ring buffer, at most once per flow per interval.
@@ -38,7 +41,8 @@ use gateway_common::{
     Counter, DropEvent, DropReason, EVENTS_BYTES, FAMILY_ANY, FAMILY_V4, FAMILY_V6,
     FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLOWS_MAX_ENTRIES, FlowKey, FlowState, INTERCEPT_MANAGER,
     INTERCEPT_MAX_ENTRIES, InterceptKey, LISTENER_V4, LISTENER_V6, LISTENERS_MAX_ENTRIES,
-    PORTS_MAX_ENTRIES, PortKind, Settings, is_dhcp, is_neighbor_discovery, opens_connection,
+    PORTS_MAX_ENTRIES, PortKind, Settings, UDP_V4, UDP_V6, is_dhcp, is_neighbor_discovery,
+    opens_connection, udp_service,
 };
 
 #[map(name = "SETTINGS")]
@@ -244,8 +248,26 @@ fn ipv6(ctx: &TcContext, ifindex: u32) -> Result<i32, ()> {
 #[inline(always)]
 fn udp(ctx: &TcContext, l4: usize, mut flow: FlowKey) -> Result<i32, ()> {
     ports(ctx, l4, &mut flow)?;
+    let settings = settings();
+    if let Some(s) = settings
+        && let Some(service) = udp_service(s.flags, flow.dport)
+    {
+        // The daemon's one UDP socket of this family takes every DNS and
+        // NTP packet, whatever its destination; it reads the original
+        // destination from the packet and answers from that address.
+        let slot = if flow.family == FAMILY_V4 {
+            UDP_V4
+        } else {
+            UDP_V6
+        };
+        let sk = socket_in_slot(slot);
+        if sk.is_null() {
+            return Ok(drop_packet(&flow, DropReason::NoListener));
+        }
+        return Ok(assign(ctx, sk, &flow, &s, service.counter()));
+    }
     if is_dhcp(flow.family, flow.sport, flow.dport)
-        && settings().is_some_and(|s| s.flags & FLAG_ALLOW_DHCP != 0)
+        && settings.is_some_and(|s| s.flags & FLAG_ALLOW_DHCP != 0)
     {
         count(Counter::PassDhcp);
         return Ok(TC_ACT_OK as i32);
@@ -288,7 +310,12 @@ fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
 
     // A new connection: the transparent listener of its family. It is
     // bound to the wildcard address, so any original destination matches.
-    let sk = listener(flow.family);
+    let slot = if flow.family == FAMILY_V4 {
+        LISTENER_V4
+    } else {
+        LISTENER_V6
+    };
+    let sk = socket_in_slot(slot);
     if sk.is_null() {
         return drop_packet(flow, DropReason::NoListener);
     }
@@ -361,15 +388,11 @@ fn lookup(ctx: &TcContext, flow: &FlowKey) -> *mut bpf_sock {
     }
 }
 
-/// The daemon's listener for `family` from the socket map, with a
-/// reference the caller releases; null while no daemon listens.
+/// The daemon's socket in `index` of the socket map (a TCP listener or a
+/// UDP socket), with a reference the caller releases; null while no daemon
+/// holds that slot.
 #[inline(always)]
-fn listener(family: u8) -> *mut bpf_sock {
-    let index = if family == FAMILY_V4 {
-        LISTENER_V4
-    } else {
-        LISTENER_V6
-    };
+fn socket_in_slot(index: u32) -> *mut bpf_sock {
     // The map static is the kernel's map definition (`repr(transparent)`);
     // aya-ebpf's SockMap offers no lookup outside sk_lookup programs.
     unsafe {

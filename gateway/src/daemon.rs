@@ -16,12 +16,20 @@ use tokio::{
     sync::watch,
 };
 
+use std::os::fd::{AsFd as _, BorrowedFd};
+
+use gateway_common::{LISTENER_V4, LISTENER_V6, UDP_V4, UDP_V6};
+use tokio::net::{TcpListener, UdpSocket};
+
 use crate::{
     audit::{Audit, Event, Record},
     config::Config,
+    dns::Responder,
     ebpf::{KernelPath, events, routing::Routing},
     policy::Policy,
     proxy::{self, Proxy, http::HttpContext},
+    time::TimeServer,
+    udp,
 };
 
 /// Time a device has to send its ClientHello or request line.
@@ -44,13 +52,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.proxy.port
         )
     })?;
+    // The DNS and NTP socket shares the proxy's port number (UDP's ports
+    // are another space), so there is no second port to configure.
+    let udp_sockets = if config.dns.enabled || config.time.serve {
+        udp::bind(config.proxy.port).with_context(|| {
+            format!(
+                "binding the transparent UDP socket for DNS and time on port {}",
+                config.proxy.port
+            )
+        })?
+    } else {
+        Vec::new()
+    };
+    let slots = socket_slots(&listeners, &udp_sockets)?;
     let routing = Routing {
         mark: config.kernel.mark,
         table: config.kernel.route_table,
         priority: config.kernel.rule_priority,
     };
     routing.install().await?;
-    let mut kernel = match KernelPath::install(&config, &listeners) {
+    let mut kernel = match KernelPath::install(&config, &slots) {
         Ok(k) => k,
         Err(e) => {
             // Nothing of ours guards the interfaces; don't leave rules.
@@ -79,8 +100,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     });
+    let dns = config
+        .dns
+        .enabled
+        .then(|| Arc::new(Responder::new(&config, audit.clone())));
+    let time = config
+        .time
+        .serve
+        .then(|| TimeServer::new(&config, audit.clone()));
+    let services = Arc::new(udp::Services::new(dns.clone(), time));
+    let udp_tasks: Vec<_> = udp_sockets
+        .into_iter()
+        .map(|s| tokio::spawn(udp::serve(services.clone(), s, stop_rx.clone())))
+        .collect();
     let proxy = Arc::new(Proxy {
         policy: Policy::new(&config),
+        dns,
         audit: audit.clone(),
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
         inspect_timeout: INSPECT_TIMEOUT,
@@ -125,6 +160,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = serve_task.await;
+    for t in udp_tasks {
+        let _ = t.await;
+    }
     let control = match control_task {
         Some((control, task)) => {
             let _ = task.await;
@@ -161,4 +199,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::error!(error = %e, "closing the cache");
     }
     result
+}
+
+/// The daemon's sockets by their slot in the program's socket map.
+fn socket_slots<'a>(
+    listeners: &'a [TcpListener],
+    udp: &'a [UdpSocket],
+) -> anyhow::Result<Vec<(u32, BorrowedFd<'a>)>> {
+    let mut slots = Vec::new();
+    for l in listeners {
+        let v4 = l
+            .local_addr()
+            .context("the transparent listener's address")?
+            .is_ipv4();
+        slots.push((if v4 { LISTENER_V4 } else { LISTENER_V6 }, l.as_fd()));
+    }
+    for u in udp {
+        let v4 = u
+            .local_addr()
+            .context("the UDP service socket's address")?
+            .is_ipv4();
+        slots.push((if v4 { UDP_V4 } else { UDP_V6 }, u.as_fd()));
+    }
+    Ok(slots)
 }

@@ -16,6 +16,8 @@ pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod device;
+/// DNS and NTP clients in the device namespace (issue 10).
+pub mod dns;
 pub mod gateway;
 pub mod kernel;
 pub mod netns;

@@ -10,7 +10,7 @@
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use gateway_tests::{
-    Gateway, Site, audit, device, is_rfc3339, require_root,
+    Gateway, GatewayConfig, Site, audit, device, is_rfc3339, require_root,
     site::{addr, v4, v6},
     tls,
 };
@@ -36,6 +36,7 @@ fn passthrough(name: &str, dst: SocketAddr) {
         AUDIT_WAIT,
     ));
     assert_eq!(rec["proto"], "tcp", "{rec}");
+    assert_eq!(rec["service"], "wfm.site.example", "{rec}");
     assert_eq!(rec["device"], echo.device.to_string(), "{rec}");
     assert_eq!(rec["dst"], dst.to_string(), "{rec}");
     let up = rec["bytes_up"].as_u64().unwrap_or(0);
@@ -68,6 +69,46 @@ fn passthrough_to_manager_v4() {
 #[test]
 fn passthrough_to_manager_v6() {
     passthrough("pass-v6", v6(addr::UP_V6, addr::MANAGER_PORT));
+}
+
+/// Several passthrough services: each connection goes to the configured
+/// address the device asked for, and its audit record names the service.
+#[test]
+fn every_passthrough_service_is_spliced_and_named() {
+    require_root();
+    let site = Site::new("pass-services").unwrap();
+    let mut config = GatewayConfig::for_site(&site);
+    let mis_v4 = v4(addr::UP_V4, addr::SERVICE_PORTS[0]);
+    let mis_v6 = v6(addr::UP_V6, addr::SERVICE_PORTS[0]);
+    config.extra_yaml.push_str(&format!(
+        "passthrough:\n  - name: \"mis.site.example\"\n    addresses: [\"{mis_v4}\", \"{mis_v6}\"]\n"
+    ));
+    let gw = Gateway::start(&site, config).unwrap();
+    for dst in [mis_v4, mis_v6] {
+        let mut stream = gw.must(device::connect_ok(&site, dst));
+        let device_addr = stream.local_addr().unwrap();
+        let got = gw.must(device::read_until_closed(
+            &mut stream,
+            Duration::from_secs(5),
+        ));
+        assert_eq!(got, b"open\n", "{dst}: the service's banner, spliced");
+        drop(stream);
+        let rec = gw.must(gw.wait_audit(
+            |r| audit::is_flow(r, "flow.passthrough", device_addr, dst),
+            AUDIT_WAIT,
+        ));
+        assert_eq!(rec["service"], "mis.site.example", "{rec}");
+        assert_eq!(rec["bytes_down"], 5, "{rec}");
+    }
+    assert_eq!(site.servers.service(addr::SERVICE_PORTS[0]).get(), 2);
+    // The manager still passes through beside it, under its own name.
+    let dst = v4(addr::UP_V4, addr::MANAGER_PORT);
+    let echo = gw.must(device::manager_echo(&site, dst, 1024));
+    let rec = gw.must(gw.wait_audit(
+        |r| audit::is_flow(r, "flow.passthrough", echo.device, dst),
+        AUDIT_WAIT,
+    ));
+    assert_eq!(rec["service"], "wfm.site.example", "{rec}");
 }
 
 /// What a device sends first: a ClientHello naming the manager on 443 (a

@@ -39,6 +39,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     // Reading JSON (registry APIs, gateway output) in scripts and demos.
     "jq",
+    // Devices on a real site: `dig` asks the gateway's DNS over UDP and TCP,
+    // `chronyd -Q` asks its time server, dnsmasq is the wrong resolver a
+    // device's resolv.conf names, and containerd (`ctr`) is the stock
+    // container runtime that pulls with no configuration.
+    "bind9-dnsutils",
+    "chrony",
+    "dnsmasq-base",
+    "containerd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

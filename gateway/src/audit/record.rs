@@ -26,6 +26,20 @@ pub enum Event {
     /// One HTTP request served on a terminated connection.
     #[serde(rename = "request")]
     Request,
+    /// A device's DNS query answered with addresses (or an empty answer
+    /// for another record type of an allowed name). At most one record
+    /// per device, name and type per minute.
+    #[serde(rename = "dns.answered")]
+    DnsAnswered,
+    /// A device's DNS query for a name the site does not allow: answered
+    /// NXDOMAIN. Rate limited per device; `suppressed` counts the queries
+    /// left out since the previous record.
+    #[serde(rename = "dns.refused")]
+    DnsRefused,
+    /// A device's NTP request answered from the host clock. At most one
+    /// record per device per ten minutes.
+    #[serde(rename = "time.served")]
+    TimeServed,
 }
 
 /// One audit line. Absent fields are omitted from the JSON.
@@ -58,6 +72,19 @@ pub struct Record {
     pub bytes_down: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// Passthrough: the service the connection was spliced to (its
+    /// configured name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// DNS: the name asked for, and the record type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<String>,
+    /// Records of the same kind left out by rate limiting since the
+    /// previous one written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
     /// Requests: the site host (SNI and Host), method, path, status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -106,6 +133,10 @@ impl Record {
             bytes_up: None,
             bytes_down: None,
             duration_ms: None,
+            service: None,
+            name: None,
+            qtype: None,
+            suppressed: None,
             host: None,
             method: None,
             path: None,
@@ -123,6 +154,14 @@ impl Record {
         self.device = Some(addr_text(device));
         self.dst = Some(addr_text(dst));
         self.proto = Some("tcp".into());
+        self
+    }
+
+    /// Sets device, destination and protocol of a UDP exchange.
+    pub fn udp(mut self, device: SocketAddr, dst: SocketAddr) -> Self {
+        self.device = Some(addr_text(device));
+        self.dst = Some(addr_text(dst));
+        self.proto = Some("udp".into());
         self
     }
 

@@ -6,6 +6,7 @@
 //! documented example lives in `config/gateway.yaml` at the repository root.
 
 mod host;
+mod services;
 mod sites;
 mod validate;
 
@@ -16,6 +17,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use services::{Dns, PassthroughService, Service, Time};
 pub use sites::{Cache, Credentials, Site, SiteKind, Tls};
 pub use validate::ConfigError;
 
@@ -24,7 +26,17 @@ pub use validate::ConfigError;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub devices: Devices,
-    pub manager: Manager,
+    /// The Workload Fleet Manager: one passthrough service, kept as its
+    /// own key for the configs that name only it.
+    #[serde(default)]
+    pub manager: Option<Manager>,
+    /// Services passed through untouched, beside `manager`.
+    #[serde(default)]
+    pub passthrough: Vec<PassthroughService>,
+    #[serde(default)]
+    pub dns: Dns,
+    #[serde(default)]
+    pub time: Time,
     #[serde(default)]
     pub intercept: Intercept,
     #[serde(default)]
@@ -58,7 +70,8 @@ pub struct Devices {
     pub allow_dhcp: bool,
 }
 
-/// The Workload Fleet Manager, whose device API passes through untouched.
+/// The Workload Fleet Manager, whose device API passes through untouched
+/// (the same as one entry of `passthrough:`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manager {
@@ -246,12 +259,30 @@ impl Config {
             .find(|s| s.host.eq_ignore_ascii_case(host))
     }
 
-    /// The manager's addresses, parsed (validation guarantees they parse).
-    pub fn manager_addresses(&self) -> Vec<SocketAddr> {
+    /// Every passthrough service: `manager` first, then `passthrough`, with
+    /// addresses parsed (validation guarantees they parse).
+    pub fn passthrough_services(&self) -> Vec<Service> {
+        let parse = |addrs: &[String]| -> Vec<SocketAddr> {
+            addrs.iter().filter_map(|a| a.parse().ok()).collect()
+        };
         self.manager
-            .addresses
             .iter()
-            .filter_map(|a| a.parse().ok())
+            .map(|m| Service {
+                name: m.name.clone(),
+                addresses: parse(&m.addresses),
+            })
+            .chain(self.passthrough.iter().map(|p| Service {
+                name: p.name.clone(),
+                addresses: parse(&p.addresses),
+            }))
+            .collect()
+    }
+
+    /// Every passthrough address, of every service.
+    pub fn passthrough_addresses(&self) -> Vec<SocketAddr> {
+        self.passthrough_services()
+            .into_iter()
+            .flat_map(|s| s.addresses)
             .collect()
     }
 }

@@ -30,8 +30,92 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.kernel.mark, 0x4d47);
     assert_eq!(c.kernel.route_table, 4747);
     assert_eq!(
-        c.manager_addresses(),
+        c.passthrough_addresses(),
         vec!["10.0.0.5:443".parse::<SocketAddr>().expect("addr")]
+    );
+    assert!(c.dns.enabled);
+    assert!(c.dns.answer.is_empty());
+    assert_eq!(c.dns.ttl, 60);
+    assert!(c.time.serve);
+    assert_eq!(c.time.local_stratum, None);
+}
+
+const SERVICES: &str = "
+devices:
+  interfaces: [dev0]
+passthrough:
+  - name: wfm.site.example
+    addresses: [\"10.0.0.5:443\", \"[fd00::5]:443\"]
+  - name: mis.site.example
+    addresses: [\"10.0.0.6:443\"]
+dns:
+  enabled: true
+  answer: []
+  ttl: 60
+time:
+  serve: true
+";
+
+#[test]
+fn passthrough_services_dns_and_time() {
+    let c = Config::parse(SERVICES).expect("services config");
+    let services = c.passthrough_services();
+    assert_eq!(services.len(), 2);
+    assert_eq!(services[0].name, "wfm.site.example");
+    assert_eq!(services[0].addresses.len(), 2);
+    assert_eq!(services[1].name, "mis.site.example");
+    // `manager:` is one more entry, listed first.
+    let both = Config::parse(&SERVICES.replace(
+        "passthrough:",
+        "manager: {name: old.site.example, addresses: [\"10.0.0.7:8443\"]}\npassthrough:",
+    ))
+    .expect("manager beside passthrough");
+    let names: Vec<String> = both
+        .passthrough_services()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["old.site.example", "wfm.site.example", "mis.site.example"]
+    );
+    let c = Config::parse(&SERVICES.replace("answer: []", "answer: [\"10.0.0.1\", \"fd00::1\"]"))
+        .expect("answer");
+    assert_eq!(c.dns.answer_addresses().len(), 2);
+}
+
+#[test]
+fn bad_services_dns_and_time_are_named() {
+    let e = err(&SERVICES.replace("\"10.0.0.6:443\"", "\"10.0.0.6\""));
+    assert!(e.contains("passthrough[1].addresses[0]"), "{e}");
+    // One address, two services: which would a connection belong to?
+    let e = err(&SERVICES.replace("10.0.0.6:443", "10.0.0.5:443"));
+    assert!(
+        e.contains("passthrough[1].addresses[0]") && e.contains("twice"),
+        "{e}"
+    );
+    let e = err(&SERVICES.replace("mis.site.example", "WFM.site.example"));
+    assert!(e.contains("passthrough[1].name"), "{e}");
+    let e = err(&SERVICES.replace("mis.site.example", "mis_site"));
+    assert!(e.contains("passthrough[1].name"), "{e}");
+    let e = err(&SERVICES.replace("answer: []", "answer: [\"10.0.0.1:53\"]"));
+    assert!(e.contains("dns.answer[0]"), "{e}");
+    let e = err(&SERVICES.replace("answer: []", "answer: [\"127.0.0.1\"]"));
+    assert!(e.contains("dns.answer[0]"), "{e}");
+    let e = err(&SERVICES.replace("ttl: 60", "ttl: 100000"));
+    assert!(e.contains("dns.ttl"), "{e}");
+    let e = err(&SERVICES.replace("ttl: 60", "ttl: -1"));
+    assert!(e.contains("ttl"), "{e}");
+    let e = err(&SERVICES.replace("serve: true", "serve: true\n  local_stratum: 16"));
+    assert!(e.contains("time.local_stratum"), "{e}");
+    let e = err(&SERVICES.replace("serve: true", "serv: true"));
+    assert!(e.contains("serv"), "{e}");
+    let e = err(&format!(
+        "{SERVICES}sites:\n  - host: mis.site.example\n    kind: oci\n"
+    ));
+    assert!(
+        e.contains("sites[0].host") && e.contains("mis.site.example"),
+        "{e}"
     );
 }
 
@@ -79,6 +163,11 @@ fn example_config_shows_every_default() {
     assert_eq!(example.tls.ca_dir, minimal.tls.ca_dir);
     assert_eq!(example.tls.leaf_validity, minimal.tls.leaf_validity);
     assert_eq!(example.tls.leaf_cache, minimal.tls.leaf_cache);
+    assert_eq!(example.dns.enabled, minimal.dns.enabled);
+    assert_eq!(example.dns.answer, minimal.dns.answer);
+    assert_eq!(example.dns.ttl, minimal.dns.ttl);
+    assert_eq!(example.time.serve, minimal.time.serve);
+    assert_eq!(example.time.local_stratum, minimal.time.local_stratum);
     assert_eq!(example.cache.dir, minimal.cache.dir);
     assert_eq!(example.cache.max_size, minimal.cache.max_size);
     assert_eq!(example.cache.tag_ttl, minimal.cache.tag_ttl);
@@ -106,7 +195,7 @@ fn bad_manager_address_is_named() {
         "{e}"
     );
     let ok = Config::parse(&MINIMAL.replace("10.0.0.5:443", "[fd00::5]:8443")).expect("v6");
-    assert_eq!(ok.manager_addresses()[0].port(), 8443);
+    assert_eq!(ok.passthrough_addresses()[0].port(), 8443);
 }
 
 #[test]

@@ -4,7 +4,11 @@
 //! is wrong and what would be right; `main` turns any of them into exit
 //! code 64 (EX_USAGE) before anything is bound or attached.
 
-use std::{collections::HashSet, net::SocketAddr, path::PathBuf};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use thiserror::Error;
 
@@ -45,7 +49,8 @@ const IFNAMSIZ_MAX: usize = 15;
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_devices()?;
-        self.validate_manager()?;
+        self.validate_passthrough()?;
+        self.validate_dns_and_time()?;
         self.validate_ports()?;
         self.validate_paths()?;
         self.validate_kernel()?;
@@ -62,10 +67,17 @@ impl Config {
                     format!("`{}` is not a DNS name", site.host),
                 ));
             }
-            if site.host.eq_ignore_ascii_case(&self.manager.name) {
+            if let Some(service) = self.passthrough_services().into_iter().find(|p| {
+                p.name
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(&site.host)
+            }) {
                 return Err(ConfigError::invalid(
                     format!("{key}.host"),
-                    "is the manager's name: the manager is passed through, never terminated",
+                    format!(
+                        "is the name of passthrough service `{}` (the manager or a `passthrough:` entry): it is passed through, never terminated",
+                        service.name
+                    ),
                 ));
             }
             if !seen.insert(site.host.to_ascii_lowercase()) {
@@ -177,43 +189,107 @@ impl Config {
         Ok(())
     }
 
-    fn validate_manager(&self) -> Result<(), ConfigError> {
-        if !is_dns_name(&self.manager.name) {
+    /// The manager and the other passthrough services: DNS names and
+    /// addresses, none listed twice anywhere.
+    fn validate_passthrough(&self) -> Result<(), ConfigError> {
+        let entries = self
+            .manager
+            .iter()
+            .map(|m| ("manager".to_owned(), &m.name, &m.addresses))
+            .chain(
+                self.passthrough
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("passthrough[{i}]"), &p.name, &p.addresses)),
+            );
+        if self.manager.is_none() && self.passthrough.is_empty() {
+            // Devices must reach their Workload Fleet Manager: a gateway
+            // that passes nothing through is a config that forgot it.
             return Err(ConfigError::invalid(
-                "manager.name",
-                format!("`{}` is not a DNS name", self.manager.name),
+                "passthrough",
+                "no passthrough service: name the Workload Fleet Manager under `passthrough:` (or `manager:`)",
             ));
         }
-        if self.manager.addresses.is_empty() {
-            return Err(ConfigError::invalid(
-                "manager.addresses",
-                "at least one address (ip:port or [ipv6]:port) is required",
-            ));
-        }
+        let mut names = HashSet::new();
         let mut seen = HashSet::new();
-        for (i, text) in self.manager.addresses.iter().enumerate() {
-            let key = format!("manager.addresses[{i}]");
-            let addr: SocketAddr = text.parse().map_err(|_| {
+        for (key, name, addresses) in entries {
+            if !is_dns_name(name) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("`{name}` is not a DNS name"),
+                ));
+            }
+            if !names.insert(name.trim_end_matches('.').to_ascii_lowercase()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("`{name}` names another passthrough service too"),
+                ));
+            }
+            if addresses.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.addresses"),
+                    "at least one address (ip:port or [ipv6]:port) is required",
+                ));
+            }
+            for (i, text) in addresses.iter().enumerate() {
+                let key = format!("{key}.addresses[{i}]");
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    ConfigError::invalid(
+                        &key,
+                        format!("`{text}` is not an address: write ip:port, or [ipv6]:port"),
+                    )
+                })?;
+                if addr.port() == 0 {
+                    return Err(ConfigError::invalid(key, "port 0 cannot be connected to"));
+                }
+                if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("`{text}` is not a unicast address"),
+                    ));
+                }
+                let canonical = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                if !seen.insert(canonical) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "`{text}` is listed twice (each address belongs to one passthrough service)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_dns_and_time(&self) -> Result<(), ConfigError> {
+        for (i, text) in self.dns.answer.iter().enumerate() {
+            let ip: IpAddr = text.parse().map_err(|_| {
                 ConfigError::invalid(
-                    &key,
-                    format!("`{text}` is not an address: write ip:port, or [ipv6]:port"),
+                    format!("dns.answer[{i}]"),
+                    format!("`{text}` is not an IP address (write 10.0.0.1 or fd00::1, no port)"),
                 )
             })?;
-            if addr.port() == 0 {
-                return Err(ConfigError::invalid(key, "port 0 cannot be connected to"));
-            }
-            if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
                 return Err(ConfigError::invalid(
-                    key,
-                    format!("`{text}` is not a unicast address"),
+                    format!("dns.answer[{i}]"),
+                    format!("`{text}` is not an address devices can connect to"),
                 ));
             }
-            if !seen.insert(addr) {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("`{text}` is listed twice"),
-                ));
-            }
+        }
+        if self.dns.ttl > 86_400 {
+            return Err(ConfigError::invalid(
+                "dns.ttl",
+                "must be at most 86400 (one day)",
+            ));
+        }
+        if let Some(s) = self.time.local_stratum
+            && !(1..=15).contains(&s)
+        {
+            return Err(ConfigError::invalid(
+                "time.local_stratum",
+                "must be 1 to 15 (16 means unsynchronised)",
+            ));
         }
         Ok(())
     }

@@ -3,15 +3,15 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
+    os::fd::BorrowedFd,
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, SockMap};
 use gateway_common::{
-    Counter, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FlowKey, FlowState,
-    INTERCEPT_MANAGER, InterceptKey, LISTENER_V4, LISTENER_V6, PORTS_MAX_ENTRIES, PortKind,
-    Settings, maps as names,
+    Counter, DNS_PORT, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLAG_DNS, FLAG_NTP,
+    FlowKey, FlowState, INTERCEPT_MANAGER, InterceptKey, PORTS_MAX_ENTRIES, PortKind, Settings,
+    maps as names,
 };
-use tokio::net::TcpListener;
 
 use super::{EbpfError, pins::Pins};
 use crate::config::Config;
@@ -95,12 +95,13 @@ impl Maps {
     /// stale ones go, so a running program never sees a gap), then the port
     /// bitmaps (a port's word is replaced in one write, so a port kept
     /// across a reload never reads as unset), then the settings that turn
-    /// redirection on. The listeners go into the socket map before
-    /// that, so the first redirected SYN finds one.
+    /// redirection on. The daemon's sockets (TCP listeners, UDP service
+    /// sockets: `(slot, fd)`) go into the socket map before that, so the
+    /// first redirected packet finds one.
     pub fn configure(
         &mut self,
         config: &Config,
-        listeners: &[TcpListener],
+        sockets: &[(u32, BorrowedFd<'_>)],
     ) -> Result<(), EbpfError> {
         let wanted = intercept_entries(config);
         let wanted_keys: HashSet<InterceptKey> = wanted.iter().map(|(k, _)| *k).collect();
@@ -130,24 +131,15 @@ impl Maps {
                     .map_err(map_err(names::PORTS))?;
             }
         }
-        for listener in listeners {
-            let slot = match listener.local_addr() {
-                Ok(a) if a.is_ipv4() => LISTENER_V4,
-                Ok(_) => LISTENER_V6,
-                Err(e) => return Err(EbpfError::Listener(e)),
-            };
+        for (slot, fd) in sockets {
             // Replaces the socket of a previous daemon, if the kernel has
             // not already emptied the slot when that one closed.
             self.listeners
-                .set(slot, listener, 0)
+                .set(*slot, fd, 0)
                 .map_err(map_err(names::LISTENERS))?;
         }
-        let mut flags = FLAG_CONFIGURED;
-        if config.devices.allow_dhcp {
-            flags |= FLAG_ALLOW_DHCP;
-        }
         let settings = Settings {
-            flags,
+            flags: settings_flags(config),
             mark: config.kernel.mark,
             event_interval_ns: config
                 .kernel
@@ -195,17 +187,34 @@ impl Maps {
     }
 }
 
-/// The intercept table the configuration asks for: its manager addresses.
+/// The `Settings::flags` the configuration asks for.
+pub fn settings_flags(config: &Config) -> u32 {
+    let mut flags = FLAG_CONFIGURED;
+    if config.devices.allow_dhcp {
+        flags |= FLAG_ALLOW_DHCP;
+    }
+    if config.dns.enabled {
+        flags |= FLAG_DNS;
+    }
+    if config.time.serve {
+        flags |= FLAG_NTP;
+    }
+    flags
+}
+
+/// The intercept table the configuration asks for: every passthrough
+/// service's addresses.
 pub fn intercept_entries(config: &Config) -> Vec<(InterceptKey, u32)> {
     config
-        .manager_addresses()
+        .passthrough_addresses()
         .into_iter()
         .map(|a| (manager_key(a), INTERCEPT_MANAGER))
         .collect()
 }
 
-/// The `PORTS` array the configuration asks for: intercepted ports in the
-/// first bitmap, the managers' ports in the second.
+/// The `PORTS` array the configuration asks for: intercepted ports (and
+/// DNS over TCP when the responder is on) in the first bitmap, the
+/// passthrough services' ports in the second.
 pub fn port_words(config: &Config) -> Vec<u64> {
     let mut words = vec![0u64; PORTS_MAX_ENTRIES as usize];
     let mut set = |kind: PortKind, port: u16| {
@@ -215,7 +224,10 @@ pub fn port_words(config: &Config) -> Vec<u64> {
     for port in &config.intercept.tcp_ports {
         set(PortKind::Intercept, *port);
     }
-    for addr in config.manager_addresses() {
+    if config.dns.enabled {
+        set(PortKind::Intercept, DNS_PORT);
+    }
+    for addr in config.passthrough_addresses() {
         set(PortKind::Manager, addr.port());
     }
     words
@@ -267,6 +279,19 @@ mod tests {
         assert!(is_set(PortKind::Manager, 8443));
         assert!(is_set(PortKind::Manager, 443));
         assert!(!is_set(PortKind::Manager, 80));
-        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
+        // DNS over TCP, on by default.
+        assert!(is_set(PortKind::Intercept, 53));
+        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 4);
+        assert_eq!(
+            settings_flags(&config),
+            FLAG_CONFIGURED | FLAG_DNS | FLAG_NTP
+        );
+        let off = Config::parse(
+            "devices: {interfaces: [dev0], allow_dhcp: true}\nmanager: {name: wfm.example, addresses: [\"10.0.0.5:8443\"]}\ndns: {enabled: false}\ntime: {serve: false}\n",
+        )
+        .expect("config");
+        assert_eq!(settings_flags(&off), FLAG_CONFIGURED | FLAG_ALLOW_DHCP);
+        let (index, bit) = PortKind::Intercept.slot(53);
+        assert_eq!(port_words(&off)[index as usize] & bit, 0);
     }
 }

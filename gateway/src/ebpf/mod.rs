@@ -32,8 +32,9 @@ use aya::{
     util::KernelVersion,
 };
 use gateway_common::{ABI_VERSION, PROGRAM_NAME};
+use std::os::fd::BorrowedFd;
+
 use thiserror::Error;
-use tokio::net::TcpListener;
 
 pub use maps::Maps;
 pub use state::{Attachment, Mode, State};
@@ -94,8 +95,6 @@ pub enum EbpfError {
     State { path: PathBuf, message: String },
     #[error("policy routing: {0}")]
     Routing(String),
-    #[error("the transparent listener has no local address: {0}")]
-    Listener(#[source] std::io::Error),
 }
 
 /// Refuses kernels that cannot run the gateway at all.
@@ -136,7 +135,10 @@ pub struct KernelPath {
 impl KernelPath {
     /// Installs the program on every configured interface, or adopts the
     /// installation a previous daemon left, then writes the configuration.
-    pub fn install(config: &Config, listeners: &[TcpListener]) -> Result<Self, EbpfError> {
+    ///
+    /// `sockets` are the daemon's transparent sockets by socket-map slot
+    /// (`gateway_common::LISTENER_V4` …, `UDP_V6`).
+    pub fn install(config: &Config, sockets: &[(u32, BorrowedFd<'_>)]) -> Result<Self, EbpfError> {
         check_kernel()?;
         raise_memlock();
         let pins = Pins::new(&config.kernel.pin_path);
@@ -159,7 +161,7 @@ impl KernelPath {
                     );
                     remove_installation(&Pins::new(&state.pin_path), &state);
                 }
-                match Self::fresh(pins.clone(), config, listeners) {
+                match Self::fresh(pins.clone(), config, sockets) {
                     Ok(path) => path,
                     Err(e) => {
                         // Nothing was attached: leave no half installation.
@@ -171,7 +173,7 @@ impl KernelPath {
             }
         };
         path.reconcile_interfaces(config, mode)?;
-        path.maps.configure(config, listeners)?;
+        path.maps.configure(config, sockets)?;
         Ok(path)
     }
 
@@ -187,7 +189,11 @@ impl KernelPath {
         })
     }
 
-    fn fresh(pins: Pins, config: &Config, listeners: &[TcpListener]) -> Result<Self, EbpfError> {
+    fn fresh(
+        pins: Pins,
+        config: &Config,
+        sockets: &[(u32, BorrowedFd<'_>)],
+    ) -> Result<Self, EbpfError> {
         if OBJECT.is_empty() {
             return Err(EbpfError::NoObject);
         }
@@ -199,7 +205,7 @@ impl KernelPath {
             .map_err(|e| EbpfError::Load(error_chain(&e)))?;
         let mut maps = Maps::take_and_pin(&mut ebpf, &pins)?;
         // Configure before attaching, so the first packet meets the policy.
-        maps.configure(config, listeners)?;
+        maps.configure(config, sockets)?;
         let prog = program(&mut ebpf)?;
         prog.load().map_err(program_err)?;
         prog.pin(pins.prog())

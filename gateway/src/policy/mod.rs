@@ -1,18 +1,27 @@
 //! Pure policy: what to do with a redirected connection.
 //!
-//! Passthrough goes only to a configured manager address, and only when
-//! the device's original destination *is* that address: the device cannot
-//! name where a passthrough goes. Everything else is denied until the
-//! proxy can terminate it.
+//! Passthrough goes only to a configured passthrough address (the manager
+//! or another `passthrough:` service), and only when the device's original
+//! destination *is* that address: the device cannot name where a
+//! passthrough goes. DNS over TCP (port 53, any address) is answered by the
+//! gateway itself. Everything else is inspected by name or denied.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
+
+use gateway_common::DNS_PORT;
 
 use crate::config::Config;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Splice bytes to this configured manager address.
-    Passthrough { upstream: SocketAddr },
+    /// Splice bytes to this configured address of passthrough service
+    /// `service`.
+    Passthrough {
+        upstream: SocketAddr,
+        service: Arc<str>,
+    },
+    /// DNS over TCP: answered by the gateway's responder.
+    Dns,
     /// Read the first bytes (ClientHello or HTTP request) and decide by
     /// name.
     Inspect,
@@ -29,7 +38,10 @@ pub const DENY_SNI_NOT_ALLOWED: &str = "sni_not_allowed";
 
 #[derive(Clone, Debug)]
 pub struct Policy {
-    managers: Vec<SocketAddr>,
+    /// Every passthrough address with its service's name.
+    passthrough: Vec<(SocketAddr, Arc<str>)>,
+    /// Whether TCP port 53 goes to the DNS responder.
+    dns: bool,
     /// Lowercase site host names.
     sites: Vec<String>,
 }
@@ -37,11 +49,17 @@ pub struct Policy {
 impl Policy {
     pub fn new(config: &Config) -> Self {
         Self {
-            managers: config
-                .manager_addresses()
+            passthrough: config
+                .passthrough_services()
                 .into_iter()
-                .map(canonical)
+                .flat_map(|s| {
+                    let name: Arc<str> = Arc::from(s.name);
+                    s.addresses
+                        .into_iter()
+                        .map(move |a| (canonical(a), name.clone()))
+                })
                 .collect(),
+            dns: config.dns.enabled,
             sites: config
                 .sites
                 .iter()
@@ -68,10 +86,14 @@ impl Policy {
     /// Decides on a connection from its original destination.
     pub fn decide(&self, original_dst: SocketAddr) -> Decision {
         let dst = canonical(original_dst);
-        match self.managers.iter().find(|m| **m == dst) {
+        match self.passthrough.iter().find(|(a, _)| *a == dst) {
             // The configured value, not the device's: equal here, but the
             // address connected to is always one read from the config.
-            Some(m) => Decision::Passthrough { upstream: *m },
+            Some((a, name)) => Decision::Passthrough {
+                upstream: *a,
+                service: name.clone(),
+            },
+            None if self.dns && dst.port() == DNS_PORT => Decision::Dns,
             None if self.sites.is_empty() => Decision::Deny {
                 reason: DENY_NO_RULE,
             },
@@ -105,22 +127,63 @@ mod tests {
     #[test]
     fn manager_address_passes_through_to_itself() {
         let p = policy();
-        assert_eq!(
-            p.decide(addr("10.0.0.5:443")),
-            Decision::Passthrough {
-                upstream: addr("10.0.0.5:443")
-            }
-        );
-        assert_eq!(
-            p.decide(addr("[fd00::5]:8443")),
-            Decision::Passthrough {
-                upstream: addr("[fd00::5]:8443")
-            }
-        );
+        let through = |a: &str| Decision::Passthrough {
+            upstream: addr(a),
+            service: Arc::from("wfm.example"),
+        };
+        assert_eq!(p.decide(addr("10.0.0.5:443")), through("10.0.0.5:443"));
+        assert_eq!(p.decide(addr("[fd00::5]:8443")), through("[fd00::5]:8443"));
         assert_eq!(
             p.decide(addr("[::ffff:10.0.0.5]:443")),
-            Decision::Passthrough {
-                upstream: addr("10.0.0.5:443")
+            through("10.0.0.5:443")
+        );
+    }
+
+    #[test]
+    fn each_passthrough_address_names_its_service() {
+        let p = Policy::new(
+            &Config::parse(
+                "devices: {interfaces: [dev0]}\npassthrough: [{name: wfm.example, addresses: [\"10.0.0.5:443\"]}, {name: mis.example, addresses: [\"10.0.0.6:443\", \"[fd00::6]:443\"]}]\n",
+            )
+            .expect("config"),
+        );
+        for (dst, service) in [
+            ("10.0.0.5:443", "wfm.example"),
+            ("10.0.0.6:443", "mis.example"),
+            ("[fd00::6]:443", "mis.example"),
+        ] {
+            assert_eq!(
+                p.decide(addr(dst)),
+                Decision::Passthrough {
+                    upstream: addr(dst),
+                    service: Arc::from(service)
+                }
+            );
+        }
+        // A service's name on another of its ports is not passed through.
+        assert_eq!(
+            p.decide(addr("10.0.0.6:8443")),
+            Decision::Deny {
+                reason: DENY_NO_RULE
+            }
+        );
+    }
+
+    #[test]
+    fn tcp_port_53_goes_to_dns_unless_disabled() {
+        let p = policy();
+        assert_eq!(p.decide(addr("8.8.8.8:53")), Decision::Dns);
+        assert_eq!(p.decide(addr("[2001:db8::53]:53")), Decision::Dns);
+        let off = Policy::new(
+            &Config::parse(
+                "devices: {interfaces: [dev0]}\nmanager: {name: wfm.example, addresses: [\"10.0.0.5:443\"]}\ndns: {enabled: false}\n",
+            )
+            .expect("config"),
+        );
+        assert_eq!(
+            off.decide(addr("8.8.8.8:53")),
+            Decision::Deny {
+                reason: DENY_NO_RULE
             }
         );
     }

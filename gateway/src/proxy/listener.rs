@@ -54,7 +54,7 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// socket2 0.5 has no setter for `IPV6_TRANSPARENT` (Linux 2.6.37+).
-fn set_ipv6_transparent(socket: &Socket) -> io::Result<()> {
+pub(crate) fn set_ipv6_transparent(socket: &Socket) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
     let one: libc::c_int = 1;
     // SAFETY: a valid socket fd and a pointer to a live c_int of the size

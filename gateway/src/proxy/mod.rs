@@ -1,6 +1,6 @@
 //! The transparent proxy: accept what the kernel redirected, decide by
-//! policy, then splice (manager), terminate and serve (site hosts), or
-//! refuse, auditing each decision.
+//! policy, then splice (passthrough services), answer (DNS over TCP),
+//! terminate and serve (site hosts), or refuse, auditing each decision.
 
 pub mod body;
 pub mod http;
@@ -19,6 +19,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 pub use listener::bind;
+pub(crate) use listener::set_ipv6_transparent;
 
 use crate::{
     audit::{Audit, Event, Record},
@@ -38,6 +39,8 @@ pub struct Proxy {
     pub inspect_timeout: Duration,
     /// Present when sites are configured.
     pub tls: Option<TlsAcceptor>,
+    /// Present when `dns.enabled`.
+    pub dns: Option<Arc<crate::dns::Responder>>,
     pub http: Arc<http::HttpContext>,
 }
 
@@ -93,17 +96,22 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
             .reason(reason)
     };
     match proxy.policy.decide(original_dst) {
-        Decision::Passthrough { upstream } => {
+        Decision::Passthrough { upstream, service } => {
             let record = passthrough::splice(
                 stream,
                 device,
                 original_dst,
                 upstream,
+                &service,
                 proxy.connect_timeout,
             )
             .await;
             proxy.audit.log(record).await;
         }
+        Decision::Dns => match &proxy.dns {
+            Some(dns) => crate::dns::tcp::serve(dns, stream, device, original_dst).await,
+            None => proxy.audit.log(denied(crate::policy::DENY_NO_RULE)).await,
+        },
         Decision::Deny { reason } => {
             drop(stream);
             proxy.audit.log(denied(reason)).await;

@@ -24,12 +24,14 @@ pub async fn splice(
     device_addr: SocketAddr,
     original_dst: SocketAddr,
     upstream: SocketAddr,
+    service: &str,
     connect_timeout: Duration,
 ) -> Record {
     let started = Instant::now();
-    let record = Record::new(Event::FlowPassthrough)
+    let mut record = Record::new(Event::FlowPassthrough)
         .tcp(device_addr, original_dst)
-        .reason("manager");
+        .reason("passthrough");
+    record.service = Some(service.to_owned());
     let manager = match timeout(connect_timeout, TcpStream::connect(upstream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -59,7 +61,6 @@ pub async fn splice(
         pump(&manager, &device, &mut down)
     )
     .err();
-    let mut record = record;
     record.bytes_up = Some(up);
     record.bytes_down = Some(down);
     record.duration_ms = Some(elapsed_ms(started));
@@ -228,9 +229,11 @@ mod tests {
             device_addr,
             front_addr,
             manager_addr,
+            "wfm.test",
             Duration::from_secs(5),
         )
         .await;
+        assert_eq!(record.service.as_deref(), Some("wfm.test"));
         assert_eq!(manager_task.await.expect("manager"), pattern(UP, 3));
         assert_eq!(device_task.await.expect("device"), pattern(DOWN, 7));
         assert_eq!(record.bytes_up, Some(UP as u64));
@@ -253,6 +256,7 @@ mod tests {
             device_addr,
             front_addr,
             gone_addr,
+            "wfm.test",
             Duration::from_secs(5),
         )
         .await;

@@ -99,7 +99,18 @@ pub struct OciGateway<'s> {
 /// Writes the config, runs `gateway ca init`, starts the gateway, waits
 /// until it is ready and exports the site CA.
 pub fn start_oci_gateway<'s>(site: &'s Site, keys: OciKeys) -> Result<OciGateway<'s>> {
-    let mut gw = Gateway::prepare(site, keys.config(site))?;
+    let config = keys.config(site);
+    start_oci_gateway_with(site, keys, config)
+}
+
+/// [`start_oci_gateway`] with a config the test changed (`keys` must be
+/// the OCI keys already in it).
+pub fn start_oci_gateway_with<'s>(
+    site: &'s Site,
+    keys: OciKeys,
+    config: GatewayConfig,
+) -> Result<OciGateway<'s>> {
+    let mut gw = Gateway::prepare(site, config)?;
     let init = cli(&gw, &["ca", "init"])?;
     if !init.success() {
         bail!(
