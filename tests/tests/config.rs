@@ -64,3 +64,40 @@ fn an_unknown_interface_exits_64_and_attaches_nothing() {
         "rules installed despite the config error: {rules:?}"
     );
 }
+
+/// The keys of devices' names and time (`passthrough:`, `dns:`, `time:`):
+/// `gateway check-config` exits 64 and names the key.
+#[test]
+fn bad_service_dns_and_time_keys_exit_64_naming_the_key() {
+    require_root();
+    let site = Site::new("config-services").unwrap();
+    for (yaml, key) in [
+        (
+            "passthrough:\n  - name: \"mis.site.example\"\n    addresses: [\"10.77.2.2\"]\n",
+            "passthrough[0].addresses[0]",
+        ),
+        (
+            "passthrough:\n  - name: \"mis.site.example\"\n    addresses: [\"10.77.2.2:443\"]\n",
+            "passthrough[0].addresses[0]",
+        ),
+        ("dns:\n  answer: [\"gateway.local\"]\n", "dns.answer[0]"),
+        ("dns:\n  ttl: 1000000\n", "dns.ttl"),
+        ("time:\n  local_stratum: 0\n", "time.local_stratum"),
+        ("time:\n  serve: sometimes\n", "time.serve"),
+    ] {
+        let mut config = GatewayConfig::for_site(&site);
+        config.extra_yaml.push_str(yaml);
+        let gw = Gateway::prepare(&site, config).unwrap();
+        let path = gw.config_path().to_string_lossy().into_owned();
+        let out = gw
+            .command(&["check-config", "--config", &path])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{yaml}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{yaml}: does not name {key}: {stderr}"
+        );
+    }
+}
