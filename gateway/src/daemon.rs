@@ -1,9 +1,12 @@
-//! `gateway run`: install the kernel path, serve, and on SIGTERM or SIGINT
-//! remove everything that was installed.
+//! `gateway run`: install (or adopt) the kernel path and serve until
+//! SIGTERM or SIGINT.
 //!
-//! SIGKILL (or a crash) leaves the pinned program guarding the interfaces:
-//! devices reach nothing until a restarted daemon adopts the pins and
-//! listens again.
+//! Stopping never opens the site: SIGTERM (every `systemctl restart` and
+//! upgrade), SIGKILL and a crash all leave the pinned program guarding the
+//! interfaces. While no daemon listens, whatever the program would hand it
+//! finds no socket and is dropped, and everything else is dropped as
+//! always; the next daemon adopts the pins without a gap. Only
+//! `gateway uninstall` removes the kernel path.
 
 use std::{
     sync::{Arc, Mutex},
@@ -26,6 +29,7 @@ use crate::{
     config::Config,
     dns::Responder,
     ebpf::{KernelPath, events, routing::Routing},
+    pidfile,
     policy::Policy,
     proxy::{self, Proxy, http::HttpContext},
     time::TimeServer,
@@ -65,11 +69,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Vec::new()
     };
     let slots = socket_slots(&listeners, &udp_sockets)?;
-    let routing = Routing {
-        mark: config.kernel.mark,
-        table: config.kernel.route_table,
-        priority: config.kernel.rule_priority,
-    };
+    let _pid = pidfile::PidFile::create(&config.state_dir)?;
+    let routing = routing(&config);
     routing.install().await?;
     let mut kernel = match KernelPath::install(&config, &slots) {
         Ok(k) => k,
@@ -155,8 +156,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await;
 
     tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping and removing the kernel path"),
-        _ = sigint.recv() => tracing::info!("SIGINT: stopping and removing the kernel path"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping; the kernel path keeps guarding"),
+        _ = sigint.recv() => tracing::info!("SIGINT: stopping; the kernel path keeps guarding"),
     }
     let _ = stop_tx.send(true);
     let _ = serve_task.await;
@@ -174,22 +175,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
 
-    // The event task held the last other reference.
-    let maps = Arc::try_unwrap(maps)
-        .map_err(|_| anyhow::anyhow!("maps still in use at shutdown"))?
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
-    kernel.maps = maps;
-    let mut result = kernel.remove().map_err(anyhow::Error::from);
-    if let Err(e) = routing.remove().await {
-        tracing::error!(error = %e, "removing routing rules");
-        result = result.and(Err(e.into()));
-    }
+    // The DNS and time services hold audit handles: the writer closes only
+    // once every handle is gone.
+    drop(services);
+    // The event task held the last other reference. The maps, links and
+    // pins stay: dropping the daemon's handles does not unpin anything.
+    drop(maps);
     audit
-        .log(Record::new(Event::GatewayStop).reason(match &result {
-            Ok(()) => "removed",
-            Err(_) => "removal_incomplete",
-        }))
+        .log(
+            Record::new(Event::GatewayStop)
+                .reason("guarding")
+                .detail("the kernel path stays installed and drops what it would hand to the daemon; `gateway uninstall` removes it"),
+        )
         .await;
     drop(audit);
     audit_writer.close().await;
@@ -198,7 +195,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::error!(error = %e, "closing the cache");
     }
-    result
+    Ok(())
+}
+
+/// `gateway uninstall`: removes the program, its links and pins, the
+/// policy routing and the state record. Refused while a daemon runs.
+pub async fn uninstall(config: &Config) -> anyhow::Result<()> {
+    if let Some(pid) = pidfile::running(&config.state_dir) {
+        anyhow::bail!(
+            "a gateway daemon (pid {pid}) is running with this state_dir: stop it first (systemctl stop gateway), then uninstall"
+        );
+    }
+    let removed = KernelPath::uninstall(config)?;
+    routing(config).remove().await?;
+    if removed {
+        println!(
+            "removed the kernel path (programs, links, pins, policy routing); the interfaces are no longer guarded"
+        );
+    } else {
+        println!("nothing was installed; policy routing checked and removed if present");
+    }
+    Ok(())
+}
+
+fn routing(config: &Config) -> Routing {
+    Routing {
+        mark: config.kernel.mark,
+        table: config.kernel.route_table,
+        priority: config.kernel.rule_priority,
+    }
 }
 
 /// The daemon's sockets by their slot in the program's socket map.

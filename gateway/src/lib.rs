@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod ebpf;
+pub mod pidfile;
 pub mod policy;
 pub mod proxy;
 pub mod registry;

@@ -23,8 +23,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install the kernel path and serve until SIGTERM (which removes it).
+    /// Install (or adopt) the kernel path and serve until SIGTERM. Stopping
+    /// leaves the kernel path guarding (fail closed); see `uninstall`.
     Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove the kernel path (programs, links, pins, policy routing) that
+    /// a stopped gateway left guarding; the interfaces are unguarded after.
+    Uninstall {
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -101,6 +108,7 @@ fn main() -> ExitCode {
     let (path, host_checks) = match &cli.command {
         Command::Run { config } | Command::CheckConfig { config } => (config, true),
         Command::Status { config, .. }
+        | Command::Uninstall { config }
         | Command::Ca {
             action: CaAction::Init { config, .. } | CaAction::Export { config },
         }
@@ -128,6 +136,11 @@ fn main() -> ExitCode {
             }
         }),
         Command::Run { .. } => run(config),
+        Command::Uninstall { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(gateway::daemon::uninstall(&config))),
         Command::Ca { action } => match action {
             CaAction::Init { force, .. } => gateway::cli::ca_init(&config, force),
             CaAction::Export { .. } => gateway::cli::ca_export(&config),

@@ -242,6 +242,25 @@ impl<'s> Gateway<'s> {
         self.wait_exit(timeout)
     }
 
+    /// `gateway uninstall --config …` in the gateway namespace: removes the
+    /// kernel path a stopped gateway left guarding. Fails with its stderr
+    /// unless it exits 0.
+    pub fn uninstall(&self) -> Result<String> {
+        let config = self.config_path.to_string_lossy().into_owned();
+        let out = self
+            .command(&["uninstall", "--config", &config])
+            .output()
+            .context("running gateway uninstall")?;
+        if !out.status.success() {
+            bail!(
+                "gateway uninstall failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Everything the current (or last) run wrote to stderr.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.stderr_path()).unwrap_or_default()

@@ -57,12 +57,12 @@ fn netlink_path_fails_closed_and_restart_adopts_it() {
 }
 
 #[test]
-fn sigterm_removes_everything() {
+fn sigterm_keeps_guarding_and_uninstall_removes_everything() {
     clean_stop("clean-stop", None);
 }
 
 #[test]
-fn netlink_path_sigterm_removes_everything() {
+fn netlink_path_sigterm_keeps_guarding_and_uninstall_removes_everything() {
     clean_stop("clean-stop-nl", Some("netlink"));
 }
 
@@ -152,6 +152,9 @@ fn clean_stop(name: &str, attach: Option<&'static str>) {
         "no pins while running"
     );
 
+    // A routine stop (every `systemctl restart` and upgrade) must not open
+    // the site: the program stays attached and drops what it would hand to
+    // the daemon.
     let stopped = gw.sigterm(Duration::from_secs(10));
     let status = gw.must(stopped);
     assert_eq!(
@@ -160,9 +163,57 @@ fn clean_stop(name: &str, attach: Option<&'static str>) {
         "exit status {status}\n{}",
         gw.stderr_tail(30)
     );
+    assert_eq!(attached(&gw), programs, "the attachment changed at SIGTERM");
+    gw.must(site.warm_neighbors());
+    let manager = v4(addr::UP_V4, addr::MANAGER_PORT);
+    gw.must(device::expect_connect_timeout(&site, manager));
+    gw.must(device::expect_connect_timeout(&site, v4(addr::UP_V4, 8080)));
+    assert_eq!(
+        site.servers.manager.get(),
+        1,
+        "the manager was reached after SIGTERM"
+    );
+    assert_eq!(site.servers.service_8080.get(), 0);
+    // Names and time are not answered either: their socket is gone.
+    let dns_query = gateway_tests::dns::query_bytes(1, "wfm.site.example", 1);
+    let answer = gw.must(gateway_tests::dns::udp_exchange(
+        &site,
+        v4(addr::UP_V4, 53),
+        &dns_query,
+        Duration::from_secs(1),
+    ));
+    assert!(answer.is_none(), "DNS answered with the daemon stopped");
+    assert!(gw.must(gw.counter("drop_no_listener")) >= 1);
+    let stop = gw
+        .audit()
+        .unwrap()
+        .into_iter()
+        .find(|r| r["event"] == "gateway.stop")
+        .expect("a gateway.stop record");
+    assert_eq!(stop["reason"], "guarding", "{stop}");
+
+    // A restart adopts the same program (no gap, no second attachment).
+    let restarted = gw.restart();
+    gw.must(restarted);
+    assert_eq!(attached(&gw), programs, "restart did not adopt the program");
+    gw.must(device::manager_echo(&site, manager, 1024));
+    // Uninstall refuses while a daemon runs...
+    let refused = gw.uninstall();
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("is running")),
+        "uninstall with a daemon running: {refused:?}"
+    );
+    assert_eq!(attached(&gw), programs);
+    let stopped = gw.sigterm(Duration::from_secs(10));
+    gw.must(stopped);
+    // ...and removes everything once it is stopped.
+    let said = gw.must(gw.uninstall());
+    assert!(said.contains("removed"), "{said}");
 
     let left = attached(&gw);
-    assert!(left.is_empty(), "still attached after SIGTERM: {left:?}");
+    assert!(left.is_empty(), "still attached after uninstall: {left:?}");
     let filters = kernel::tc_filter_lines(&site, &site.gw_dev_if).unwrap();
     assert!(filters.is_empty(), "tc filters left: {filters:?}");
     let pins = kernel::files_under(&site.pin_path()).unwrap();
@@ -188,5 +239,8 @@ fn clean_stop(name: &str, attach: Option<&'static str>) {
         .iter()
         .filter(|r| r["event"] == "gateway.stop")
         .count();
-    assert_eq!(stops, 1, "expected one gateway.stop record");
+    assert_eq!(stops, 2, "expected one gateway.stop record per stop");
+    // Uninstalling again finds nothing and says so.
+    let again = gw.must(gw.uninstall());
+    assert!(again.contains("nothing was installed"), "{again}");
 }

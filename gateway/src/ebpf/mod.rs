@@ -15,7 +15,12 @@
 //! - Restart after a crash: the pins and the record are there; the daemon
 //!   adopts them (no second attachment, no gap) and rewrites the
 //!   configuration in place.
-//! - Clean stop: detach, unpin, remove the record and the routing rules.
+//! - Stop (SIGTERM, SIGINT): the daemon closes its sockets and exits; the
+//!   program stays attached and pinned and drops everything it would hand
+//!   to the daemon (fail closed), exactly as after a crash, until a new
+//!   daemon adopts it.
+//! - Uninstall (`gateway uninstall`): detach, unpin, remove the record and
+//!   the routing rules; the interfaces are unguarded afterwards.
 
 mod attach;
 pub mod events;
@@ -271,6 +276,44 @@ impl KernelPath {
 
     pub fn attachments(&self) -> &[Attachment] {
         &self.state.attachments
+    }
+
+    /// Removes an installation found in `state_dir` (no daemon running):
+    /// links, pins and the record. `Ok(false)` when nothing was installed.
+    pub fn uninstall(config: &Config) -> Result<bool, EbpfError> {
+        let Some(state) = State::read(&config.state_dir)? else {
+            // No record; pins of a run that never wrote one may remain.
+            let pins = Pins::new(&config.kernel.pin_path);
+            let had_pins = pins.prog().exists();
+            pins.remove_all()?;
+            return Ok(had_pins);
+        };
+        let pins = Pins::new(&state.pin_path);
+        let maps = Maps::from_pins(&pins).ok();
+        Self {
+            pins,
+            state_dir: config.state_dir.clone(),
+            state,
+            maps: match maps {
+                Some(m) => m,
+                None => {
+                    // Maps gone (a half-removed installation): detach what
+                    // the record names and remove what is left.
+                    let state = State::read(&config.state_dir)?.unwrap_or(State {
+                        abi_version: ABI_VERSION,
+                        pin_path: config.kernel.pin_path.clone(),
+                        attachments: Vec::new(),
+                    });
+                    let pins = Pins::new(&state.pin_path);
+                    remove_installation(&pins, &state);
+                    State::remove(&config.state_dir)?;
+                    return Ok(true);
+                }
+            },
+            adopted: true,
+        }
+        .remove()?;
+        Ok(true)
     }
 
     /// Removes everything: links, pins, the record. Devices are no longer

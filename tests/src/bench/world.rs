@@ -223,7 +223,8 @@ impl<'s> BenchGateway<'s> {
         self.gw.restart().context("restarting the gateway")
     }
 
-    /// SIGTERM: the gateway removes what it installed and exits.
+    /// SIGTERM: the gateway exits; its program keeps guarding until the
+    /// next start adopts it.
     pub fn stop(&mut self) -> Result<()> {
         if self.gw.is_running() {
             let status = self.gw.sigterm(Duration::from_secs(20))?;

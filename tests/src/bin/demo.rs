@@ -182,7 +182,7 @@ fn run_demo() -> Result<usize> {
             None => &mut gw,
         };
         steps.run(
-            "SIGTERM: the gateway stops and removes what it installed",
+            "SIGTERM: the gateway stops and its program keeps guarding; gateway uninstall removes it",
             || kernel_path::stop(&site, active),
         );
         steps.failed()

@@ -137,11 +137,18 @@ pub fn kernel_path(steps: &mut Steps, site: &Site, gw: &Gateway<'_>) {
     });
 }
 
-/// SIGTERM, then nothing of the gateway may be left in the kernel.
+/// SIGTERM (the program keeps guarding), then `gateway uninstall`: nothing
+/// of the gateway may be left in the kernel.
 pub fn stop(site: &Site, gw: &mut Gateway<'_>) -> Result<String> {
     let programs = kernel::attached(site, &site.gw_dev_if)?;
     let status = gw.sigterm(Duration::from_secs(10))?;
     ensure!(status.code() == Some(0), "exit status {status}");
+    let guarding = kernel::attached(site, &site.gw_dev_if)?;
+    ensure!(
+        guarding == programs,
+        "SIGTERM changed the attachment: {programs:?} -> {guarding:?}"
+    );
+    gw.uninstall()?;
     let left = kernel::attached(site, &site.gw_dev_if)?;
     let pins = kernel::files_under(&site.pin_path())?;
     let rules = kernel::fwmark_rules(site)?;
@@ -157,7 +164,7 @@ pub fn stop(site: &Site, gw: &mut Gateway<'_>) -> Result<String> {
         );
     }
     Ok(format!(
-        "exit status 0\nprograms {:?} unloaded; no attachment, pin, fwmark rule or table {DEFAULT_ROUTE_TABLE} route left",
+        "SIGTERM: exit status 0, program still attached and guarding (fail closed)\ngateway uninstall: programs {:?} unloaded; no attachment, pin, fwmark rule or table {DEFAULT_ROUTE_TABLE} route left",
         programs.iter().map(|p| p.id).collect::<Vec<_>>()
     ))
 }
