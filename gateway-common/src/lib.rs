@@ -12,7 +12,7 @@
 ///
 /// The daemon stores it beside its pins; a daemon that finds pins of another
 /// version replaces them rather than adopting them.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Name of the TC ingress program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_ingress";
@@ -37,9 +37,14 @@ pub mod maps {
     /// ([`crate::LISTENER_V4`], [`crate::LISTENER_V6`]) and the UDP sockets
     /// that answer DNS and NTP ([`crate::UDP_V4`], [`crate::UDP_V6`]).
     pub const LISTENERS: &str = "LISTENERS";
+    /// `HashMap<AddrKey, u32>`: addresses the program must recognise as
+    /// destinations: the gateway's own on the device interfaces
+    /// ([`crate::LOCAL_OWN`]) and the configured DHCP servers
+    /// ([`crate::LOCAL_DHCP_SERVER`]).
+    pub const LOCAL: &str = "LOCAL";
     /// Every map, in a fixed order (pinning, adoption, removal).
-    pub const ALL: [&str; 7] = [
-        SETTINGS, INTERCEPT, PORTS, COUNTERS, FLOWS, EVENTS, LISTENERS,
+    pub const ALL: [&str; 8] = [
+        SETTINGS, INTERCEPT, PORTS, COUNTERS, FLOWS, EVENTS, LISTENERS, LOCAL,
     ];
 }
 
@@ -155,6 +160,33 @@ impl InterceptKey {
     }
 }
 
+/// Capacity of the `LOCAL` table.
+pub const LOCAL_MAX_ENTRIES: u32 = 1024;
+/// `LOCAL` value bit: one of the gateway's own addresses.
+pub const LOCAL_OWN: u32 = 1;
+/// `LOCAL` value bit: a configured DHCP server (`devices.dhcp_servers`).
+pub const LOCAL_DHCP_SERVER: u32 = 1 << 1;
+
+/// Key of the `LOCAL` table: a family and an address (IPv4 in the first
+/// four bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+impl AddrKey {
+    pub const fn new(family: u8, addr: [u8; 16]) -> Self {
+        Self {
+            family,
+            _pad: [0; 3],
+            addr,
+        }
+    }
+}
+
 /// Value of the intercept table's entries: a passthrough address.
 pub const INTERCEPT_MANAGER: u32 = 2;
 
@@ -222,6 +254,13 @@ pub enum DropReason {
     AssignFailed = 7,
     /// The daemon has not configured the program yet.
     NotConfigured = 8,
+    /// IPv6 neighbour discovery that is not allowed from a device: a
+    /// router advertisement or redirect, a hop limit other than 255 (not
+    /// from the link), or to an address that is not the gateway's.
+    NeighborDiscovery = 9,
+    /// DHCP to a destination other than broadcast, the DHCPv6 groups, the
+    /// gateway or a configured server, or in the server's direction.
+    DhcpDestination = 10,
 }
 
 impl DropReason {
@@ -235,6 +274,8 @@ impl DropReason {
             6 => Self::Ethertype,
             7 => Self::AssignFailed,
             8 => Self::NotConfigured,
+            9 => Self::NeighborDiscovery,
+            10 => Self::DhcpDestination,
             _ => return None,
         })
     }
@@ -250,6 +291,8 @@ impl DropReason {
             Self::Ethertype => "ethertype_not_allowed",
             Self::AssignFailed => "socket_assign_failed",
             Self::NotConfigured => "not_configured",
+            Self::NeighborDiscovery => "neighbor_discovery_not_allowed",
+            Self::DhcpDestination => "dhcp_destination_not_allowed",
         }
     }
 
@@ -264,6 +307,8 @@ impl DropReason {
             Self::Ethertype => Counter::DropEthertype,
             Self::AssignFailed => Counter::DropAssignFailed,
             Self::NotConfigured => Counter::DropNotConfigured,
+            Self::NeighborDiscovery => Counter::DropNeighborDiscovery,
+            Self::DhcpDestination => Counter::DropDhcpDestination,
         }
     }
 }
@@ -298,10 +343,12 @@ pub enum Counter {
     AssignDns = 16,
     /// A UDP NTP request assigned to the gateway's time server.
     AssignNtp = 17,
+    DropNeighborDiscovery = 18,
+    DropDhcpDestination = 19,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::PassArp,
@@ -322,6 +369,8 @@ impl Counter {
         Self::MarkSegment,
         Self::AssignDns,
         Self::AssignNtp,
+        Self::DropNeighborDiscovery,
+        Self::DropDhcpDestination,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -344,15 +393,77 @@ impl Counter {
             Self::MarkSegment => "mark_segment",
             Self::AssignDns => "assign_dns",
             Self::AssignNtp => "assign_ntp",
+            Self::DropNeighborDiscovery => "drop_neighbor_discovery",
+            Self::DropDhcpDestination => "drop_dhcp_destination",
         }
     }
 }
 
-/// Whether a UDP packet is DHCP (v4 or v6, either direction).
+/// Whether a UDP packet is a DHCP client's (v4 68→67, v6 546→547): the
+/// only direction a device may send. A device answering as a server
+/// (67→68) is a rogue server and is dropped.
 pub const fn is_dhcp(family: u8, sport: u16, dport: u16) -> bool {
     match family {
-        FAMILY_V4 => matches!((sport, dport), (68, 67) | (67, 68)),
-        FAMILY_V6 => matches!((sport, dport), (546, 547) | (547, 546)),
+        FAMILY_V4 => matches!((sport, dport), (68, 67)),
+        FAMILY_V6 => matches!((sport, dport), (546, 547)),
+        _ => false,
+    }
+}
+
+/// Whether a DHCP client's packet may go to `daddr`: the limited
+/// broadcast (v4), the All_DHCP_Relay_Agents_and_Servers (ff02::1:2) or
+/// All_DHCP_Servers (ff05::1:3) groups (v6), or an address the `LOCAL`
+/// table marks (`local`: its value, 0 when absent) as the gateway's own or
+/// a configured server.
+pub const fn dhcp_destination_allowed(family: u8, daddr: &[u8; 16], local: u32) -> bool {
+    if local & (LOCAL_OWN | LOCAL_DHCP_SERVER) != 0 {
+        return true;
+    }
+    match family {
+        FAMILY_V4 => daddr[0] == 255 && daddr[1] == 255 && daddr[2] == 255 && daddr[3] == 255,
+        FAMILY_V6 => is_v6_group(daddr, 0x02, 2) || is_v6_group(daddr, 0x05, 3),
+        _ => false,
+    }
+}
+
+/// Whether `a` is `ffSS::1:LL` (scope `scope`, last byte `last`).
+const fn is_v6_group(a: &[u8; 16], scope: u8, last: u8) -> bool {
+    if a[0] != 0xff || a[1] != scope || a[13] != 1 || a[15] != last {
+        return false;
+    }
+    let mut i = 2;
+    while i < 15 {
+        if i != 13 && a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether an IPv6 address is link-local unicast (fe80::/10).
+pub const fn is_link_local_v6(a: &[u8; 16]) -> bool {
+    a[0] == 0xfe && a[1] & 0xc0 == 0x80
+}
+
+/// Whether a device's neighbour discovery message passes (RFC 4861):
+/// router and neighbour solicitations and neighbour advertisements, with
+/// hop limit 255 (a packet from the link itself: routers decrement it), to
+/// a link-local or multicast address or one of the gateway's own (`local`
+/// has [`LOCAL_OWN`]). Router advertisements and redirects from devices
+/// never pass: with Linux's defaults (`accept_ra=1`, forwarding off) a
+/// device's RA would make it the gateway host's default router.
+pub const fn neighbor_discovery_allowed(
+    icmp6_type: u8,
+    hop_limit: u8,
+    daddr: &[u8; 16],
+    local: u32,
+) -> bool {
+    match icmp6_type {
+        133 | 135 | 136 => {
+            hop_limit == 255
+                && (is_link_local_v6(daddr) || daddr[0] == 0xff || local & LOCAL_OWN != 0)
+        }
         _ => false,
     }
 }
@@ -424,6 +535,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::AddrKey {}
 }
 
 #[cfg(test)]
@@ -440,6 +552,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 44);
         assert_eq!(size_of::<FlowState>(), 16);
         assert_eq!(size_of::<DropEvent>(), 64);
+        assert_eq!(size_of::<AddrKey>(), 20);
     }
 
     #[test]
@@ -455,7 +568,7 @@ mod tests {
             }
         }
         assert_eq!(DropReason::from_u8(0), None);
-        assert_eq!(DropReason::from_u8(9), None);
+        assert_eq!(DropReason::from_u8(11), None);
     }
 
     #[test]
@@ -470,13 +583,90 @@ mod tests {
     }
 
     #[test]
-    fn dhcp_matches_only_dhcp_ports() {
+    fn dhcp_matches_only_a_clients_ports() {
         assert!(is_dhcp(FAMILY_V4, 68, 67));
-        assert!(is_dhcp(FAMILY_V4, 67, 68));
+        assert!(
+            !is_dhcp(FAMILY_V4, 67, 68),
+            "a device answering as a server"
+        );
         assert!(!is_dhcp(FAMILY_V4, 546, 547));
         assert!(is_dhcp(FAMILY_V6, 546, 547));
+        assert!(!is_dhcp(FAMILY_V6, 547, 546));
         assert!(!is_dhcp(FAMILY_V6, 68, 67));
         assert!(!is_dhcp(FAMILY_V4, 53, 67));
+    }
+
+    fn v6(text: &str) -> [u8; 16] {
+        text.parse::<std::net::Ipv6Addr>().expect("v6").octets()
+    }
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut b = [0; 16];
+        b[..4].copy_from_slice(&a);
+        b
+    }
+
+    #[test]
+    fn dhcp_destinations() {
+        assert!(dhcp_destination_allowed(FAMILY_V4, &v4([255; 4]), 0));
+        assert!(!dhcp_destination_allowed(FAMILY_V4, &v4([10, 77, 2, 2]), 0));
+        assert!(dhcp_destination_allowed(
+            FAMILY_V4,
+            &v4([10, 77, 1, 1]),
+            LOCAL_OWN
+        ));
+        assert!(dhcp_destination_allowed(
+            FAMILY_V4,
+            &v4([10, 0, 0, 9]),
+            LOCAL_DHCP_SERVER
+        ));
+        assert!(dhcp_destination_allowed(FAMILY_V6, &v6("ff02::1:2"), 0));
+        assert!(dhcp_destination_allowed(FAMILY_V6, &v6("ff05::1:3"), 0));
+        assert!(!dhcp_destination_allowed(FAMILY_V6, &v6("ff02::1:3"), 0));
+        assert!(!dhcp_destination_allowed(FAMILY_V6, &v6("ff02::2"), 0));
+        assert!(!dhcp_destination_allowed(
+            FAMILY_V6,
+            &v6("ff02:0:0:0:1::1:2"),
+            0
+        ));
+        assert!(!dhcp_destination_allowed(FAMILY_V6, &v6("fd77:2::2"), 0));
+        assert!(dhcp_destination_allowed(
+            FAMILY_V6,
+            &v6("fd77:1::1"),
+            LOCAL_OWN
+        ));
+    }
+
+    #[test]
+    fn neighbor_discovery_rules() {
+        let ll = v6("fe80::1");
+        let solicited = v6("ff02::1:ff00:1");
+        let own = v6("fd77:1::1");
+        let other = v6("fd77:2::2");
+        for t in [133, 135, 136] {
+            assert!(neighbor_discovery_allowed(t, 255, &ll, 0), "{t}");
+            assert!(neighbor_discovery_allowed(t, 255, &solicited, 0), "{t}");
+            assert!(neighbor_discovery_allowed(t, 255, &own, LOCAL_OWN), "{t}");
+            assert!(!neighbor_discovery_allowed(t, 255, &other, 0), "{t}");
+            assert!(
+                !neighbor_discovery_allowed(t, 255, &other, LOCAL_DHCP_SERVER),
+                "{t}"
+            );
+            // Not from the link: a router on the way decremented it.
+            assert!(!neighbor_discovery_allowed(t, 64, &ll, 0), "{t}");
+            assert!(!neighbor_discovery_allowed(t, 254, &own, LOCAL_OWN), "{t}");
+        }
+        // Router advertisements and redirects never pass.
+        for t in [134, 137] {
+            assert!(
+                !neighbor_discovery_allowed(t, 255, &v6("ff02::1"), 0),
+                "{t}"
+            );
+            assert!(!neighbor_discovery_allowed(t, 255, &ll, LOCAL_OWN), "{t}");
+        }
+        assert!(is_link_local_v6(&v6("fe80::1")));
+        assert!(is_link_local_v6(&v6("febf::1")));
+        assert!(!is_link_local_v6(&v6("fec0::1")));
     }
 
     #[test]

@@ -14,7 +14,13 @@
 //! - UDP to port 53 (DNS) and 123 (NTP), whatever the destination address,
 //!   is assigned to the daemon's transparent UDP socket when those services
 //!   are on: the gateway answers devices' names and time itself.
-//! - ARP and IPv6 neighbour discovery pass; DHCP passes when configured.
+//! - ARP passes. IPv6 neighbour discovery passes only as RFC 4861 allows
+//!   it from a host on the link: solicitations and neighbour
+//!   advertisements with hop limit 255, to link-local, multicast or the
+//!   gateway's own addresses; router advertisements and redirects from
+//!   devices are dropped. DHCP passes when configured, only from a client
+//!   and only to broadcast, the DHCPv6 groups, the gateway or a configured
+//!   server.
 //! - Everything else is dropped, counted, and reported to userspace through a
 //!   ring buffer, at most once per flow per interval.
 //!
@@ -38,11 +44,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use gateway_common::{
-    Counter, DropEvent, DropReason, EVENTS_BYTES, FAMILY_ANY, FAMILY_V4, FAMILY_V6,
+    AddrKey, Counter, DropEvent, DropReason, EVENTS_BYTES, FAMILY_ANY, FAMILY_V4, FAMILY_V6,
     FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLOWS_MAX_ENTRIES, FlowKey, FlowState, INTERCEPT_MANAGER,
     INTERCEPT_MAX_ENTRIES, InterceptKey, LISTENER_V4, LISTENER_V6, LISTENERS_MAX_ENTRIES,
-    PORTS_MAX_ENTRIES, PortKind, Settings, UDP_V4, UDP_V6, is_dhcp, is_neighbor_discovery,
-    opens_connection, udp_service,
+    LOCAL_MAX_ENTRIES, PORTS_MAX_ENTRIES, PortKind, Settings, UDP_V4, UDP_V6,
+    dhcp_destination_allowed, is_dhcp, is_link_local_v6, is_neighbor_discovery,
+    neighbor_discovery_allowed, opens_connection, udp_service,
 };
 
 #[map(name = "SETTINGS")]
@@ -65,6 +72,9 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "LOCAL")]
+static LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -230,12 +240,24 @@ fn ipv6(ctx: &TcContext, ifindex: u32) -> Result<i32, ()> {
         IPPROTO_UDP => udp(ctx, l4, flow),
         IPPROTO_ICMPV6 => {
             let icmp_type: u8 = read(ctx, l4)?;
-            if is_neighbor_discovery(icmp_type) {
+            flow.dport = icmp_type as u16;
+            if !is_neighbor_discovery(icmp_type) {
+                return Ok(drop_packet(&flow, DropReason::Protocol));
+            }
+            let hop_limit: u8 = read(ctx, ETH_HLEN + 7)?;
+            // The table is read only for unicast destinations that are not
+            // link-local: solicitations to multicast groups, the common
+            // case, need no lookup.
+            let local = if is_link_local_v6(&flow.daddr) || flow.daddr[0] == 0xff {
+                0
+            } else {
+                local_flags(FAMILY_V6, &flow.daddr)
+            };
+            if neighbor_discovery_allowed(icmp_type, hop_limit, &flow.daddr, local) {
                 count(Counter::PassNeighbor);
                 Ok(TC_ACT_OK as i32)
             } else {
-                flow.dport = icmp_type as u16;
-                Ok(drop_packet(&flow, DropReason::Protocol))
+                Ok(drop_packet(&flow, DropReason::NeighborDiscovery))
             }
         }
         // Extension headers are not walked: the fragment header is
@@ -269,6 +291,10 @@ fn udp(ctx: &TcContext, l4: usize, mut flow: FlowKey) -> Result<i32, ()> {
     if is_dhcp(flow.family, flow.sport, flow.dport)
         && settings.is_some_and(|s| s.flags & FLAG_ALLOW_DHCP != 0)
     {
+        let local = local_flags(flow.family, &flow.daddr);
+        if !dhcp_destination_allowed(flow.family, &flow.daddr, local) {
+            return Ok(drop_packet(&flow, DropReason::DhcpDestination));
+        }
         count(Counter::PassDhcp);
         return Ok(TC_ACT_OK as i32);
     }
@@ -324,6 +350,12 @@ fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
         return drop_packet(flow, DropReason::NoListener);
     }
     assign(ctx, sk, flow, &settings, Counter::AssignListener)
+}
+
+/// The `LOCAL` table's flags for an address (0 when absent).
+#[inline(always)]
+fn local_flags(family: u8, addr: &[u8; 16]) -> u32 {
+    unsafe { LOCAL.get(&AddrKey::new(family, *addr)) }.map_or(0, |v| *v)
 }
 
 /// Whether `port` is set in one of the `PORTS` bitmaps.

@@ -36,6 +36,9 @@ use crate::{
     udp,
 };
 
+/// How often the gateway's own addresses are re-read into the kernel.
+const LOCAL_REFRESH: Duration = Duration::from_secs(10);
+
 /// Time a device has to send its ClientHello or request line.
 const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -89,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|a| format!("{}({:?})", a.interface, a.mode).to_lowercase())
         .collect();
     let ring = kernel.maps.events.take();
+    sync_local(&config, &mut kernel.maps)?;
     let maps = Arc::new(Mutex::new(kernel.maps));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -114,6 +118,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .into_iter()
         .map(|s| tokio::spawn(udp::serve(services.clone(), s, stop_rx.clone())))
         .collect();
+    // Addresses change (DHCP on the gateway host, an admin's `ip addr`):
+    // the program's view of the gateway's own follows within seconds.
+    let local_task = {
+        let (maps, config, mut stop) = (maps.clone(), config.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(LOCAL_REFRESH) => {}
+                    _ = stop.changed() => return,
+                }
+                let mut m = maps.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = sync_local(&config, &mut m) {
+                    tracing::warn!(error = %e, "refreshing the gateway's own addresses in the kernel");
+                }
+            }
+        })
+    };
     let proxy = Arc::new(Proxy {
         policy: Policy::new(&config),
         dns,
@@ -164,6 +185,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for t in udp_tasks {
         let _ = t.await;
     }
+    let _ = local_task.await;
     let control = match control_task {
         Some((control, task)) => {
             let _ = task.await;
@@ -247,4 +269,13 @@ fn socket_slots<'a>(
         slots.push((if v4 { UDP_V4 } else { UDP_V6 }, u.as_fd()));
     }
     Ok(slots)
+}
+
+/// Writes the gateway's own device-side addresses and the configured DHCP
+/// servers into the program's `LOCAL` table.
+fn sync_local(config: &Config, maps: &mut crate::ebpf::Maps) -> anyhow::Result<()> {
+    let own = crate::dns::interface_addresses(&config.devices.interfaces);
+    let entries = crate::ebpf::local_entries(&own, &config.devices.dhcp_server_addresses());
+    maps.sync_local(&entries)
+        .context("writing the gateway's own addresses into the kernel")
 }

@@ -16,6 +16,8 @@ pub struct GatewayConfig {
     pub interfaces: Vec<String>,
     /// `devices.allow_dhcp`
     pub allow_dhcp: bool,
+    /// `devices.dhcp_servers`
+    pub dhcp_servers: Vec<std::net::IpAddr>,
     /// `manager.name`
     pub manager_name: String,
     /// `manager.addresses`
@@ -49,6 +51,7 @@ impl GatewayConfig {
         Self {
             interfaces: vec![site.gw_dev_if.clone()],
             allow_dhcp: false,
+            dhcp_servers: Vec::new(),
             manager_name: "wfm.site.example".to_owned(),
             manager_addresses: site.manager_addrs().to_vec(),
             tcp_ports: vec![80, 443],
@@ -74,6 +77,18 @@ impl GatewayConfig {
             list(self.interfaces.iter().map(|i| q(i)).collect())
         );
         let _ = writeln!(y, "  allow_dhcp: {}", self.allow_dhcp);
+        if !self.dhcp_servers.is_empty() {
+            let _ = writeln!(
+                y,
+                "  dhcp_servers: {}",
+                list(
+                    self.dhcp_servers
+                        .iter()
+                        .map(|a| q(&a.to_string()))
+                        .collect()
+                )
+            );
+        }
         let _ = writeln!(y, "manager:");
         let _ = writeln!(y, "  name: {}", q(&self.manager_name));
         let addrs = self

@@ -65,9 +65,25 @@ pub struct Devices {
     /// Interfaces devices send on; each gets the TC ingress program.
     /// Required, at least one; each must exist when the daemon starts.
     pub interfaces: Vec<String>,
-    /// Pass DHCP (v4 ports 67/68, v6 546/547) from devices. Default false.
+    /// Pass DHCP from devices' clients (v4 68→67, v6 546→547) to the
+    /// broadcast address, the DHCPv6 server groups, the gateway's own
+    /// addresses and `dhcp_servers`. Default false.
     #[serde(default)]
     pub allow_dhcp: bool,
+    /// DHCP servers devices may reach besides the gateway itself (`ip`).
+    /// Default none.
+    #[serde(default)]
+    pub dhcp_servers: Vec<String>,
+}
+
+impl Devices {
+    /// `dhcp_servers`, parsed (validation guarantees they parse).
+    pub fn dhcp_server_addresses(&self) -> Vec<std::net::IpAddr> {
+        self.dhcp_servers
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
 }
 
 /// The Workload Fleet Manager, whose device API passes through untouched

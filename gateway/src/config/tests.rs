@@ -236,6 +236,14 @@ fn paths_and_kernel_settings_are_checked() {
     assert!(e.contains("kernel.rule_priority"), "{e}");
     let e = err(&format!("{MINIMAL}kernel:\n  pin_path: sys/fs/bpf\n"));
     assert!(e.contains("kernel.pin_path"), "{e}");
+    let e = err(&MINIMAL.replace("[dev0]", "[dev0]\n  dhcp_servers: [\"10.0.0.1:67\"]"));
+    assert!(e.contains("devices.dhcp_servers[0]"), "{e}");
+    let ok = Config::parse(&MINIMAL.replace(
+        "[dev0]",
+        "[dev0]\n  allow_dhcp: true\n  dhcp_servers: [\"10.0.0.1\", \"fd00::1\"]",
+    ))
+    .expect("dhcp servers");
+    assert_eq!(ok.devices.dhcp_server_addresses().len(), 2);
 }
 
 #[test]

@@ -164,6 +164,17 @@ impl Config {
                 "at least one device-facing interface is required",
             ));
         }
+        for (i, text) in self.devices.dhcp_servers.iter().enumerate() {
+            let ok = text
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| !ip.is_unspecified() && !ip.is_multicast());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("devices.dhcp_servers[{i}]"),
+                    format!("`{text}` is not a unicast IP address (no port)"),
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         for (i, name) in ifaces.iter().enumerate() {
             let key = format!("devices.interfaces[{i}]");

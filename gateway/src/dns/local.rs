@@ -82,6 +82,12 @@ fn select(all: &[IfAddr], ifindex: Option<u32>, device: IpAddr) -> LocalAddrs {
     out
 }
 
+/// Every address of the interfaces `names` (the kernel program's `LOCAL`
+/// table needs the gateway's own addresses too).
+pub fn addresses(names: &[String]) -> Vec<IpAddr> {
+    read_interfaces(names).into_iter().map(|a| a.ip).collect()
+}
+
 fn read_interfaces(names: &[String]) -> Vec<IfAddr> {
     let addrs = match getifaddrs() {
         Ok(a) => a,

@@ -23,6 +23,7 @@ use std::{
 };
 
 pub use answer::{LocalAddrs, Transport, Verdict, Zone};
+pub use local::addresses as interface_addresses;
 
 use crate::{
     audit::{Audit, Event, Record},

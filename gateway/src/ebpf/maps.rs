@@ -8,9 +8,9 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, SockMap};
 use gateway_common::{
-    Counter, DNS_PORT, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLAG_DNS, FLAG_NTP,
-    FlowKey, FlowState, INTERCEPT_MANAGER, InterceptKey, PORTS_MAX_ENTRIES, PortKind, Settings,
-    maps as names,
+    AddrKey, Counter, DNS_PORT, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLAG_DNS,
+    FLAG_NTP, FlowKey, FlowState, INTERCEPT_MANAGER, InterceptKey, LOCAL_DHCP_SERVER, LOCAL_OWN,
+    PORTS_MAX_ENTRIES, PortKind, Settings, maps as names,
 };
 
 use super::{EbpfError, pins::Pins};
@@ -26,6 +26,7 @@ pub struct Maps {
     /// Taken by the event reader.
     pub events: Option<RingBuf<MapData>>,
     pub listeners: SockMap<MapData>,
+    pub local: HashMap<MapData, AddrKey, u32>,
 }
 
 fn map_err(name: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
@@ -61,6 +62,8 @@ impl Maps {
             ),
             listeners: SockMap::try_from(Map::SockMap(open(names::LISTENERS)?))
                 .map_err(map_err(names::LISTENERS))?,
+            local: HashMap::try_from(Map::HashMap(open(names::LOCAL)?))
+                .map_err(map_err(names::LOCAL))?,
         })
     }
 
@@ -88,6 +91,7 @@ impl Maps {
             events: Some(RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?),
             listeners: SockMap::try_from(take(names::LISTENERS)?)
                 .map_err(map_err(names::LISTENERS))?,
+            local: HashMap::try_from(take(names::LOCAL)?).map_err(map_err(names::LOCAL))?,
         })
     }
 
@@ -150,6 +154,32 @@ impl Maps {
         self.settings
             .set(0, settings, 0)
             .map_err(map_err(names::SETTINGS))
+    }
+
+    /// Makes the `LOCAL` table hold exactly `wanted` (address, flags):
+    /// new and changed entries first, then the stale ones go, so an
+    /// address kept across a refresh never reads as absent.
+    pub fn sync_local(&mut self, wanted: &[(IpAddr, u32)]) -> Result<(), EbpfError> {
+        let mut keys = HashSet::new();
+        for (ip, flags) in wanted {
+            let key = addr_key(*ip);
+            keys.insert(key);
+            if self.local.get(&key, 0).ok() != Some(*flags) {
+                self.local
+                    .insert(key, flags, 0)
+                    .map_err(map_err(names::LOCAL))?;
+            }
+        }
+        let stale: Vec<AddrKey> = self
+            .local
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keys.contains(k))
+            .collect();
+        for key in stale {
+            self.local.remove(&key).map_err(map_err(names::LOCAL))?;
+        }
+        Ok(())
     }
 
     /// Sums each per-CPU counter.
@@ -234,18 +264,46 @@ pub fn port_words(config: &Config) -> Vec<u64> {
 }
 
 fn manager_key(addr: SocketAddr) -> InterceptKey {
+    let (family, bytes) = family_bytes(addr.ip());
+    InterceptKey::addr(family, bytes, addr.port())
+}
+
+fn addr_key(ip: IpAddr) -> AddrKey {
+    let (family, bytes) = family_bytes(ip);
+    AddrKey::new(family, bytes)
+}
+
+/// The family tag and sixteen address bytes the program's keys hold
+/// (IPv4 in the first four).
+fn family_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
     let mut bytes = [0u8; 16];
-    let family = match addr.ip().to_canonical() {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             bytes[..4].copy_from_slice(&v4.octets());
-            FAMILY_V4
+            (FAMILY_V4, bytes)
         }
-        IpAddr::V6(v6) => {
-            bytes = v6.octets();
-            FAMILY_V6
+        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
+    }
+}
+
+/// The `LOCAL` entries for the gateway's own addresses and the configured
+/// DHCP servers (an address may be both).
+pub fn local_entries(own: &[IpAddr], dhcp_servers: &[IpAddr]) -> Vec<(IpAddr, u32)> {
+    let mut entries: Vec<(IpAddr, u32)> = Vec::new();
+    let mut add = |ip: IpAddr, flag: u32| {
+        let ip = ip.to_canonical();
+        match entries.iter_mut().find(|(a, _)| *a == ip) {
+            Some((_, f)) => *f |= flag,
+            None => entries.push((ip, flag)),
         }
     };
-    InterceptKey::addr(family, bytes, addr.port())
+    for ip in own {
+        add(*ip, LOCAL_OWN);
+    }
+    for ip in dhcp_servers {
+        add(*ip, LOCAL_DHCP_SERVER);
+    }
+    entries
 }
 
 #[cfg(test)]
@@ -293,5 +351,23 @@ mod tests {
         assert_eq!(settings_flags(&off), FLAG_CONFIGURED | FLAG_ALLOW_DHCP);
         let (index, bit) = PortKind::Intercept.slot(53);
         assert_eq!(port_words(&off)[index as usize] & bit, 0);
+    }
+
+    #[test]
+    fn local_entries_merge_flags() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let e = local_entries(
+            &[ip("10.77.1.1"), ip("fd77:1::1")],
+            &[ip("10.77.1.1"), ip("10.0.0.9")],
+        );
+        assert_eq!(
+            e,
+            [
+                (ip("10.77.1.1"), LOCAL_OWN | LOCAL_DHCP_SERVER),
+                (ip("fd77:1::1"), LOCAL_OWN),
+                (ip("10.0.0.9"), LOCAL_DHCP_SERVER),
+            ]
+        );
+        assert_eq!(addr_key(ip("10.0.0.9")).addr[..4], [10, 0, 0, 9]);
     }
 }

@@ -41,7 +41,7 @@ use std::os::fd::BorrowedFd;
 
 use thiserror::Error;
 
-pub use maps::Maps;
+pub use maps::{Maps, local_entries};
 pub use state::{Attachment, Mode, State};
 
 use crate::config::Config;
