@@ -18,6 +18,8 @@ use anyhow::{Context as _, Result};
 use flate2::{Compression as GzLevel, write::GzEncoder};
 use serde_json::{Value, json};
 
+/// Helm charts, Compose packages and referrers (signatures, SBOMs).
+pub mod artifact;
 mod pulled;
 mod rng;
 mod tar_layer;

@@ -6,6 +6,8 @@
 //! against its pull limit). When upstream is down, slow or rate limiting,
 //! the last good copy is served at once and audited as stale. By digest a
 //! manifest is immutable: verified against its digest and kept for good.
+//! Referrers lists go through [`resolve`] too, with a fetch of their own
+//! (`referrers.rs`).
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +36,7 @@ const STALE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What kind of document, for keys, headers and checks.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Manifest,
     Other,
 }
@@ -76,30 +78,54 @@ pub async fn tags(site: &OciSite, method: &Method, name: &str, query: &str) -> O
     .await
 }
 
-pub async fn referrers(
-    site: &OciSite,
-    method: &Method,
-    name: &str,
-    digest: &str,
-    query: &str,
-) -> Outcome {
-    let path = format!("/v2/{name}/referrers/{digest}{query}");
-    mutable(
-        site,
-        method,
-        name,
-        &format!("referrers/{digest}{query}"),
-        &path,
-        Kind::Other,
-    )
-    .await
+/// A fetched or cached document.
+pub(super) struct Doc {
+    pub bytes: Bytes,
+    pub digest: String,
+    pub media_type: String,
+    /// How a document just fetched was obtained, when that is worth an
+    /// audit line (a referrers list read from the tag schema); never
+    /// stored, so a cached copy has none.
+    pub note: Option<String>,
 }
 
-/// A fetched or cached document.
-struct Doc {
-    bytes: Bytes,
-    digest: String,
-    media_type: String,
+impl Doc {
+    /// A document the gateway composed itself: its digest is its bytes'.
+    pub fn composed(bytes: Bytes, media_type: &str, note: Option<String>) -> Self {
+        Self {
+            digest: format!("sha256:{}", Digest::of(&bytes).hex()),
+            bytes,
+            media_type: media_type.to_owned(),
+            note,
+        }
+    }
+}
+
+/// A mutable document as resolved against the cache and upstream.
+pub(super) struct Resolved {
+    pub doc: Doc,
+    /// `hit`, `miss`, `revalidated` or `stale`.
+    pub cache: &'static str,
+    /// When upstream was first asked, if it was.
+    pub started: Option<Instant>,
+    /// Why upstream could not refresh a copy that is served stale.
+    pub stale_because: Option<String>,
+}
+
+impl Resolved {
+    /// The response for `doc` (possibly a transformed copy of `self.doc`)
+    /// with this resolution's audit fields.
+    pub fn serve(&self, method: &Method, doc: &Doc, kind: Kind) -> Outcome {
+        let mut o = serve(method, doc, kind, self.cache, self.started);
+        match &self.stale_because {
+            Some(detail) => {
+                o.fault = Some("upstream");
+                o.detail = Some(detail.clone());
+            }
+            None => o.detail.clone_from(&doc.note),
+        }
+        o
+    }
 }
 
 async fn mutable(
@@ -110,6 +136,35 @@ async fn mutable(
     path: &str,
     kind: Kind,
 ) -> Outcome {
+    // Revalidation: a manifest whose digest has not moved is not fetched.
+    let head = (kind == Kind::Manifest)
+        .then(|| accept(UpstreamRequest::head(path).with_scope(OciSite::scope(name))));
+    let req = UpstreamRequest::get(path).with_scope(OciSite::scope(name));
+    let req = if kind == Kind::Manifest {
+        accept(req)
+    } else {
+        req
+    };
+    match resolve(site, name, key, kind, head, fetch(site, req, kind)).await {
+        Ok(resolved) => resolved.serve(method, &resolved.doc, kind),
+        Err(outcome) => outcome,
+    }
+}
+
+/// Finds the document cached under `key` in repository `name`: served
+/// while younger than `tag_ttl`; else refreshed with `get` (after a `head`
+/// that may show the held copy unchanged), or served stale when upstream
+/// fails and a copy is held. `get` runs only when upstream is asked.
+/// `Err` is the outcome to answer with: upstream's own answer (a 404) or
+/// the failure when no copy is held.
+pub(super) async fn resolve(
+    site: &OciSite,
+    name: &str,
+    key: &str,
+    kind: Kind,
+    head: Option<UpstreamRequest>,
+    get: impl Future<Output = Result<Doc, Failure>>,
+) -> Result<Resolved, Outcome> {
     let cached = match site.cache.get_ref(&site.host, name, key).await {
         Ok(c) => c,
         Err(e) => {
@@ -121,18 +176,25 @@ async fn mutable(
         Some(entry) => load(site, entry).await,
         None => None,
     };
-    if let (Some(entry), Some(doc)) = (&cached, &held)
-        && age_secs(entry.fetched_at) < site.tag_ttl.as_secs() as i64
-    {
-        return serve(method, doc, kind, "hit", None);
-    }
+    let fresh = cached
+        .as_ref()
+        .is_some_and(|entry| age_secs(entry.fetched_at) < site.tag_ttl.as_secs() as i64);
+    let held = match held {
+        Some(doc) if fresh => {
+            return Ok(Resolved {
+                doc,
+                cache: "hit",
+                started: None,
+                stale_because: None,
+            });
+        }
+        other => other,
+    };
 
     let started = Instant::now();
     let refresh = async {
-        // Revalidation: a manifest whose digest has not moved is not fetched.
-        if let (Kind::Manifest, Some(entry), Some(_)) = (kind, &cached, &held) {
-            let head = UpstreamRequest::head(path).with_scope(OciSite::scope(name));
-            match site.upstream.send(accept(head)).await {
+        if let (Some(head), Some(entry), Some(_)) = (head, &cached, &held) {
+            match site.upstream.send(head).await {
                 Ok(resp)
                     if resp.status() == StatusCode::OK
                         && header_str(resp.headers(), DIGEST_HEADER)
@@ -153,13 +215,7 @@ async fn mutable(
                 Ok(_) => {}
             }
         }
-        let req = UpstreamRequest::get(path).with_scope(OciSite::scope(name));
-        let req = if kind == Kind::Manifest {
-            accept(req)
-        } else {
-            req
-        };
-        Refresh::Fetched(fetch(site, req, kind).await)
+        Refresh::Fetched(get.await)
     };
     // With a copy in hand, upstream gets a short deadline: the device is
     // served the last good copy at once rather than after upstream's
@@ -174,43 +230,51 @@ async fn mutable(
     } else {
         refresh.await
     };
-    let fetched = match (refreshed, &held) {
+    let fetched = match (refreshed, held) {
         (Refresh::Unchanged, Some(doc)) => {
-            remember(site, name, key, doc, kind).await;
-            return serve(method, doc, kind, "revalidated", Some(started));
+            remember(site, name, key, &doc, kind).await;
+            return Ok(Resolved {
+                doc,
+                cache: "revalidated",
+                started: Some(started),
+                stale_because: None,
+            });
         }
-        (Refresh::Unchanged, None) => Err(Failure::Body("revalidated a copy not held".into())),
-        (Refresh::Fetched(f), _) => f,
+        (Refresh::Unchanged, None) => (
+            Err(Failure::Body("revalidated a copy not held".into())),
+            None,
+        ),
+        (Refresh::Fetched(f), held) => (f, held),
     };
     match fetched {
-        Ok(doc) => {
+        (Ok(doc), _) => {
             store(site, &doc).await;
             remember(site, name, key, &doc, kind).await;
             let label = match &cached {
                 Some(entry) if entry.digest == doc.digest => "revalidated",
                 _ => "miss",
             };
-            serve(method, &doc, kind, label, Some(started))
+            Ok(Resolved {
+                doc,
+                cache: label,
+                started: Some(started),
+                stale_because: None,
+            })
         }
-        Err(Failure::Status(resp)) if !is_outage(resp.status()) => {
+        (Err(Failure::Status(resp)), _) if !is_outage(resp.status()) => {
             let mut o = Outcome::new(resp);
             o.cache = Some("miss");
             o.upstream_ms = Some(ms(started));
-            o
+            Err(o)
         }
-        Err(failure) => {
-            let detail = failure.describe();
-            match held {
-                // The classic offline case: upstream down, copy held.
-                Some(doc) => {
-                    let mut o = serve(method, &doc, kind, "stale", Some(started));
-                    o.fault = Some("upstream");
-                    o.detail = Some(detail);
-                    o
-                }
-                None => failure.into_outcome(started),
-            }
-        }
+        // The classic offline case: upstream down, copy held.
+        (Err(failure), Some(doc)) => Ok(Resolved {
+            doc,
+            cache: "stale",
+            started: Some(started),
+            stale_because: Some(failure.describe()),
+        }),
+        (Err(failure), None) => Err(failure.into_outcome(started)),
     }
 }
 
@@ -234,6 +298,7 @@ async fn by_digest(
             bytes,
             digest: digest.to_owned(),
             media_type,
+            note: None,
         };
         return serve(method, &doc, Kind::Manifest, "hit", None);
     }
@@ -275,7 +340,7 @@ enum Refresh {
     Fetched(Result<Doc, Failure>),
 }
 
-enum Failure {
+pub(super) enum Failure {
     /// Upstream answered with a status other than 200.
     Status(Response<body::Body>),
     Upstream(UpstreamError),
@@ -339,7 +404,11 @@ fn is_outage(status: StatusCode) -> bool {
         || status == StatusCode::FORBIDDEN
 }
 
-async fn fetch(site: &OciSite, req: UpstreamRequest, kind: Kind) -> Result<Doc, Failure> {
+pub(super) async fn fetch(
+    site: &OciSite,
+    req: UpstreamRequest,
+    kind: Kind,
+) -> Result<Doc, Failure> {
     let resp = site.upstream.send(req).await.map_err(Failure::Upstream)?;
     if resp.status() != StatusCode::OK {
         let status = resp.status();
@@ -390,11 +459,12 @@ async fn fetch(site: &OciSite, req: UpstreamRequest, kind: Kind) -> Result<Doc, 
         bytes,
         digest,
         media_type,
+        note: None,
     })
 }
 
 /// Stores a document's bytes by digest (a no-op when held or being filled).
-async fn store(site: &OciSite, doc: &Doc) {
+pub(super) async fn store(site: &OciSite, doc: &Doc) {
     let Ok(digest) = Digest::parse(&doc.digest) else {
         return;
     };
@@ -414,7 +484,7 @@ async fn store(site: &OciSite, doc: &Doc) {
 }
 
 /// Points `key` (and, for manifests, the digest) at the document, fresh now.
-async fn remember(site: &OciSite, name: &str, key: &str, doc: &Doc, kind: Kind) {
+pub(super) async fn remember(site: &OciSite, name: &str, key: &str, doc: &Doc, kind: Kind) {
     let entry = RefEntry {
         digest: doc.digest.clone(),
         media_type: doc.media_type.clone(),
@@ -444,6 +514,7 @@ async fn load(site: &OciSite, entry: &RefEntry) -> Option<Doc> {
         bytes,
         digest: entry.digest.clone(),
         media_type: entry.media_type.clone(),
+        note: None,
     })
 }
 
@@ -489,7 +560,7 @@ fn serve(
     o
 }
 
-fn accept(mut req: UpstreamRequest) -> UpstreamRequest {
+pub(super) fn accept(mut req: UpstreamRequest) -> UpstreamRequest {
     for t in MANIFEST_ACCEPT {
         req = req.with_header(header::ACCEPT, HeaderValue::from_static(t));
     }

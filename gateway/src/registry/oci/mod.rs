@@ -5,11 +5,14 @@
 //! served stale when upstream fails; blobs and manifests by digest are
 //! immutable, verified before they are stored, and served from the cache
 //! for good. Upstream is reached by the site's configured name with the
-//! site's credentials, never at an address a device chose.
+//! site's credentials, never at an address a device chose. The Referrers
+//! API is served even for an upstream without it, from the referrers tag
+//! schema (`referrers.rs`).
 
 mod blob;
 mod document;
 mod range;
+mod referrers;
 mod response;
 mod route;
 pub mod seed;
@@ -83,7 +86,7 @@ impl OciSite {
             }
             Route::Tags { name } => document::tags(self, &method, &name, &query).await,
             Route::Referrers { name, digest } => {
-                document::referrers(self, &method, &name, &digest, &query).await
+                referrers::referrers(self, &method, &name, &digest, &query).await
             }
             Route::Blob { name, digest } => {
                 blob::blob(self, &method, &name, &digest, headers).await
