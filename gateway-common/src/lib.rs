@@ -12,7 +12,7 @@
 ///
 /// The daemon stores it beside its pins; a daemon that finds pins of another
 /// version replaces them rather than adopting them.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Name of the TC ingress program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_ingress";
@@ -42,9 +42,13 @@ pub mod maps {
     /// ([`crate::LOCAL_OWN`]) and the configured DHCP servers
     /// ([`crate::LOCAL_DHCP_SERVER`]).
     pub const LOCAL: &str = "LOCAL";
+    /// `LpmTrie<[u8; 17], u32>` ([`crate::source_key`]): the prefixes
+    /// devices may send from (`devices.prefixes`, default the device
+    /// interfaces' own subnets).
+    pub const SOURCES: &str = "SOURCES";
     /// Every map, in a fixed order (pinning, adoption, removal).
-    pub const ALL: [&str; 8] = [
-        SETTINGS, INTERCEPT, PORTS, COUNTERS, FLOWS, EVENTS, LISTENERS, LOCAL,
+    pub const ALL: [&str; 9] = [
+        SETTINGS, INTERCEPT, PORTS, COUNTERS, FLOWS, EVENTS, LISTENERS, LOCAL, SOURCES,
     ];
 }
 
@@ -160,6 +164,47 @@ impl InterceptKey {
     }
 }
 
+/// Capacity of the `SOURCES` trie.
+pub const SOURCES_MAX_ENTRIES: u32 = 256;
+
+/// The data of a `SOURCES` key: the family, then the address (IPv4 in the
+/// first four bytes). A prefix of `n` address bits is `8 + n` key bits.
+pub const fn source_key(family: u8, addr: &[u8; 16]) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = family;
+    let mut i = 0;
+    while i < 16 {
+        k[i + 1] = addr[i];
+        i += 1;
+    }
+    k
+}
+
+/// Whether an unspecified source address (0.0.0.0, ::) may be let on to
+/// the protocol checks: a DHCP client before it has an address (v4 UDP to
+/// 67) and IPv6 duplicate address detection (ICMPv6). Anything else from
+/// no address is a spoof.
+pub const fn unspecified_source_allowed(family: u8, proto: u8, dport: u16) -> bool {
+    match family {
+        FAMILY_V4 => proto == 17 && dport == 67,
+        FAMILY_V6 => proto == 58,
+        _ => false,
+    }
+}
+
+/// Whether an address is all zeros (in its family's bytes).
+pub const fn is_unspecified(family: u8, addr: &[u8; 16]) -> bool {
+    let n = if family == FAMILY_V4 { 4 } else { 16 };
+    let mut i = 0;
+    while i < n {
+        if addr[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Capacity of the `LOCAL` table.
 pub const LOCAL_MAX_ENTRIES: u32 = 1024;
 /// `LOCAL` value bit: one of the gateway's own addresses.
@@ -261,6 +306,10 @@ pub enum DropReason {
     /// DHCP to a destination other than broadcast, the DHCPv6 groups, the
     /// gateway or a configured server, or in the server's direction.
     DhcpDestination = 10,
+    /// A source address outside `devices.prefixes` (spoofed), or a
+    /// segment claiming to come from a passthrough service's address that
+    /// belongs to no connection of the gateway's.
+    SourceNotAllowed = 11,
 }
 
 impl DropReason {
@@ -276,6 +325,7 @@ impl DropReason {
             8 => Self::NotConfigured,
             9 => Self::NeighborDiscovery,
             10 => Self::DhcpDestination,
+            11 => Self::SourceNotAllowed,
             _ => return None,
         })
     }
@@ -293,6 +343,7 @@ impl DropReason {
             Self::NotConfigured => "not_configured",
             Self::NeighborDiscovery => "neighbor_discovery_not_allowed",
             Self::DhcpDestination => "dhcp_destination_not_allowed",
+            Self::SourceNotAllowed => "source_not_allowed",
         }
     }
 
@@ -309,6 +360,7 @@ impl DropReason {
             Self::NotConfigured => Counter::DropNotConfigured,
             Self::NeighborDiscovery => Counter::DropNeighborDiscovery,
             Self::DhcpDestination => Counter::DropDhcpDestination,
+            Self::SourceNotAllowed => Counter::DropSource,
         }
     }
 }
@@ -345,10 +397,11 @@ pub enum Counter {
     AssignNtp = 17,
     DropNeighborDiscovery = 18,
     DropDhcpDestination = 19,
+    DropSource = 20,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::PassArp,
@@ -371,6 +424,7 @@ impl Counter {
         Self::AssignNtp,
         Self::DropNeighborDiscovery,
         Self::DropDhcpDestination,
+        Self::DropSource,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -395,6 +449,7 @@ impl Counter {
             Self::AssignNtp => "assign_ntp",
             Self::DropNeighborDiscovery => "drop_neighbor_discovery",
             Self::DropDhcpDestination => "drop_dhcp_destination",
+            Self::DropSource => "drop_source_not_allowed",
         }
     }
 }
@@ -568,7 +623,7 @@ mod tests {
             }
         }
         assert_eq!(DropReason::from_u8(0), None);
-        assert_eq!(DropReason::from_u8(11), None);
+        assert_eq!(DropReason::from_u8(12), None);
     }
 
     #[test]
@@ -635,6 +690,21 @@ mod tests {
             &v6("fd77:1::1"),
             LOCAL_OWN
         ));
+    }
+
+    #[test]
+    fn source_keys_and_unspecified_sources() {
+        let k = source_key(FAMILY_V4, &v4([10, 77, 1, 2]));
+        assert_eq!(k[..5], [FAMILY_V4, 10, 77, 1, 2]);
+        assert!(is_unspecified(FAMILY_V4, &v4([0; 4])));
+        assert!(!is_unspecified(FAMILY_V4, &v4([0, 0, 0, 1])));
+        assert!(is_unspecified(FAMILY_V6, &[0; 16]));
+        assert!(!is_unspecified(FAMILY_V6, &v6("::1")));
+        assert!(unspecified_source_allowed(FAMILY_V4, 17, 67));
+        assert!(!unspecified_source_allowed(FAMILY_V4, 17, 53));
+        assert!(!unspecified_source_allowed(FAMILY_V4, 6, 443));
+        assert!(unspecified_source_allowed(FAMILY_V6, 58, 135));
+        assert!(!unspecified_source_allowed(FAMILY_V6, 6, 443));
     }
 
     #[test]

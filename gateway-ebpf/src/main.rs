@@ -40,16 +40,17 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
     },
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap, lpm_trie::Key},
     programs::TcContext,
 };
 use gateway_common::{
     AddrKey, Counter, DropEvent, DropReason, EVENTS_BYTES, FAMILY_ANY, FAMILY_V4, FAMILY_V6,
     FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLOWS_MAX_ENTRIES, FlowKey, FlowState, INTERCEPT_MANAGER,
     INTERCEPT_MAX_ENTRIES, InterceptKey, LISTENER_V4, LISTENER_V6, LISTENERS_MAX_ENTRIES,
-    LOCAL_MAX_ENTRIES, PORTS_MAX_ENTRIES, PortKind, Settings, UDP_V4, UDP_V6,
-    dhcp_destination_allowed, is_dhcp, is_link_local_v6, is_neighbor_discovery,
-    neighbor_discovery_allowed, opens_connection, udp_service,
+    LOCAL_MAX_ENTRIES, PORTS_MAX_ENTRIES, PortKind, SOURCES_MAX_ENTRIES, Settings, UDP_V4, UDP_V6,
+    dhcp_destination_allowed, is_dhcp, is_link_local_v6, is_neighbor_discovery, is_unspecified,
+    neighbor_discovery_allowed, opens_connection, source_key, udp_service,
+    unspecified_source_allowed,
 };
 
 #[map(name = "SETTINGS")]
@@ -75,6 +76,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map(name = "LOCAL")]
 static LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
+
+#[map(name = "SOURCES")]
+static SOURCES: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(SOURCES_MAX_ENTRIES, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -244,6 +248,9 @@ fn ipv6(ctx: &TcContext, ifindex: u32) -> Result<i32, ()> {
             if !is_neighbor_discovery(icmp_type) {
                 return Ok(drop_packet(&flow, DropReason::Protocol));
             }
+            // No source check here: neighbour discovery is link-scoped
+            // (hop limit 255, checked below) and speaks from whatever
+            // address the host has, link-local, global or none at all.
             let hop_limit: u8 = read(ctx, ETH_HLEN + 7)?;
             // The table is read only for unicast destinations that are not
             // link-local: solicitations to multicast groups, the common
@@ -270,6 +277,9 @@ fn ipv6(ctx: &TcContext, ifindex: u32) -> Result<i32, ()> {
 #[inline(always)]
 fn udp(ctx: &TcContext, l4: usize, mut flow: FlowKey) -> Result<i32, ()> {
     ports(ctx, l4, &mut flow)?;
+    if !source_allowed(&flow) {
+        return Ok(drop_packet(&flow, DropReason::SourceNotAllowed));
+    }
     let settings = settings();
     if let Some(s) = settings
         && let Some(service) = udp_service(s.flags, flow.dport)
@@ -315,9 +325,29 @@ fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
         return drop_packet(flow, DropReason::NotIntercepted);
     }
     if !opens_connection(seg.flags) {
+        // A later segment of an intercepted flow is only marked: it reaches
+        // a socket only if the stack has the connection its SYN opened
+        // (whose source was checked then), else it gets a reset.
+        if !intercepted {
+            // "From a passthrough service's address" is a claim anyone on
+            // the device side can make: only segments of the gateway's
+            // own connection to that service are let in.
+            let sk = lookup(ctx, flow);
+            if sk.is_null() {
+                return drop_packet(flow, DropReason::SourceNotAllowed);
+            }
+            let listening = unsafe { (*sk).state } == BPF_TCP_LISTEN;
+            unsafe { bpf_sk_release(sk as *mut _) };
+            if listening {
+                return drop_packet(flow, DropReason::SourceNotAllowed);
+            }
+        }
         ctx.set_mark(settings.mark);
         count(Counter::MarkSegment);
         return TC_ACT_OK as i32;
+    }
+    if !source_allowed(flow) {
+        return drop_packet(flow, DropReason::SourceNotAllowed);
     }
 
     // A socket for this exact 4-tuple: a request socket (retransmitted
@@ -350,6 +380,24 @@ fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
         return drop_packet(flow, DropReason::NoListener);
     }
     assign(ctx, sk, flow, &settings, Counter::AssignListener)
+}
+
+/// Whether the packet's source is in the devices' prefixes (the `SOURCES`
+/// trie). An unspecified source passes on only where protocols use one
+/// (a DHCP client without an address, duplicate address detection).
+#[inline(always)]
+fn source_allowed(flow: &FlowKey) -> bool {
+    if is_unspecified(flow.family, &flow.saddr) {
+        return unspecified_source_allowed(flow.family, flow.proto, flow.dport);
+    }
+    let bits = if flow.family == FAMILY_V4 {
+        8 + 32
+    } else {
+        8 + 128
+    };
+    SOURCES
+        .get(Key::new(bits, source_key(flow.family, &flow.saddr)))
+        .is_some()
 }
 
 /// The `LOCAL` table's flags for an address (0 when absent).

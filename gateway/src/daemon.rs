@@ -273,9 +273,23 @@ fn socket_slots<'a>(
 
 /// Writes the gateway's own device-side addresses and the configured DHCP
 /// servers into the program's `LOCAL` table.
+/// Also writes the prefixes devices may send from: `devices.prefixes`, or
+/// the device interfaces' subnets.
 fn sync_local(config: &Config, maps: &mut crate::ebpf::Maps) -> anyhow::Result<()> {
     let own = crate::dns::interface_addresses(&config.devices.interfaces);
     let entries = crate::ebpf::local_entries(&own, &config.devices.dhcp_server_addresses());
     maps.sync_local(&entries)
-        .context("writing the gateway's own addresses into the kernel")
+        .context("writing the gateway's own addresses into the kernel")?;
+    let prefixes: Vec<_> = if config.devices.prefixes.is_empty() {
+        crate::dns::interface_subnets(&config.devices.interfaces)
+    } else {
+        config
+            .devices
+            .prefix_list()
+            .into_iter()
+            .map(|(ip, len)| (crate::dns::network(ip, len), len))
+            .collect()
+    };
+    maps.sync_sources(&prefixes)
+        .context("writing the devices' prefixes into the kernel")
 }

@@ -74,9 +74,34 @@ pub struct Devices {
     /// Default none.
     #[serde(default)]
     pub dhcp_servers: Vec<String>,
+    /// The prefixes devices send from (`10.0.3.0/24`, `fd00:3::/64`);
+    /// packets from any other source are spoofed and dropped. Default
+    /// empty: the device interfaces' own subnets (re-read every few
+    /// seconds). Link-local sources stay allowed for neighbour discovery.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+}
+
+/// `ip/len` with the address's family's length bound; host bits may be
+/// set (they are cleared where used).
+pub fn parse_prefix(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = text.split_once('/')?;
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((ip, len))
 }
 
 impl Devices {
+    /// `prefixes`, parsed as (network address, length) (validation
+    /// guarantees they parse).
+    pub fn prefix_list(&self) -> Vec<(std::net::IpAddr, u8)> {
+        self.prefixes
+            .iter()
+            .filter_map(|p| parse_prefix(p))
+            .collect()
+    }
+
     /// `dhcp_servers`, parsed (validation guarantees they parse).
     pub fn dhcp_server_addresses(&self) -> Vec<std::net::IpAddr> {
         self.dhcp_servers

@@ -244,6 +244,16 @@ fn paths_and_kernel_settings_are_checked() {
     ))
     .expect("dhcp servers");
     assert_eq!(ok.devices.dhcp_server_addresses().len(), 2);
+    for bad in ["10.0.3.0", "10.0.3.0/33", "fd00::/129", "x/8"] {
+        let e = err(&MINIMAL.replace("[dev0]", &format!("[dev0]\n  prefixes: [\"{bad}\"]")));
+        assert!(e.contains("devices.prefixes[0]"), "{bad}: {e}");
+    }
+    let ok = Config::parse(&MINIMAL.replace(
+        "[dev0]",
+        "[dev0]\n  prefixes: [\"10.0.3.7/24\", \"fd00:3::/64\"]",
+    ))
+    .expect("prefixes");
+    assert_eq!(ok.devices.prefix_list().len(), 2);
 }
 
 #[test]

@@ -175,6 +175,14 @@ impl Config {
                 ));
             }
         }
+        for (i, text) in self.devices.prefixes.iter().enumerate() {
+            if super::parse_prefix(text).is_none() {
+                return Err(ConfigError::invalid(
+                    format!("devices.prefixes[{i}]"),
+                    format!("`{text}` is not a prefix: write 10.0.3.0/24 or fd00:3::/64"),
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         for (i, name) in ifaces.iter().enumerate() {
             let key = format!("devices.interfaces[{i}]");

@@ -88,6 +88,37 @@ pub fn addresses(names: &[String]) -> Vec<IpAddr> {
     read_interfaces(names).into_iter().map(|a| a.ip).collect()
 }
 
+/// The subnets of the interfaces `names` (network address, prefix
+/// length): the default of the prefixes devices may send from.
+pub fn subnets(names: &[String]) -> Vec<(IpAddr, u8)> {
+    let mut out: Vec<(IpAddr, u8)> = Vec::new();
+    for a in read_interfaces(names) {
+        let net = network(a.ip, a.prefix);
+        if !out.contains(&(net, a.prefix)) {
+            out.push((net, a.prefix));
+        }
+    }
+    out
+}
+
+/// `ip` with the bits past `prefix` cleared.
+pub fn network(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
 fn read_interfaces(names: &[String]) -> Vec<IfAddr> {
     let addrs = match getifaddrs() {
         Ok(a) => a,
@@ -187,6 +218,15 @@ mod tests {
             select(&all, None, far).v4,
             [v4("10.77.1.1"), v4("10.88.0.1")]
         );
+    }
+
+    #[test]
+    fn networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(network(ip("10.77.1.2"), 24), ip("10.77.1.0"));
+        assert_eq!(network(ip("10.77.1.2"), 0), ip("0.0.0.0"));
+        assert_eq!(network(ip("fd77:1::2"), 64), ip("fd77:1::"));
+        assert_eq!(network(ip("fe80::1:2:3:4"), 64), ip("fe80::"));
     }
 
     #[test]

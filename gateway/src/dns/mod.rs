@@ -23,7 +23,7 @@ use std::{
 };
 
 pub use answer::{LocalAddrs, Transport, Verdict, Zone};
-pub use local::addresses as interface_addresses;
+pub use local::{addresses as interface_addresses, network, subnets as interface_subnets};
 
 use crate::{
     audit::{Audit, Event, Record},

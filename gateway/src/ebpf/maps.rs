@@ -6,11 +6,13 @@ use std::{
     os::fd::BorrowedFd,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, SockMap};
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, SockMap, lpm_trie::Key,
+};
 use gateway_common::{
     AddrKey, Counter, DNS_PORT, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLAG_DNS,
     FLAG_NTP, FlowKey, FlowState, INTERCEPT_MANAGER, InterceptKey, LOCAL_DHCP_SERVER, LOCAL_OWN,
-    PORTS_MAX_ENTRIES, PortKind, Settings, maps as names,
+    PORTS_MAX_ENTRIES, PortKind, Settings, maps as names, source_key,
 };
 
 use super::{EbpfError, pins::Pins};
@@ -27,6 +29,7 @@ pub struct Maps {
     pub events: Option<RingBuf<MapData>>,
     pub listeners: SockMap<MapData>,
     pub local: HashMap<MapData, AddrKey, u32>,
+    pub sources: LpmTrie<MapData, [u8; 17], u32>,
 }
 
 fn map_err(name: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
@@ -64,6 +67,8 @@ impl Maps {
                 .map_err(map_err(names::LISTENERS))?,
             local: HashMap::try_from(Map::HashMap(open(names::LOCAL)?))
                 .map_err(map_err(names::LOCAL))?,
+            sources: LpmTrie::try_from(Map::LpmTrie(open(names::SOURCES)?))
+                .map_err(map_err(names::SOURCES))?,
         })
     }
 
@@ -92,6 +97,7 @@ impl Maps {
             listeners: SockMap::try_from(take(names::LISTENERS)?)
                 .map_err(map_err(names::LISTENERS))?,
             local: HashMap::try_from(take(names::LOCAL)?).map_err(map_err(names::LOCAL))?,
+            sources: LpmTrie::try_from(take(names::SOURCES)?).map_err(map_err(names::SOURCES))?,
         })
     }
 
@@ -178,6 +184,32 @@ impl Maps {
             .collect();
         for key in stale {
             self.local.remove(&key).map_err(map_err(names::LOCAL))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the `SOURCES` trie hold exactly the prefixes `wanted`
+    /// (network address, prefix length), new ones first.
+    pub fn sync_sources(&mut self, wanted: &[(IpAddr, u8)]) -> Result<(), EbpfError> {
+        let mut keys: HashSet<(u32, [u8; 17])> = HashSet::new();
+        for (ip, len) in wanted {
+            let (family, bytes) = family_bytes(*ip);
+            let data = source_key(family, &bytes);
+            let bits = 8 + u32::from(*len);
+            if keys.insert((bits, data)) {
+                self.sources
+                    .insert(&Key::new(bits, data), 1, 0)
+                    .map_err(map_err(names::SOURCES))?;
+            }
+        }
+        let stale: Vec<Key<[u8; 17]>> = self
+            .sources
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keys.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale {
+            self.sources.remove(&key).map_err(map_err(names::SOURCES))?;
         }
         Ok(())
     }
