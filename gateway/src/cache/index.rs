@@ -140,6 +140,18 @@ impl Index {
         tx.commit().map_err(CacheError::index(op))
     }
 
+    /// Forgets a reference; `Ok(false)` when there was none.
+    pub(super) fn remove_ref(&self, key: (&str, &str, &str)) -> Result<bool, CacheError> {
+        let op = "remove a reference";
+        let tx = self.db.begin_write().map_err(CacheError::index(op))?;
+        let removed = {
+            let mut table = tx.open_table(REFS).map_err(CacheError::index(op))?;
+            table.remove(key).map_err(CacheError::index(op))?.is_some()
+        };
+        tx.commit().map_err(CacheError::index(op))?;
+        Ok(removed)
+    }
+
     pub(super) fn get_ref(&self, key: (&str, &str, &str)) -> Result<Option<RefEntry>, CacheError> {
         let op = "read a reference";
         let tx = self.db.begin_read().map_err(CacheError::index(op))?;

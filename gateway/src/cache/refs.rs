@@ -52,6 +52,21 @@ impl Cache {
             .map_err(CacheError::task("read a reference"))?
     }
 
+    /// Forgets what `site`/`repo`:`reference` resolved to (upstream
+    /// revoked it); `Ok(false)` when nothing was held.
+    pub async fn remove_ref(
+        &self,
+        site: &str,
+        repo: &str,
+        reference: &str,
+    ) -> Result<bool, CacheError> {
+        let inner = Arc::clone(&self.inner);
+        let (site, repo, reference) = (site.to_owned(), repo.to_owned(), reference.to_owned());
+        tokio::task::spawn_blocking(move || inner.index.remove_ref((&site, &repo, &reference)))
+            .await
+            .map_err(CacheError::task("remove a reference"))?
+    }
+
     /// Every reference as `(site, repo, reference, entry)`, sorted by key.
     pub async fn list_refs(&self) -> Result<Vec<(String, String, String, RefEntry)>, CacheError> {
         let inner = Arc::clone(&self.inner);

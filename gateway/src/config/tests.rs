@@ -312,6 +312,13 @@ fn bad_sites_are_named() {
         "    credentials:\n      username: u\n      password: hunter2\n",
     ));
     assert!(e.contains("password"), "{e}");
+    let e = err(&site(
+        "    upstream: http://reg.example.test\n    credentials:\n      username: u\n      password_env: P\n",
+    ));
+    assert!(
+        e.contains("sites[0].credentials") && e.contains("clear"),
+        "{e}"
+    );
     let e = err(&site("    kind2: oci\n"));
     assert!(e.contains("kind2"), "{e}");
     let e = err(&format!(

@@ -107,6 +107,14 @@ impl Config {
             }
             if let Some(c) = &site.credentials {
                 let key = format!("{key}.credentials");
+                if url.starts_with("http://") {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "credentials for a plain http upstream (`{url}`) would cross the network in clear: use an https:// upstream"
+                        ),
+                    ));
+                }
                 match (&c.password_file, &c.password_env) {
                     (Some(_), Some(_)) => {
                         return Err(ConfigError::invalid(

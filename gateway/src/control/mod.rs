@@ -2,8 +2,11 @@
 //! to a running daemon (which holds the cache open), and what they do
 //! themselves when no daemon runs.
 //!
-//! Protocol: a Unix socket at `<state_dir>/control.sock`, mode 0600. The
-//! client writes one JSON request line, `{"cmd":"ls"}` or
+//! Protocol: a Unix socket at `<state_dir>/control/control.sock`, in a
+//! directory of mode 0700 (so no one else can reach the socket even in the
+//! moment between its creation and its chmod), mode 0600, answering only
+//! root and the daemon's own user (`SO_PEERCRED`). The client writes one
+//! JSON request line (at most [`REQUEST_MAX`] bytes), `{"cmd":"ls"}` or
 //! `{"cmd":"seed","reference":"host/repo:tag"}`; the server answers with
 //! `{"progress":"..."}` lines and ends with `{"ok":...}` or
 //! `{"error":"..."}`.
@@ -17,9 +20,23 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const SOCKET_NAME: &str = "control.sock";
+/// The directory of the socket, inside `state_dir`.
+pub const SOCKET_DIR: &str = "control";
+/// The longest request line the daemon reads.
+pub const REQUEST_MAX: u64 = 64 * 1024;
+
+pub fn socket_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_DIR)
+}
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(SOCKET_NAME)
+    socket_dir(state_dir).join(SOCKET_NAME)
+}
+
+/// Whether a peer with user id `peer` may use the socket of a daemon
+/// running as `own`: root, or the daemon's own user.
+pub fn peer_allowed(peer: u32, own: u32) -> bool {
+    peer == 0 || peer == own
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,6 +96,15 @@ mod tests {
         assert_eq!(r(&format!("reg.test/a@{d}")).2, d);
         assert!(parse_reference("nohost").is_err());
         assert!(parse_reference("/a:b").is_err());
+    }
+
+    #[test]
+    fn only_root_and_the_daemons_user_may_connect() {
+        assert!(peer_allowed(0, 0));
+        assert!(peer_allowed(0, 998));
+        assert!(peer_allowed(998, 998));
+        assert!(!peer_allowed(1000, 998));
+        assert!(!peer_allowed(1000, 0));
     }
 
     #[test]

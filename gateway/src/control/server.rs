@@ -3,12 +3,14 @@
 use std::{collections::HashMap, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, watch},
 };
 
-use super::{Reply, Request, listing, parse_reference, socket_path};
+use super::{
+    REQUEST_MAX, Reply, Request, listing, parse_reference, peer_allowed, socket_dir, socket_path,
+};
 use crate::{cache::Cache, registry::oci::OciSite};
 
 /// What the control socket can act on.
@@ -24,15 +26,30 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let path = socket_path(state_dir);
-    tokio::fs::create_dir_all(state_dir).await?;
+    let dir = socket_dir(state_dir);
+    tokio::fs::create_dir_all(&dir).await?;
+    // Tightened before the socket exists: binding happens inside it.
+    tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).await?;
     // A socket left by a daemon that was killed.
     let _ = tokio::fs::remove_file(&path).await;
     let listener = UnixListener::bind(&path)?;
     tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).await?;
+    let own_uid = nix::unistd::geteuid().as_raw();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    match stream.peer_cred() {
+                        Ok(cred) if peer_allowed(cred.uid(), own_uid) => {}
+                        Ok(cred) => {
+                            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a peer of another user");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control socket: no peer credentials; refused");
+                            continue;
+                        }
+                    }
                     let control = control.clone();
                     tokio::spawn(async move { handle(control, stream).await });
                 }
@@ -48,8 +65,18 @@ pub async fn serve(
 async fn handle(control: Arc<Control>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let mut reader = BufReader::new(read);
+    // A peer that never ends its line cannot make the daemon buffer more.
+    let mut reader = BufReader::new(read.take(REQUEST_MAX));
     if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    if !line.ends_with('\n') && line.len() as u64 >= REQUEST_MAX {
+        let mut bytes = serde_json::to_vec(&Reply::Error(format!(
+            "request longer than {REQUEST_MAX} bytes"
+        )))
+        .unwrap_or_default();
+        bytes.push(b'\n');
+        let _ = write.write_all(&bytes).await;
         return;
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
@@ -95,5 +122,49 @@ pub async fn execute(
             .await?;
             Ok(serde_json::to_value(report)?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_endless_request_line_is_cut_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path(), 1 << 20).await.expect("cache");
+        let control = Arc::new(Control {
+            cache,
+            oci: HashMap::new(),
+        });
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        let task = tokio::spawn(handle(control, server));
+        // More than the limit and no newline: the daemon must not wait for
+        // the rest or buffer it.
+        // (Exactly the limit: bytes left unread would make the close a reset.)
+        let junk = vec![b'x'; REQUEST_MAX as usize];
+        let _ = client.write_all(&junk).await;
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.contains("longer than"), "{answer}");
+        task.await.expect("handler");
+        // A normal request still works.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let control = Arc::new(Control {
+            cache: Cache::open(dir2.path(), 1 << 20).await.expect("cache"),
+            oci: HashMap::new(),
+        });
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        let task = tokio::spawn(handle(control, server));
+        client
+            .write_all(b"{\"cmd\":\"ls\"}\n")
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.contains("\"ok\""), "{answer}");
+        task.await.expect("handler");
     }
 }

@@ -261,7 +261,14 @@ pub(super) async fn resolve(
                 stale_because: None,
             })
         }
-        (Err(Failure::Status(resp)), _) if !is_outage(resp.status()) => {
+        (Err(Failure::Status(resp)), held) if !is_outage(resp.status()) => {
+            if resp.status() == StatusCode::FORBIDDEN && held.is_some() {
+                // Upstream revoked access: the copy held must not be served
+                // stale later either (a 401 is only the token dance failing).
+                if let Err(e) = site.cache.remove_ref(&site.host, name, key).await {
+                    tracing::warn!(error = %e, %name, %key, "cannot forget a revoked reference");
+                }
+            }
             let mut o = Outcome::new(resp);
             o.cache = Some("miss");
             o.upstream_ms = Some(ms(started));
@@ -396,12 +403,12 @@ impl Failure {
 }
 
 /// Statuses that mean "upstream cannot answer now" rather than an answer:
-/// they make the gateway serve a stale copy when it holds one.
+/// they make the gateway serve a stale copy when it holds one. A 403 is an
+/// answer: access was revoked, and revoked content is not served stale.
 fn is_outage(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
         || status == StatusCode::UNAUTHORIZED
-        || status == StatusCode::FORBIDDEN
 }
 
 pub(super) async fn fetch(
@@ -416,6 +423,7 @@ pub(super) async fn fetch(
         let code = match (status, kind) {
             (StatusCode::NOT_FOUND, Kind::Manifest) => "MANIFEST_UNKNOWN",
             (StatusCode::NOT_FOUND, Kind::Other) => "NAME_UNKNOWN",
+            (StatusCode::FORBIDDEN, _) => "DENIED",
             _ => "UNAVAILABLE",
         };
         let mut out = response::error(status, code, &format!("upstream answered {status}"));

@@ -531,3 +531,40 @@ fn queries_are_decoded() {
     assert_eq!(percent_decode("%+1x"), "%+1x", "a sign is no hex digit");
     assert_eq!(percent_decode("%c3%a9"), "é");
 }
+
+/// A 403 from upstream is an answer, not an outage: access was revoked,
+/// so the tag held is neither served stale now nor later, when upstream
+/// goes down.
+#[tokio::test]
+async fn a_403_revokes_the_held_tag() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let status = Arc::new(AtomicU16::new(200));
+    let server = Server::start({
+        let status = status.clone();
+        move |_seen| match status.load(Ordering::SeqCst) {
+            200 => manifest_reply(MT_MANIFEST, manifest),
+            s => reply(s, &[], ""),
+        }
+    })
+    .await;
+    let (_dir, site) = site(&server, Duration::ZERO).await;
+    let path = "/v2/app/manifests/v1";
+    let (o, body) = ask(&site, Method::GET, path).await;
+    assert_eq!(o.response.status(), StatusCode::OK);
+    assert_eq!(&body[..], &manifest[..]);
+
+    status.store(403, Ordering::SeqCst);
+    let (o, body) = ask(&site, Method::GET, path).await;
+    assert_eq!(o.response.status(), StatusCode::FORBIDDEN, "{:?}", o.detail);
+    assert!(
+        String::from_utf8_lossy(&body).contains("DENIED"),
+        "{body:?}"
+    );
+
+    // Upstream down now: the revoked tag is not brought back as stale.
+    status.store(503, Ordering::SeqCst);
+    let (o, body) = ask(&site, Method::GET, path).await;
+    assert_ne!(o.response.status(), StatusCode::OK, "{body:?}");
+    assert_ne!(o.cache, Some("stale"));
+    assert_ne!(&body[..], &manifest[..]);
+}
