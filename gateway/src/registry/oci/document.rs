@@ -17,6 +17,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use super::{
     OciSite,
+    query::Query,
     response::{self, MANIFEST_ACCEPT},
     route::Reference,
 };
@@ -46,9 +47,9 @@ pub async fn manifest(
     method: &Method,
     name: &str,
     reference: &Reference,
-    query: &str,
 ) -> Outcome {
-    let path = format!("/v2/{name}/manifests/{}{query}", reference.as_str());
+    // The API defines no query for manifests: none goes upstream.
+    let path = format!("/v2/{name}/manifests/{}", reference.as_str());
     match reference {
         Reference::Tag(tag) => {
             mutable(
@@ -65,17 +66,48 @@ pub async fn manifest(
     }
 }
 
-pub async fn tags(site: &OciSite, method: &Method, name: &str, query: &str) -> Outcome {
-    let path = format!("/v2/{name}/tags/list{query}");
-    mutable(
+/// The tag list: one document per repository, fetched whole and cached
+/// under one key; a device's page (`n`, `last`) is cut from it here, so
+/// pages work offline too and device queries never multiply cache keys.
+pub async fn tags(site: &OciSite, method: &Method, name: &str, query: &Query) -> Outcome {
+    let path = format!("/v2/{name}/tags/list");
+    let req = UpstreamRequest::get(&path).with_scope(OciSite::scope(name));
+    let resolved = match resolve(
         site,
-        method,
         name,
-        &format!("tags/list{query}"),
-        &path,
+        "tags/list",
         Kind::Other,
+        None,
+        fetch(site, req, Kind::Other),
     )
     .await
+    {
+        Ok(r) => r,
+        Err(outcome) => return outcome,
+    };
+    if query.n.is_none() && query.last.is_none() {
+        return resolved.serve(method, &resolved.doc, Kind::Other);
+    }
+    let Some((bytes, next)) =
+        super::query::page(&resolved.doc.bytes, query.n, query.last.as_deref())
+    else {
+        return response::failed(
+            StatusCode::BAD_GATEWAY,
+            "UNAVAILABLE",
+            "upstream",
+            format!("upstream's tag list of {name} is not a tag list"),
+        );
+    };
+    let doc = Doc::composed(Bytes::from(bytes), &resolved.doc.media_type, None);
+    let mut o = resolved.serve(method, &doc, Kind::Other);
+    if let (Some(next), Some(n)) = (next, query.n)
+        && let Ok(link) = HeaderValue::from_str(&format!(
+            "</v2/{name}/tags/list?n={n}&last={next}>; rel=\"next\""
+        ))
+    {
+        o.response.headers_mut().insert(header::LINK, link);
+    }
+    o
 }
 
 /// A fetched or cached document.

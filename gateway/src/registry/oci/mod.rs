@@ -11,6 +11,7 @@
 
 mod blob;
 mod document;
+mod query;
 mod range;
 mod referrers;
 mod response;
@@ -24,6 +25,7 @@ use hyper::body::Incoming;
 
 use super::{Outcome, SiteService};
 use crate::{cache::Cache, upstream::Upstream};
+use query::Query;
 use route::Route;
 
 pub struct OciSite {
@@ -65,10 +67,18 @@ impl OciSite {
                 ),
             );
         }
-        let query = match upstream_query(req.uri.query(), &self.host) {
+        let query = match Query::parse(req.uri.query(), &self.host) {
             Ok(q) => q,
-            Err(detail) => {
+            Err(detail) if detail.starts_with("ns=") => {
                 return response::failed(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "device", detail);
+            }
+            Err(detail) => {
+                return response::failed(
+                    StatusCode::BAD_REQUEST,
+                    "PAGINATION_NUMBER_INVALID",
+                    "device",
+                    detail,
+                );
             }
         };
         let headers = &req.headers;
@@ -82,11 +92,11 @@ impl OciSite {
                 Outcome::new(resp)
             }
             Route::Manifest { name, reference } => {
-                document::manifest(self, &method, &name, &reference, &query).await
+                document::manifest(self, &method, &name, &reference).await
             }
             Route::Tags { name } => document::tags(self, &method, &name, &query).await,
             Route::Referrers { name, digest } => {
-                referrers::referrers(self, &method, &name, &digest, &query).await
+                referrers::referrers(self, &method, &name, &digest, &query.referrers_query()).await
             }
             Route::Blob { name, digest } => {
                 blob::blob(self, &method, &name, &digest, headers).await
@@ -116,51 +126,5 @@ impl OciSite {
 
     fn scope(name: &str) -> String {
         format!("repository:{name}:pull")
-    }
-}
-
-/// The query to send upstream: containerd's `ns` parameter (the registry a
-/// mirror request is for) must name this site and is not forwarded; the
-/// rest is passed on as it came.
-fn upstream_query(query: Option<&str>, host: &str) -> Result<String, String> {
-    let Some(query) = query else {
-        return Ok(String::new());
-    };
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key == "ns" {
-            if !value.eq_ignore_ascii_case(host) {
-                return Err(format!("ns={value} names another registry than {host}"));
-            }
-            continue;
-        }
-        kept.push(pair);
-    }
-    Ok(if kept.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", kept.join("&"))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn containerd_ns_is_checked_and_stripped() {
-        let h = "registry.example.test";
-        assert_eq!(upstream_query(None, h), Ok(String::new()));
-        assert_eq!(
-            upstream_query(Some("ns=registry.example.test"), h),
-            Ok(String::new())
-        );
-        assert_eq!(
-            upstream_query(Some("ns=Registry.Example.Test&artifactType=x"), h),
-            Ok("?artifactType=x".into())
-        );
-        assert!(upstream_query(Some("ns=docker.io"), h).is_err());
-        assert_eq!(upstream_query(Some("n=1&&m=2"), h), Ok("?n=1&m=2".into()));
     }
 }
