@@ -12,7 +12,7 @@
 ///
 /// The daemon stores it beside its pins; a daemon that finds pins of another
 /// version replaces them rather than adopting them.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Name of the TC ingress program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_ingress";
@@ -42,13 +42,15 @@ pub mod maps {
     /// ([`crate::LOCAL_OWN`]) and the configured DHCP servers
     /// ([`crate::LOCAL_DHCP_SERVER`]).
     pub const LOCAL: &str = "LOCAL";
-    /// `LpmTrie<[u8; 17], u32>` ([`crate::source_key`]): the prefixes
-    /// devices may send from (`devices.prefixes`, default the device
-    /// interfaces' own subnets).
-    pub const SOURCES: &str = "SOURCES";
+    /// `LpmTrie<[u8; 4], u32>` and `LpmTrie<[u8; 16], u32>`: the v4 and
+    /// v6 prefixes devices may send from (`devices.prefixes`, default the
+    /// device interfaces' own subnets). One trie per family keeps each
+    /// lookup's key small on the program's stack.
+    pub const SOURCES4: &str = "SOURCES4";
+    pub const SOURCES6: &str = "SOURCES6";
     /// Every map, in a fixed order (pinning, adoption, removal).
-    pub const ALL: [&str; 9] = [
-        SETTINGS, INTERCEPT, PORTS, COUNTERS, FLOWS, EVENTS, LISTENERS, LOCAL, SOURCES,
+    pub const ALL: [&str; 10] = [
+        SETTINGS, INTERCEPT, PORTS, COUNTERS, FLOWS, EVENTS, LISTENERS, LOCAL, SOURCES4, SOURCES6,
     ];
 }
 
@@ -164,21 +166,8 @@ impl InterceptKey {
     }
 }
 
-/// Capacity of the `SOURCES` trie.
+/// Capacity of each `SOURCES` trie.
 pub const SOURCES_MAX_ENTRIES: u32 = 256;
-
-/// The data of a `SOURCES` key: the family, then the address (IPv4 in the
-/// first four bytes). A prefix of `n` address bits is `8 + n` key bits.
-pub const fn source_key(family: u8, addr: &[u8; 16]) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = family;
-    let mut i = 0;
-    while i < 16 {
-        k[i + 1] = addr[i];
-        i += 1;
-    }
-    k
-}
 
 /// Whether an unspecified source address (0.0.0.0, ::) may be let on to
 /// the protocol checks: a DHCP client before it has an address (v4 UDP to
@@ -694,8 +683,6 @@ mod tests {
 
     #[test]
     fn source_keys_and_unspecified_sources() {
-        let k = source_key(FAMILY_V4, &v4([10, 77, 1, 2]));
-        assert_eq!(k[..5], [FAMILY_V4, 10, 77, 1, 2]);
         assert!(is_unspecified(FAMILY_V4, &v4([0; 4])));
         assert!(!is_unspecified(FAMILY_V4, &v4([0, 0, 0, 1])));
         assert!(is_unspecified(FAMILY_V6, &[0; 16]));

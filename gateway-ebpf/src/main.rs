@@ -49,8 +49,7 @@ use gateway_common::{
     INTERCEPT_MAX_ENTRIES, InterceptKey, LISTENER_V4, LISTENER_V6, LISTENERS_MAX_ENTRIES,
     LOCAL_MAX_ENTRIES, PORTS_MAX_ENTRIES, PortKind, SOURCES_MAX_ENTRIES, Settings, UDP_V4, UDP_V6,
     dhcp_destination_allowed, is_dhcp, is_link_local_v6, is_neighbor_discovery, is_unspecified,
-    neighbor_discovery_allowed, opens_connection, source_key, udp_service,
-    unspecified_source_allowed,
+    neighbor_discovery_allowed, opens_connection, udp_service, unspecified_source_allowed,
 };
 
 #[map(name = "SETTINGS")]
@@ -77,8 +76,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "LOCAL")]
 static LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
 
-#[map(name = "SOURCES")]
-static SOURCES: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(SOURCES_MAX_ENTRIES, 0);
+#[map(name = "SOURCES4")]
+static SOURCES4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(SOURCES_MAX_ENTRIES, 0);
+
+#[map(name = "SOURCES6")]
+static SOURCES6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(SOURCES_MAX_ENTRIES, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -296,7 +298,7 @@ fn udp(ctx: &TcContext, l4: usize, mut flow: FlowKey) -> Result<i32, ()> {
         if sk.is_null() {
             return Ok(drop_packet(&flow, DropReason::NoListener));
         }
-        return Ok(assign(ctx, sk, &flow, &s, service.counter()));
+        return Ok(assign(ctx, sk, &flow, s, service.counter()));
     }
     if is_dhcp(flow.family, flow.sport, flow.dport)
         && settings.is_some_and(|s| s.flags & FLAG_ALLOW_DHCP != 0)
@@ -324,38 +326,44 @@ fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
     if !intercepted && !from_manager {
         return drop_packet(flow, DropReason::NotIntercepted);
     }
-    if !opens_connection(seg.flags) {
+    let opens = opens_connection(seg.flags);
+    if !opens && intercepted {
         // A later segment of an intercepted flow is only marked: it reaches
         // a socket only if the stack has the connection its SYN opened
         // (whose source was checked then), else it gets a reset.
-        if !intercepted {
-            // "From a passthrough service's address" is a claim anyone on
-            // the device side can make: only segments of the gateway's
-            // own connection to that service are let in.
-            let sk = lookup(ctx, flow);
-            if sk.is_null() {
-                return drop_packet(flow, DropReason::SourceNotAllowed);
-            }
-            let listening = unsafe { (*sk).state } == BPF_TCP_LISTEN;
-            unsafe { bpf_sk_release(sk as *mut _) };
-            if listening {
-                return drop_packet(flow, DropReason::SourceNotAllowed);
-            }
+        ctx.set_mark(settings.mark);
+        count(Counter::MarkSegment);
+        return TC_ACT_OK as i32;
+    }
+    if opens && !source_allowed(flow) {
+        return drop_packet(flow, DropReason::SourceNotAllowed);
+    }
+
+    // A socket for this exact 4-tuple: for a SYN, a request socket
+    // (retransmitted SYN) or a TIME-WAIT one, which the stack's rules then
+    // handle; for a segment claiming a passthrough service's address, the
+    // gateway's own connection to it. (One lookup site: each inlined copy
+    // costs the program stack, which old verifiers bound tightly.)
+    let sk = lookup(ctx, flow);
+    if !opens {
+        // "From a passthrough service's address" is a claim anyone on the
+        // device side can make: only segments of the gateway's own
+        // connection to that service are let in.
+        if sk.is_null() {
+            return drop_packet(flow, DropReason::SourceNotAllowed);
+        }
+        let listening = unsafe { (*sk).state } == BPF_TCP_LISTEN;
+        unsafe { bpf_sk_release(sk as *mut _) };
+        if listening {
+            return drop_packet(flow, DropReason::SourceNotAllowed);
         }
         ctx.set_mark(settings.mark);
         count(Counter::MarkSegment);
         return TC_ACT_OK as i32;
     }
-    if !source_allowed(flow) {
-        return drop_packet(flow, DropReason::SourceNotAllowed);
-    }
-
-    // A socket for this exact 4-tuple: a request socket (retransmitted
-    // SYN) or a TIME-WAIT one, which the stack's rules then handle.
-    let sk = lookup(ctx, flow);
     if !sk.is_null() {
         if unsafe { (*sk).state } != BPF_TCP_LISTEN {
-            return assign(ctx, sk, flow, &settings, Counter::AssignEstablished);
+            return assign(ctx, sk, flow, settings, Counter::AssignEstablished);
         }
         // A listener of the host's own on the original port is not ours.
         unsafe { bpf_sk_release(sk as *mut _) };
@@ -379,25 +387,25 @@ fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
         unsafe { bpf_sk_release(sk as *mut _) };
         return drop_packet(flow, DropReason::NoListener);
     }
-    assign(ctx, sk, flow, &settings, Counter::AssignListener)
+    assign(ctx, sk, flow, settings, Counter::AssignListener)
 }
 
-/// Whether the packet's source is in the devices' prefixes (the `SOURCES`
-/// trie). An unspecified source passes on only where protocols use one
+/// Whether the packet's source is in the devices' prefixes (the
+/// `SOURCES4`/`SOURCES6` tries). An unspecified source passes on only where protocols use one
 /// (a DHCP client without an address, duplicate address detection).
 #[inline(always)]
 fn source_allowed(flow: &FlowKey) -> bool {
     if is_unspecified(flow.family, &flow.saddr) {
         return unspecified_source_allowed(flow.family, flow.proto, flow.dport);
     }
-    let bits = if flow.family == FAMILY_V4 {
-        8 + 32
+    if flow.family == FAMILY_V4 {
+        let a = &flow.saddr;
+        SOURCES4
+            .get(Key::new(32, [a[0], a[1], a[2], a[3]]))
+            .is_some()
     } else {
-        8 + 128
-    };
-    SOURCES
-        .get(Key::new(bits, source_key(flow.family, &flow.saddr)))
-        .is_some()
+        SOURCES6.get(Key::new(128, flow.saddr)).is_some()
+    }
 }
 
 /// The `LOCAL` table's flags for an address (0 when absent).
@@ -513,8 +521,11 @@ fn ports(ctx: &TcContext, l4: usize, flow: &mut FlowKey) -> Result<(), ()> {
 }
 
 #[inline(always)]
-fn settings() -> Option<Settings> {
-    SETTINGS.get(0).copied()
+/// The settings in the map, by reference: a copy on the stack per call
+/// site (one in every inlined drop) would push the program past the stack
+/// old verifiers allow.
+fn settings() -> Option<&'static Settings> {
+    SETTINGS.get(0)
 }
 
 /// Counts the drop, reports it at most once per interval per flow, and

@@ -12,7 +12,7 @@ use aya::maps::{
 use gateway_common::{
     AddrKey, Counter, DNS_PORT, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLAG_DNS,
     FLAG_NTP, FlowKey, FlowState, INTERCEPT_MANAGER, InterceptKey, LOCAL_DHCP_SERVER, LOCAL_OWN,
-    PORTS_MAX_ENTRIES, PortKind, Settings, maps as names, source_key,
+    PORTS_MAX_ENTRIES, PortKind, Settings, maps as names,
 };
 
 use super::{EbpfError, pins::Pins};
@@ -29,7 +29,8 @@ pub struct Maps {
     pub events: Option<RingBuf<MapData>>,
     pub listeners: SockMap<MapData>,
     pub local: HashMap<MapData, AddrKey, u32>,
-    pub sources: LpmTrie<MapData, [u8; 17], u32>,
+    pub sources4: LpmTrie<MapData, [u8; 4], u32>,
+    pub sources6: LpmTrie<MapData, [u8; 16], u32>,
 }
 
 fn map_err(name: &str) -> impl Fn(aya::maps::MapError) -> EbpfError + '_ {
@@ -67,8 +68,10 @@ impl Maps {
                 .map_err(map_err(names::LISTENERS))?,
             local: HashMap::try_from(Map::HashMap(open(names::LOCAL)?))
                 .map_err(map_err(names::LOCAL))?,
-            sources: LpmTrie::try_from(Map::LpmTrie(open(names::SOURCES)?))
-                .map_err(map_err(names::SOURCES))?,
+            sources4: LpmTrie::try_from(Map::LpmTrie(open(names::SOURCES4)?))
+                .map_err(map_err(names::SOURCES4))?,
+            sources6: LpmTrie::try_from(Map::LpmTrie(open(names::SOURCES6)?))
+                .map_err(map_err(names::SOURCES6))?,
         })
     }
 
@@ -97,7 +100,10 @@ impl Maps {
             listeners: SockMap::try_from(take(names::LISTENERS)?)
                 .map_err(map_err(names::LISTENERS))?,
             local: HashMap::try_from(take(names::LOCAL)?).map_err(map_err(names::LOCAL))?,
-            sources: LpmTrie::try_from(take(names::SOURCES)?).map_err(map_err(names::SOURCES))?,
+            sources4: LpmTrie::try_from(take(names::SOURCES4)?)
+                .map_err(map_err(names::SOURCES4))?,
+            sources6: LpmTrie::try_from(take(names::SOURCES6)?)
+                .map_err(map_err(names::SOURCES6))?,
         })
     }
 
@@ -188,28 +194,52 @@ impl Maps {
         Ok(())
     }
 
-    /// Makes the `SOURCES` trie hold exactly the prefixes `wanted`
-    /// (network address, prefix length), new ones first.
+    /// Makes the `SOURCES4`/`SOURCES6` tries hold exactly the prefixes
+    /// `wanted` (network address, prefix length), new ones first.
     pub fn sync_sources(&mut self, wanted: &[(IpAddr, u8)]) -> Result<(), EbpfError> {
-        let mut keys: HashSet<(u32, [u8; 17])> = HashSet::new();
+        let mut keep4: HashSet<(u32, [u8; 4])> = HashSet::new();
+        let mut keep6: HashSet<(u32, [u8; 16])> = HashSet::new();
         for (ip, len) in wanted {
-            let (family, bytes) = family_bytes(*ip);
-            let data = source_key(family, &bytes);
-            let bits = 8 + u32::from(*len);
-            if keys.insert((bits, data)) {
-                self.sources
-                    .insert(&Key::new(bits, data), 1, 0)
-                    .map_err(map_err(names::SOURCES))?;
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => {
+                    let k = (u32::from(*len).min(32), v4.octets());
+                    if keep4.insert(k) {
+                        self.sources4
+                            .insert(&Key::new(k.0, k.1), 1, 0)
+                            .map_err(map_err(names::SOURCES4))?;
+                    }
+                }
+                IpAddr::V6(v6) => {
+                    let k = (u32::from(*len).min(128), v6.octets());
+                    if keep6.insert(k) {
+                        self.sources6
+                            .insert(&Key::new(k.0, k.1), 1, 0)
+                            .map_err(map_err(names::SOURCES6))?;
+                    }
+                }
             }
         }
-        let stale: Vec<Key<[u8; 17]>> = self
-            .sources
+        let stale4: Vec<Key<[u8; 4]>> = self
+            .sources4
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !keys.contains(&(k.prefix_len(), k.data())))
+            .filter(|k| !keep4.contains(&(k.prefix_len(), k.data())))
             .collect();
-        for key in stale {
-            self.sources.remove(&key).map_err(map_err(names::SOURCES))?;
+        for key in stale4 {
+            self.sources4
+                .remove(&key)
+                .map_err(map_err(names::SOURCES4))?;
+        }
+        let stale6: Vec<Key<[u8; 16]>> = self
+            .sources6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep6.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale6 {
+            self.sources6
+                .remove(&key)
+                .map_err(map_err(names::SOURCES6))?;
         }
         Ok(())
     }
