@@ -15,10 +15,14 @@ pub mod audit;
 /// `cargo xtask bench` (issue 5): the gateway beside its peers.
 pub mod bench;
 pub mod config;
+/// A stock containerd (`ctr`) in a site namespace.
+pub mod containerd;
 pub mod device;
 /// DNS and NTP clients in the device namespace (issue 10).
 pub mod dns;
 pub mod gateway;
+/// Docker Hub's shape (registry, token server, CDN) and a wrong resolver.
+pub mod hub;
 pub mod kernel;
 pub mod netns;
 pub mod oci;

@@ -26,7 +26,8 @@ pub mod curl;
 pub mod netns_etc;
 pub mod oci_gateway;
 
-mod certs;
+/// The test PKI (also the hub's, [`crate::hub`]).
+pub(crate) mod certs;
 mod push;
 
 use std::{
@@ -87,6 +88,21 @@ pub struct RegistryOptions {
     pub credentials: Option<Credentials>,
 }
 
+/// What [`Registry::start_with`] writes under `/etc/netns` besides the
+/// registry's own name. A separate type rather than more fields of
+/// [`RegistryOptions`], which tests build as struct literals.
+#[derive(Clone, Debug, Default)]
+pub struct EtcOptions {
+    /// More `(name, address)` lines for the gateway namespace's `hosts`:
+    /// other upstream hosts the gateway must resolve (the hub's names,
+    /// [`crate::hub::host_entries`]).
+    pub gateway_hosts: Vec<(String, String)>,
+    /// Leave `/etc/netns/<device ns>` alone: the test writes the device's
+    /// own files (its resolv.conf, its trust store) with
+    /// [`netns_etc::NetnsEtc::create`].
+    pub leave_device_etc: bool,
+}
+
 /// A running `docker-registry` in the site's upstream namespace.
 pub struct Registry<'s> {
     site: &'s Site,
@@ -114,6 +130,12 @@ impl<'s> Registry<'s> {
     /// Writes the PKI, config and hosts files, starts the registry and
     /// waits until `/v2/` answers over TLS from the upstream namespace.
     pub fn start(site: &'s Site, opts: RegistryOptions) -> Result<Self> {
+        Self::start_with(site, opts, EtcOptions::default())
+    }
+
+    /// [`Self::start`], with `etc` saying what goes into the namespaces'
+    /// `/etc/netns` files.
+    pub fn start_with(site: &'s Site, opts: RegistryOptions, etc: EtcOptions) -> Result<Self> {
         let dir = site.tmp_dir().join("registry");
         let storage = dir.join("storage");
         let cert_dir = dir.join("certs");
@@ -140,14 +162,21 @@ impl<'s> Registry<'s> {
             &["addr", "add", &format!("{ADDR_V4}/24"), "dev", &site.up_if],
         )?;
         reg.address_added = true;
-        let hosts = hosts_file(&[(HOST, ADDR_V4.to_string())]);
-        for ns in [&site.gw_ns, &site.dev_ns] {
+        let registry_line = (HOST, ADDR_V4.to_string());
+        let mut gw_lines = vec![registry_line.clone()];
+        gw_lines.extend(
+            etc.gateway_hosts
+                .iter()
+                .map(|(n, a)| (n.as_str(), a.clone())),
+        );
+        let mut plan = vec![(&site.gw_ns, hosts_file(&gw_lines))];
+        if !etc.leave_device_etc {
+            plan.push((&site.dev_ns, hosts_file(&[registry_line])));
+        }
+        for (ns, hosts) in plan {
             reg.etc.push(NetnsEtc::create(
                 ns,
-                &[
-                    ("hosts", hosts.clone()),
-                    ("resolv.conf", RESOLV_CONF.to_owned()),
-                ],
+                &[("hosts", hosts), ("resolv.conf", RESOLV_CONF.to_owned())],
             )?);
         }
         reg.spawn()?;

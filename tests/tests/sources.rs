@@ -139,7 +139,7 @@ fn sources_outside_the_device_subnets_are_dropped() {
 fn configured_prefixes_replace_the_interface_subnets() {
     require_root();
     let site = Site::new("src-prefix").unwrap();
-    let mut config = GatewayConfig::for_site(&site);
+    let config = GatewayConfig::for_site(&site);
     let yaml = config.to_yaml().replace(
         "  allow_dhcp: false\n",
         &format!("  allow_dhcp: false\n  prefixes: [\"{SPOOF_V4}/24\"]\n"),

@@ -1,6 +1,8 @@
 //! The upstream registry's PKI: a test CA and a server certificate signed by
 //! it. The gateway trusts the CA through `sites[].ca_file`; devices never
-//! see it (they trust only the gateway's site CA).
+//! see it (they trust only the gateway's site CA). The hub
+//! ([`crate::hub`]) uses one such PKI for its three names, and serves its
+//! token endpoint with rustls from the DER forms.
 
 use anyhow::{Context as _, Result};
 use rcgen::{
@@ -13,6 +15,9 @@ pub struct Pki {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The server certificate and its key (PKCS#8), DER.
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
 }
 
 /// A fresh CA and a server certificate for `names` (DNS names or IPs).
@@ -48,5 +53,7 @@ pub fn server_pki(names: &[&str]) -> Result<Pki> {
         ca_pem: ca_cert.pem(),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
     })
 }
