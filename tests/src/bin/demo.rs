@@ -165,6 +165,11 @@ fn run_demo() -> Result<usize> {
             }
         }
 
+        steps.section(
+            "Part 3: a device's first minutes on a real site (names, time, WFM, identity service, containerd by name)",
+        );
+        demo::real_site::run(&mut steps);
+
         steps.section("The audit trail");
         let active = match world.as_mut() {
             Some((ogw, _)) => &mut ogw.gw,

@@ -4,5 +4,6 @@
 pub mod image;
 pub mod kernel_path;
 pub mod pulls;
+pub mod real_site;
 pub mod steps;
 pub mod trail;

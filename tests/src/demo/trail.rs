@@ -36,7 +36,7 @@ pub fn line(r: &Value) -> String {
     {
         detail.push(p.to_owned());
     }
-    for key in ["reason", "fault"] {
+    for key in ["service", "name", "qtype", "reason", "fault"] {
         if let Some(v) = r[key].as_str() {
             detail.push(format!("{key}={v}"));
         }
