@@ -176,9 +176,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await;
 
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping; the kernel path keeps guarding"),
-        _ = sigint.recv() => tracing::info!("SIGINT: stopping; the kernel path keeps guarding"),
+    let mut sigusr1 =
+        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: stopping; the kernel path keeps guarding");
+                break;
+            }
+            _ = sigint.recv() => {
+                tracing::info!("SIGINT: stopping; the kernel path keeps guarding");
+                break;
+            }
+            // logrotate's postrotate: the log was moved away.
+            _ = sigusr1.recv() => audit.reopen(),
+        }
     }
     let _ = stop_tx.send(true);
     let _ = serve_task.await;

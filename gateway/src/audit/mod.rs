@@ -4,6 +4,11 @@
 //! writers never interleave lines and a slow disk pushes back instead of
 //! growing memory. Each line is written whole and flushed; the file is
 //! opened for append, so a restarted daemon continues the same log.
+//!
+//! Fields that carry what a device or upstream sent (paths, names, error
+//! text) are cut to [`FIELD_MAX`] bytes with a marker, so no one can make a
+//! line huge. [`Audit::reopen`] (SIGUSR1, logrotate's `postrotate`) makes
+//! the writer open the path anew after the file was moved away.
 
 mod record;
 
@@ -13,12 +18,19 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::{fs::OpenOptions, io::AsyncWriteExt as _, sync::mpsc, task::JoinHandle};
+use tokio::{
+    fs::OpenOptions,
+    io::AsyncWriteExt as _,
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
 
 pub use record::{Event, Record, addr_text, ip_port_text};
 
 /// Records queued before senders wait for the writer.
 const QUEUE: usize = 4096;
+/// Longest text field written, in bytes; longer ones are cut and marked.
+pub const FIELD_MAX: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum AuditError {
@@ -40,6 +52,7 @@ pub enum AuditError {
 #[derive(Clone, Debug)]
 pub struct Audit {
     tx: mpsc::Sender<Record>,
+    reopen: std::sync::Arc<Notify>,
 }
 
 /// The writer task; [`AuditWriter::close`] waits until every queued record
@@ -59,20 +72,17 @@ impl Audit {
                     source,
                 })?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            // Readable by the owner and the group of auditors, no one else.
-            .mode(0o640)
-            .open(path)
-            .await
-            .map_err(|source| AuditError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        let file = open_log(path).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_records(file, rx, path.to_owned()));
-        Ok((Self { tx }, AuditWriter { task }))
+        let reopen = std::sync::Arc::new(Notify::new());
+        let task = tokio::spawn(write_records(file, rx, path.to_owned(), reopen.clone()));
+        Ok((Self { tx, reopen }, AuditWriter { task }))
+    }
+
+    /// Makes the writer close the log and open its path again (after
+    /// logrotate moved the file away), before the next record.
+    pub fn reopen(&self) {
+        self.reopen.notify_one();
     }
 
     /// Queues a record; waits if the writer is behind.
@@ -93,8 +103,47 @@ impl AuditWriter {
     }
 }
 
-async fn write_records(mut file: tokio::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf) {
-    while let Some(record) = rx.recv().await {
+async fn open_log(path: &Path) -> Result<tokio::fs::File, AuditError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        // Readable by the owner and the group of auditors, no one else.
+        .mode(0o640)
+        .open(path)
+        .await
+        .map_err(|source| AuditError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+async fn write_records(
+    mut file: tokio::fs::File,
+    mut rx: mpsc::Receiver<Record>,
+    path: PathBuf,
+    reopen: std::sync::Arc<Notify>,
+) {
+    loop {
+        let mut record = tokio::select! {
+            // Reopening first: records after the signal go to the new file.
+            biased;
+            () = reopen.notified() => {
+                let _ = file.sync_all().await;
+                match open_log(&path).await {
+                    Ok(f) => {
+                        file = f;
+                        tracing::info!(path = %path.display(), "audit log reopened");
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot reopen the audit log; writing to the old file"),
+                }
+                continue;
+            }
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        record.truncate_fields(FIELD_MAX);
         let mut line = match serde_json::to_vec(&record) {
             Ok(line) => line,
             Err(e) => {

@@ -165,6 +165,34 @@ impl Record {
         self
     }
 
+    /// Cuts every text field that may carry what a device or upstream
+    /// sent to at most `max` bytes, marking what was left out.
+    pub fn truncate_fields(&mut self, max: usize) {
+        for field in [
+            &mut self.path,
+            &mut self.host,
+            &mut self.method,
+            &mut self.name,
+            &mut self.qtype,
+            &mut self.detail,
+            &mut self.reason,
+            &mut self.service,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if field.len() > max {
+                let mut end = max;
+                while !field.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let cut = field.len() - end;
+                field.truncate(end);
+                field.push_str(&format!("…[{cut} bytes cut]"));
+            }
+        }
+    }
+
     pub fn reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
         self

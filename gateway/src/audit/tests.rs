@@ -50,3 +50,52 @@ async fn records_are_appended_as_lines() {
         .collect();
     assert_eq!(reasons, ["r00", "r01", "r02", "r10", "r11", "r12"]);
 }
+
+#[test]
+fn long_fields_are_cut_and_marked() {
+    let mut r = Record::new(Event::Request);
+    r.path = Some(format!("/v2/{}", "a".repeat(64 * 1024)));
+    r.name = Some("é".repeat(700)); // 1400 bytes, two per char
+    r.host = Some("short".into());
+    r.truncate_fields(FIELD_MAX);
+    let path = r.path.expect("path");
+    assert!(path.len() < FIELD_MAX + 40, "{}", path.len());
+    assert!(path.ends_with("bytes cut]"), "{path}");
+    assert!(path.contains(&format!("[{} bytes cut]", 64 * 1024 + 4 - FIELD_MAX)));
+    let name = r.name.expect("name");
+    assert!(name.starts_with("éé") && name.contains("bytes cut]"));
+    assert_eq!(r.host.as_deref(), Some("short"));
+}
+
+#[tokio::test]
+async fn reopen_follows_a_rotated_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let rotated = dir.path().join("audit.jsonl.1");
+    let (audit, writer) = Audit::open(&path).await.expect("open");
+    audit
+        .log(Record::new(Event::FlowDenied).reason("before"))
+        .await;
+    // What logrotate does: move the file, then signal.
+    let wait_for = |p: std::path::PathBuf, what: &'static str| async move {
+        for _ in 0..100 {
+            if std::fs::read_to_string(&p).is_ok_and(|t| t.contains(what)) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("{what} never reached {}", p.display());
+    };
+    wait_for(path.clone(), "before").await;
+    std::fs::rename(&path, &rotated).expect("rotate");
+    audit.reopen();
+    audit
+        .log(Record::new(Event::FlowDenied).reason("after"))
+        .await;
+    drop(audit);
+    writer.close().await;
+    let old = std::fs::read_to_string(&rotated).expect("rotated");
+    let new = std::fs::read_to_string(&path).expect("new file");
+    assert!(old.contains("before") && !old.contains("after"), "{old}");
+    assert!(new.contains("after") && !new.contains("before"), "{new}");
+}
