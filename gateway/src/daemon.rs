@@ -46,6 +46,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (audit, audit_writer) = Audit::open(&config.audit.path).await?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Before anything else: SIGUSR1's default action would end the daemon.
+    let mut sigusr1 =
+        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
 
     // Everything that can fail on the config's content before the kernel
     // is touched: the CA, the cache, the upstream clients.
@@ -176,8 +179,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await;
 
-    let mut sigusr1 =
-        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => {
