@@ -43,6 +43,7 @@ const LOCAL_REFRESH: Duration = Duration::from_secs(10);
 const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_nofile(&config);
     let (audit, audit_writer) = Audit::open(&config.audit.path).await?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -140,6 +141,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let proxy = Arc::new(Proxy {
         policy: Policy::new(&config),
+        limits: proxy::limits::Limits::new(
+            config.proxy.max_connections,
+            config.proxy.max_connections_per_device,
+        ),
+        refused: std::sync::Mutex::new(crate::dns::Budget::new(10, Duration::from_secs(2))),
+        idle_timeout: Duration::from_secs(config.proxy.idle_timeout_secs),
+        passthrough_idle: Duration::from_secs(config.proxy.passthrough_idle_secs),
         dns,
         audit: audit.clone(),
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
@@ -305,4 +313,36 @@ fn sync_local(config: &Config, maps: &mut crate::ebpf::Maps) -> anyhow::Result<(
     };
     maps.sync_sources(&prefixes)
         .context("writing the devices' prefixes into the kernel")
+}
+
+/// Raises the open-file limit to its hard maximum: every held connection
+/// is a descriptor (two for passthrough), and a limit of 1024 lets one
+/// device's idle connections starve fills, cache reads and the manager.
+fn raise_nofile(config: &Config) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            tracing::warn!("could not raise the open-file limit");
+        }
+        let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    // Two per passthrough connection, plus the cache, fills and sockets.
+    let wanted = (config.proxy.max_connections as u64) * 2 + 1024;
+    if lim.rlim_cur < wanted {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            wanted,
+            "the open-file limit is below what proxy.max_connections needs; raise LimitNOFILE"
+        );
+    } else {
+        tracing::debug!(limit = lim.rlim_cur, "open-file limit");
+    }
 }

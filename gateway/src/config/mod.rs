@@ -147,6 +147,24 @@ pub struct Proxy {
     /// Default 10.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Connections the proxy holds at once, from all devices; more are
+    /// closed at once and audited. Default 8192.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one device address may hold at once. Default 256.
+    #[serde(default = "default_max_connections_per_device")]
+    pub max_connections_per_device: usize,
+    /// Seconds a terminated connection may go without a byte moving
+    /// either way (idle keep-alive and HTTP/2 connections, a device that
+    /// stops reading or sending). Longer than the upstream's own timeouts,
+    /// so a slow upstream is reported as such first. Default 120.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Seconds a passthrough connection may stay silent both ways before
+    /// it is closed (TCP keepalive probes find vanished peers sooner).
+    /// Default 600.
+    #[serde(default = "default_passthrough_idle")]
+    pub passthrough_idle_secs: u64,
 }
 
 /// The audit log.
@@ -214,6 +232,18 @@ fn default_proxy_port() -> u16 {
 fn default_connect_timeout() -> u64 {
     10
 }
+fn default_max_connections() -> usize {
+    8192
+}
+fn default_max_connections_per_device() -> usize {
+    256
+}
+fn default_idle_timeout() -> u64 {
+    120
+}
+fn default_passthrough_idle() -> u64 {
+    600
+}
 fn default_audit_path() -> PathBuf {
     PathBuf::from("/var/log/gateway/audit.jsonl")
 }
@@ -249,6 +279,10 @@ impl Default for Proxy {
         Self {
             port: default_proxy_port(),
             connect_timeout_secs: default_connect_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_device: default_max_connections_per_device(),
+            idle_timeout_secs: default_idle_timeout(),
+            passthrough_idle_secs: default_passthrough_idle(),
         }
     }
 }

@@ -145,6 +145,19 @@ fn example_config_shows_every_default() {
         example.proxy.connect_timeout_secs,
         minimal.proxy.connect_timeout_secs
     );
+    assert_eq!(example.proxy.max_connections, minimal.proxy.max_connections);
+    assert_eq!(
+        example.proxy.max_connections_per_device,
+        minimal.proxy.max_connections_per_device
+    );
+    assert_eq!(
+        example.proxy.idle_timeout_secs,
+        minimal.proxy.idle_timeout_secs
+    );
+    assert_eq!(
+        example.proxy.passthrough_idle_secs,
+        minimal.proxy.passthrough_idle_secs
+    );
     assert_eq!(example.audit.path, minimal.audit.path);
     assert_eq!(example.state_dir, minimal.state_dir);
     assert_eq!(example.kernel.pin_path, minimal.kernel.pin_path);
@@ -222,6 +235,16 @@ fn ports_are_checked() {
     assert!(e.contains("proxy.port"), "{e}");
     let e = err(&format!("{MINIMAL}proxy:\n  port: 0\n"));
     assert!(e.contains("proxy.port"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}proxy:\n  max_connections_per_device: 0\n"
+    ));
+    assert!(e.contains("proxy.max_connections_per_device"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}proxy:\n  max_connections: 10\n  max_connections_per_device: 11\n"
+    ));
+    assert!(e.contains("proxy.max_connections_per_device"), "{e}");
+    let e = err(&format!("{MINIMAL}proxy:\n  idle_timeout_secs: 0\n"));
+    assert!(e.contains("proxy.idle_timeout_secs"), "{e}");
 }
 
 #[test]

@@ -325,6 +325,26 @@ impl Config {
         if self.proxy.port == 0 {
             return Err(ConfigError::invalid("proxy.port", "must be 1 to 65535"));
         }
+        let p = &self.proxy;
+        for (key, v) in [
+            ("proxy.max_connections", p.max_connections as u64),
+            (
+                "proxy.max_connections_per_device",
+                p.max_connections_per_device as u64,
+            ),
+            ("proxy.idle_timeout_secs", p.idle_timeout_secs),
+            ("proxy.passthrough_idle_secs", p.passthrough_idle_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if p.max_connections_per_device > p.max_connections {
+            return Err(ConfigError::invalid(
+                "proxy.max_connections_per_device",
+                "is more than proxy.max_connections",
+            ));
+        }
         if self.proxy.connect_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "proxy.connect_timeout_secs",

@@ -29,8 +29,7 @@ use crate::{
     audit::{Audit, Event, Record},
     config::Config,
 };
-use limit::Budget;
-pub(crate) use limit::Recent;
+pub(crate) use limit::{Budget, Recent};
 
 /// `dns.refused` records per device before rate limiting starts, and the
 /// refill: ten at once, then one every two seconds.

@@ -53,9 +53,10 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        // No keep-alive pings: they would count as progress and keep an
+        // idle connection open forever; the connection's idle deadline
+        // (`proxy.idle_timeout_secs`) ends idle and dead ones alike.
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     let sni = sni.map(Arc::<str>::from);
     let host = sni.as_deref().map(str::to_owned);
     let audit = ctx.audit.clone();

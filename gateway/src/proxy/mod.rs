@@ -4,6 +4,8 @@
 
 pub mod body;
 pub mod http;
+mod idle;
+pub mod limits;
 mod listener;
 mod passthrough;
 pub mod peek;
@@ -25,6 +27,7 @@ use crate::{
     audit::{Audit, Event, Record},
     policy::{Decision, Policy},
 };
+use idle::IdleIo;
 use peek::FirstBytes;
 
 /// A TLS alert record: fatal `unrecognized_name` (RFC 6066), sent to a
@@ -34,6 +37,16 @@ const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 pub struct Proxy {
     pub policy: Policy,
     pub audit: Audit,
+    /// Connection caps, in all and per device.
+    pub limits: Arc<limits::Limits>,
+    /// Refusals at the caps are audited within this budget per device.
+    pub refused: std::sync::Mutex<crate::dns::Budget>,
+    /// The longest time no byte moves either way on a terminated
+    /// connection.
+    pub idle_timeout: Duration,
+    /// The same for a passthrough connection (which also gets TCP
+    /// keepalive probes).
+    pub passthrough_idle: Duration,
     pub connect_timeout: Duration,
     /// Time a device has to send its ClientHello or request line.
     pub inspect_timeout: Duration,
@@ -68,9 +81,48 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::
                 continue;
             }
         };
+        let permit = match proxy.limits.acquire(device.ip()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                // Closed at once; the device's other connections go on.
+                let dst = stream.local_addr().ok();
+                drop(stream);
+                refuse(&proxy, device, dst, refusal).await;
+                continue;
+            }
+        };
         let proxy = proxy.clone();
-        tokio::spawn(async move { handle(proxy, stream, device).await });
+        tokio::spawn(async move {
+            handle(proxy, stream, device).await;
+            drop(permit);
+        });
     }
+}
+
+/// Audits a connection refused at a cap, within the per-device budget.
+async fn refuse(
+    proxy: &Proxy,
+    device: SocketAddr,
+    dst: Option<SocketAddr>,
+    refusal: limits::Refusal,
+) {
+    let suppressed = proxy
+        .refused
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(device.ip().to_canonical(), std::time::Instant::now());
+    let Some(suppressed) = suppressed else {
+        return;
+    };
+    let mut r = Record::new(Event::FlowDenied).reason(refusal.reason());
+    r = match dst {
+        Some(dst) => r.tcp(device, dst),
+        None => r,
+    };
+    r.fault = Some("device");
+    r.suppressed = (suppressed > 0).then_some(suppressed);
+    r.detail = Some(format!("{} connections open", proxy.limits.open()));
+    proxy.audit.log(r).await;
 }
 
 async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
@@ -104,6 +156,7 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
                 upstream,
                 &service,
                 proxy.connect_timeout,
+                proxy.passthrough_idle,
             )
             .await;
             proxy.audit.log(record).await;
@@ -143,6 +196,7 @@ async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, d
                 proxy.audit.log(denied("tls_not_configured")).await;
                 return;
             };
+            let stream = IdleIo::new(stream, proxy.inspect_timeout, proxy.idle_timeout);
             match tokio::time::timeout(proxy.inspect_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => http::serve(tls, device, Some(host), proxy.http.clone()).await,
                 Ok(Err(e)) => {
@@ -159,7 +213,10 @@ async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, d
                 }
             }
         }
-        FirstBytes::Http => http::serve(stream, device, None, proxy.http.clone()).await,
+        FirstBytes::Http => {
+            let stream = IdleIo::new(stream, proxy.inspect_timeout, proxy.idle_timeout);
+            http::serve(stream, device, None, proxy.http.clone()).await;
+        }
         FirstBytes::Other => proxy.audit.log(denied("unsupported_protocol")).await,
         FirstBytes::Invalid(why) => {
             proxy

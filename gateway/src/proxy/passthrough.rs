@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::{io::Interest, net::TcpStream, time::timeout};
 
 use crate::audit::{Event, Record};
@@ -26,6 +28,7 @@ pub async fn splice(
     upstream: SocketAddr,
     service: &str,
     connect_timeout: Duration,
+    idle: Duration,
 ) -> Record {
     let started = Instant::now();
     let mut record = Record::new(Event::FlowPassthrough)
@@ -53,16 +56,25 @@ pub async fn splice(
     };
     // The device's socket has it already (`proxy::handle`).
     let _ = manager.set_nodelay(true);
-    let (mut up, mut down) = (0u64, 0u64);
+    // Keepalive probes find a peer that vanished without a word; the idle
+    // watch below ends one that is there but silent.
+    for s in [&device, &manager] {
+        let _ = socket2::SockRef::from(s).set_tcp_keepalive(&keepalive());
+    }
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     // The first error ends both directions: a half that can no longer be
     // delivered must not keep the other open.
-    let result = tokio::try_join!(
-        pump(&device, &manager, &mut up),
-        pump(&manager, &device, &mut down)
-    )
-    .err();
-    record.bytes_up = Some(up);
-    record.bytes_down = Some(down);
+    let pumps =
+        async { tokio::try_join!(pump(&device, &manager, &up), pump(&manager, &device, &down)) };
+    let result = tokio::select! {
+        r = pumps => r.err(),
+        () = idle_watch(&up, &down, idle) => Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no bytes either way for {}s", idle.as_secs()),
+        )),
+    };
+    record.bytes_up = Some(up.load(Ordering::Relaxed));
+    record.bytes_down = Some(down.load(Ordering::Relaxed));
     record.duration_ms = Some(elapsed_ms(started));
     if let Some(e) = result {
         record.fault = Some("device");
@@ -128,7 +140,7 @@ fn splice_once(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 
 /// Moves bytes from `from` to `to` through a pipe until `from` ends, then
 /// half-closes `to`. `count` holds the bytes delivered even when it fails.
-async fn pump(from: &TcpStream, to: &TcpStream, count: &mut u64) -> io::Result<()> {
+async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result<()> {
     let pipe = Pipe::new()?;
     let mut queued = 0usize;
     let mut ended = false;
@@ -158,12 +170,37 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &mut u64) -> io::Result<(
             }) {
                 Ok(n) => {
                     queued -= n;
-                    *count += n as u64;
+                    count.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// TCP keepalive for passthrough sockets: first probe after a minute of
+/// silence, then every 10 s, six unanswered probes end the connection.
+fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6)
+}
+
+/// Returns once no byte moved either way for a whole `idle` period
+/// (checked once per period: a silent connection ends between `idle` and
+/// twice that).
+async fn idle_watch(up: &AtomicU64, down: &AtomicU64, idle: Duration) {
+    let total = || up.load(Ordering::Relaxed) + down.load(Ordering::Relaxed);
+    let mut seen = total();
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = total();
+        if now == seen {
+            return;
+        }
+        seen = now;
     }
 }
 
@@ -231,6 +268,7 @@ mod tests {
             manager_addr,
             "wfm.test",
             Duration::from_secs(5),
+            Duration::from_secs(600),
         )
         .await;
         assert_eq!(record.service.as_deref(), Some("wfm.test"));
@@ -258,6 +296,7 @@ mod tests {
             gone_addr,
             "wfm.test",
             Duration::from_secs(5),
+            Duration::from_secs(600),
         )
         .await;
         assert_eq!(record.fault, Some("upstream"));
