@@ -26,6 +26,9 @@ pub struct GatewayConfig {
     pub tcp_ports: Vec<u16>,
     /// `proxy.port`
     pub proxy_port: u16,
+    /// `proxy.max_connections` and `proxy.max_connections_per_device`,
+    /// when a test needs other caps than the defaults.
+    pub max_connections: Option<(usize, usize)>,
     /// `audit.path`
     pub audit_path: PathBuf,
     /// `state_dir`
@@ -56,6 +59,7 @@ impl GatewayConfig {
             manager_addresses: site.manager_addrs().to_vec(),
             tcp_ports: vec![80, 443],
             proxy_port: 15001,
+            max_connections: None,
             audit_path: dir.join("audit.jsonl"),
             state_dir: dir.join("state"),
             pin_path: site.pin_path(),
@@ -105,6 +109,10 @@ impl GatewayConfig {
         );
         let _ = writeln!(y, "proxy:");
         let _ = writeln!(y, "  port: {}", self.proxy_port);
+        if let Some((total, per_device)) = self.max_connections {
+            let _ = writeln!(y, "  max_connections: {total}");
+            let _ = writeln!(y, "  max_connections_per_device: {per_device}");
+        }
         let _ = writeln!(y, "audit:");
         let _ = writeln!(y, "  path: {}", q(&self.audit_path.to_string_lossy()));
         let _ = writeln!(y, "state_dir: {}", q(&self.state_dir.to_string_lossy()));

@@ -180,6 +180,9 @@ impl<'s> BenchGateway<'s> {
         // iperf3 on the upstream host is a second manager address, so its
         // flows take the passthrough path.
         config.manager_addresses.push(v4(addr::UP_V4, IPERF_PORT));
+        // Section (f) holds thousands of connections from the one device:
+        // the per-device cap (256 by default) would refuse most of them.
+        config.max_connections = Some((65_536, 65_536));
         config.extra_yaml = gateway_yaml(registry, &hosts, &ca_dir, &cache_dir);
         let mut gw = Gateway::prepare(site, config)?;
         let init = oci_gateway::cli(&gw, &["ca", "init", "--force"])?;
