@@ -39,9 +39,6 @@ use crate::{
 /// How often the gateway's own addresses are re-read into the kernel.
 const LOCAL_REFRESH: Duration = Duration::from_secs(10);
 
-/// Time a device has to send its ClientHello or request line.
-const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_nofile(&config);
     let (audit, audit_writer) = Audit::open(&config.audit.path).await?;
@@ -151,7 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dns,
         audit: audit.clone(),
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
-        inspect_timeout: INSPECT_TIMEOUT,
+        inspect_timeout: Duration::from_secs(config.proxy.first_bytes_timeout_secs),
         tls: serving.tls,
         http: Arc::new(HttpContext {
             sites: Arc::new(serving.sites),

@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     /// `proxy.max_connections` and `proxy.max_connections_per_device`,
     /// when a test needs other caps than the defaults.
     pub max_connections: Option<(usize, usize)>,
+    /// `proxy.first_bytes_timeout_secs`, when a test holds silent
+    /// connections longer than the default allows.
+    pub first_bytes_timeout_secs: Option<u64>,
     /// `audit.path`
     pub audit_path: PathBuf,
     /// `state_dir`
@@ -60,6 +63,7 @@ impl GatewayConfig {
             tcp_ports: vec![80, 443],
             proxy_port: 15001,
             max_connections: None,
+            first_bytes_timeout_secs: None,
             audit_path: dir.join("audit.jsonl"),
             state_dir: dir.join("state"),
             pin_path: site.pin_path(),
@@ -112,6 +116,9 @@ impl GatewayConfig {
         if let Some((total, per_device)) = self.max_connections {
             let _ = writeln!(y, "  max_connections: {total}");
             let _ = writeln!(y, "  max_connections_per_device: {per_device}");
+        }
+        if let Some(secs) = self.first_bytes_timeout_secs {
+            let _ = writeln!(y, "  first_bytes_timeout_secs: {secs}");
         }
         let _ = writeln!(y, "audit:");
         let _ = writeln!(y, "  path: {}", q(&self.audit_path.to_string_lossy()));

@@ -154,6 +154,11 @@ pub struct Proxy {
     /// Connections one device address may hold at once. Default 256.
     #[serde(default = "default_max_connections_per_device")]
     pub max_connections_per_device: usize,
+    /// Seconds a device has, once connected, to send its first bytes (a
+    /// ClientHello or a request line) and, on TLS, to finish the
+    /// handshake. Default 10.
+    #[serde(default = "default_first_bytes_timeout")]
+    pub first_bytes_timeout_secs: u64,
     /// Seconds a terminated connection may go without a byte moving
     /// either way (idle keep-alive and HTTP/2 connections, a device that
     /// stops reading or sending). Longer than the upstream's own timeouts,
@@ -241,6 +246,9 @@ fn default_max_connections_per_device() -> usize {
 fn default_idle_timeout() -> u64 {
     120
 }
+fn default_first_bytes_timeout() -> u64 {
+    10
+}
 fn default_passthrough_idle() -> u64 {
     600
 }
@@ -281,6 +289,7 @@ impl Default for Proxy {
             connect_timeout_secs: default_connect_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_device: default_max_connections_per_device(),
+            first_bytes_timeout_secs: default_first_bytes_timeout(),
             idle_timeout_secs: default_idle_timeout(),
             passthrough_idle_secs: default_passthrough_idle(),
         }

@@ -155,6 +155,10 @@ fn example_config_shows_every_default() {
         minimal.proxy.idle_timeout_secs
     );
     assert_eq!(
+        example.proxy.first_bytes_timeout_secs,
+        minimal.proxy.first_bytes_timeout_secs
+    );
+    assert_eq!(
         example.proxy.passthrough_idle_secs,
         minimal.proxy.passthrough_idle_secs
     );

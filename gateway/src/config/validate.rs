@@ -332,6 +332,7 @@ impl Config {
                 "proxy.max_connections_per_device",
                 p.max_connections_per_device as u64,
             ),
+            ("proxy.first_bytes_timeout_secs", p.first_bytes_timeout_secs),
             ("proxy.idle_timeout_secs", p.idle_timeout_secs),
             ("proxy.passthrough_idle_secs", p.passthrough_idle_secs),
         ] {
