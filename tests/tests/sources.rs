@@ -103,7 +103,11 @@ fn sources_outside_the_device_subnets_are_dropped() {
     while site.servers.manager.get() < 1 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(site.servers.manager.get(), 1, "the real device never reached the manager");
+    assert_eq!(
+        site.servers.manager.get(),
+        1,
+        "the real device never reached the manager"
+    );
     // ...a forged one does not, for TCP or for DNS, v4 or v6.
     assert!(!connects_from(&site, SPOOF_V4.into(), manager));
     assert!(!connects_from(
