@@ -151,8 +151,14 @@ fn one_devices_idle_connections_cannot_starve_the_others() {
         "Accept: application/vnd.oci.image.manifest.v1+json",
     ]));
     assert_eq!(r.code, 200, "{}", r.describe());
-    // A whole pull (skopeo: manifest and blobs) succeeds.
-    ogw.must(device_client.skopeo_copy("app:1", false));
+    // And a layer, byte for byte (curl: skopeo's storage cannot live on
+    // the VM runs' root, see the OCI suites).
+    for d in img.blob_digests() {
+        let r = gw.must(device_client.curl(&[&Client::url(&format!("/v2/app/blobs/{d}"))]));
+        assert_eq!(r.code, 200, "{}", r.describe());
+        let got = std::fs::read(&r.body_path).unwrap();
+        assert_eq!(got, layout.read_blob(&d).unwrap(), "{d}");
+    }
     gw.must(device::manager_echo(
         &site,
         v4(addr::UP_V4, addr::MANAGER_PORT),
