@@ -20,6 +20,8 @@ pub mod containerd;
 pub mod device;
 /// DNS and NTP clients in the device namespace (issue 10).
 pub mod dns;
+/// A fault-injecting proxy in front of the registry (issue 11).
+pub mod faulty;
 pub mod gateway;
 /// Docker Hub's shape (registry, token server, CDN) and a wrong resolver.
 pub mod hub;
