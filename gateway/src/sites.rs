@@ -34,7 +34,7 @@ pub async fn build_content(config: &Config) -> anyhow::Result<Content> {
         .with_context(|| format!("opening the cache in {}", config.cache.dir.display()))?;
     let mut oci = HashMap::new();
     for site in &config.sites {
-        let upstream = Upstream::new(site)
+        let upstream = Upstream::new(site, &config.passthrough_addresses())
             .with_context(|| format!("setting up the upstream of site {}", site.host))?;
         match site.kind {
             SiteKind::Oci => {

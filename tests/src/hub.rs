@@ -172,19 +172,25 @@ pub struct HubSite {
     pub ca_file: PathBuf,
     pub username: String,
     pub password_file: PathBuf,
+    /// `redirect_hosts`: the token realm's and the CDN's hosts, which are
+    /// on the test network's private addresses that the gateway refuses
+    /// to follow a redirect or realm to otherwise.
+    pub redirect_hosts: Vec<String>,
 }
 
 impl HubSite {
     /// One `sites:` list item (two-space indent, as in a gateway config).
     pub fn yaml(&self) -> String {
         let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+        let redirect_hosts: Vec<String> = self.redirect_hosts.iter().map(|h| q(h)).collect();
         format!(
-            "  - host: {}\n    kind: \"oci\"\n    upstream: {}\n    ca_file: {}\n    credentials:\n      username: {}\n      password_file: {}\n",
+            "  - host: {}\n    kind: \"oci\"\n    upstream: {}\n    ca_file: {}\n    credentials:\n      username: {}\n      password_file: {}\n    redirect_hosts: [{}]\n",
             q(&self.host),
             q(&self.upstream),
             q(&self.ca_file.to_string_lossy()),
             q(&self.username),
             q(&self.password_file.to_string_lossy()),
+            redirect_hosts.join(", "),
         )
     }
 }
@@ -396,6 +402,7 @@ http:
             ca_file: self.ca_pem.clone(),
             username: self.credentials.username.clone(),
             password_file: self.password_file.clone(),
+            redirect_hosts: vec![AUTH_HOST.to_owned(), CDN_HOST.to_owned()],
         }
     }
 

@@ -310,6 +310,13 @@ fn token_server_and_registry_speak_docker_hubs_protocol() {
     let entry = hub.site_entry();
     assert_eq!(entry.upstream, "https://registry-1.docker.io");
     assert!(entry.yaml().contains("host: \"registry-1.docker.io\""));
+    assert!(
+        entry
+            .yaml()
+            .contains("redirect_hosts: [\"auth.docker.io\", \"production.cloudflare.docker.com\"]"),
+        "{}",
+        entry.yaml()
+    );
 
     // From the gateway namespace, as the gateway will ask.
     let ns = &site.gw_ns;

@@ -67,6 +67,15 @@ pub struct Site {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// Hosts (DNS names or IP addresses, no port) that redirects and
+    /// token realms of this site may lead to although their addresses are
+    /// refused otherwise: loopback, link-local, private, CGNAT, unique
+    /// local, multicast, and the passthrough services' addresses. A
+    /// listed name is reached whatever it resolves to. The upstream's own
+    /// host is always allowed. Default none; public addresses need no
+    /// entry.
+    #[serde(default)]
+    pub redirect_hosts: Vec<String>,
 }
 
 impl Site {

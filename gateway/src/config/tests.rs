@@ -346,6 +346,15 @@ fn bad_sites_are_named() {
         e.contains("sites[0].credentials") && e.contains("clear"),
         "{e}"
     );
+    for bad in [
+        "https://cdn.example.test",
+        "cdn.example.test:443",
+        "*.example.test",
+        "",
+    ] {
+        let e = err(&site(&format!("    redirect_hosts: [\"{bad}\"]\n")));
+        assert!(e.contains("sites[0].redirect_hosts[0]"), "{bad}: {e}");
+    }
     let e = err(&site("    kind2: oci\n"));
     assert!(e.contains("kind2"), "{e}");
     let e = err(&format!(
@@ -360,4 +369,17 @@ fn bad_sites_are_named() {
         "{MINIMAL}sites:\n  - host: a.test\n    kind: git\n"
     ));
     assert!(e.contains("git"), "{e}");
+}
+
+#[test]
+fn redirect_hosts_take_names_and_addresses() {
+    let config = Config::parse(&format!(
+        "{MINIMAL}sites:\n  - host: reg.example.test\n    kind: oci\n    redirect_hosts: [cdn.example.test, \"10.0.0.5\", \"fd00::5\"]\n  - host: other.example.test\n    kind: oci\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        config.sites[0].redirect_hosts,
+        ["cdn.example.test", "10.0.0.5", "fd00::5"]
+    );
+    assert!(config.sites[1].redirect_hosts.is_empty());
 }

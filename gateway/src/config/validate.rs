@@ -105,6 +105,16 @@ impl Config {
                     "must be an absolute path",
                 ));
             }
+            for (j, host) in site.redirect_hosts.iter().enumerate() {
+                if !is_dns_name(host) && host.parse::<IpAddr>().is_err() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.redirect_hosts[{j}]"),
+                        format!(
+                            "`{host}` is not a DNS name or an IP address (no scheme, port, path or wildcard: cdn.example.com, 10.0.0.5, fd00::5)"
+                        ),
+                    ));
+                }
+            }
             if let Some(c) = &site.credentials {
                 let key = format!("{key}.credentials");
                 if url.starts_with("http://") {

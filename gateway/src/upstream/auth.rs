@@ -5,7 +5,9 @@
 //! The token realm may live on another host (Docker Hub's is
 //! `auth.docker.io`); the site's credentials go there because the
 //! configured upstream named it, but never over plain http when the
-//! upstream itself is https.
+//! upstream itself is https, and never to an address the gateway refuses
+//! (loopback, private, a passthrough service...) unless the site names
+//! the host (`targets.rs`).
 
 use std::{
     collections::HashMap,
@@ -185,12 +187,15 @@ impl Inner {
         key: TokenKey,
     ) -> Result<Option<HeaderValue>, UpstreamError> {
         let token_url = self.token_url(url, &key)?;
+        if let Err(refused) = self.targets.check(&token_url) {
+            return Err(self.refuse("token realm", &token_url, refused));
+        }
         let realm = redact(&token_url);
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let basic = self.auth.credentials.as_ref().map(|c| c.basic_header());
         let resp = self
-            .send_with_retries(&Method::GET, &token_url, &headers, basic)
+            .send_with_retries("token realm", &Method::GET, &token_url, &headers, basic)
             .await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {

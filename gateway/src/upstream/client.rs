@@ -2,7 +2,7 @@
 //! follows redirects and answers auth challenges around the bare
 //! request-with-retries in [`Inner::send_with_retries`].
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{
@@ -22,10 +22,11 @@ use super::{
     credentials::UpstreamCredentials,
     error::{UpstreamError, Waiting, is_tls_rejection},
     redirect::{MAX_REDIRECTS, Origin, is_redirect, redact, resolve},
+    targets::{GuardedResolver, Refused, Targets, refused_in},
 };
 use crate::config::Site;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>;
 
 /// Timeouts and retry pauses; [`Default`] gives the production values.
 #[derive(Debug, Clone)]
@@ -133,6 +134,8 @@ pub(super) struct Inner {
     client: HttpClient,
     pub(super) timeouts: Timeouts,
     pub(super) auth: Auth,
+    /// Which redirect and realm targets may be reached (`targets.rs`).
+    pub(super) targets: Arc<Targets>,
 }
 
 impl fmt::Debug for Upstream {
@@ -147,13 +150,30 @@ impl fmt::Debug for Upstream {
 
 impl Upstream {
     /// Reads the site's password and trust anchors and builds the client;
-    /// connects to nothing yet.
-    pub fn new(site: &Site) -> Result<Self, UpstreamError> {
-        Self::with_timeouts(site, Timeouts::default())
+    /// connects to nothing yet. `passthrough` is every passthrough
+    /// service's address ([`crate::config::Config::passthrough_addresses`]):
+    /// redirects and token realms never lead there unless the site lists
+    /// the host in `redirect_hosts`.
+    pub fn new(site: &Site, passthrough: &[SocketAddr]) -> Result<Self, UpstreamError> {
+        Self::with_settings(site, passthrough, Timeouts::default())
     }
 
+    /// With other timeouts, and no passthrough addresses (tests).
     pub fn with_timeouts(site: &Site, timeouts: Timeouts) -> Result<Self, UpstreamError> {
+        Self::with_settings(site, &[], timeouts)
+    }
+
+    pub fn with_settings(
+        site: &Site,
+        passthrough: &[SocketAddr],
+        timeouts: Timeouts,
+    ) -> Result<Self, UpstreamError> {
         let (base, origin) = parse_base(site)?;
+        let targets = Arc::new(Targets::new(
+            base.host().unwrap_or_default(),
+            &site.redirect_hosts,
+            passthrough,
+        ));
         let credentials = site
             .credentials
             .as_ref()
@@ -173,7 +193,7 @@ impl Upstream {
         let mut tls = (*tls).clone();
         tls.alpn_protocols.clear();
 
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(targets.clone()));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeouts.connect));
@@ -196,6 +216,7 @@ impl Upstream {
                 client,
                 timeouts,
                 auth: Auth::new(credentials),
+                targets,
             }),
         })
     }
@@ -218,6 +239,9 @@ impl Upstream {
     ///   after that is returned as it is;
     /// - redirects are followed up to [`MAX_REDIRECTS`]; `Authorization`
     ///   goes only to the configured upstream origin, never to a CDN;
+    /// - a redirect or token realm leading to a refused address (loopback,
+    ///   private, link-local, a passthrough service...) is an error unless
+    ///   the site names the host (`targets.rs`);
     /// - connection failures before a response and `502`/`503`/`504` are
     ///   retried per [`Timeouts::retry_backoff`]; `429` is not.
     ///
@@ -242,8 +266,13 @@ impl Upstream {
         loop {
             let same_origin = Origin::of(&url).as_ref() == Some(&inner.origin);
             let sent = authorization.as_ref().filter(|_| same_origin);
+            let what = if redirects == 0 {
+                "request to"
+            } else {
+                "redirect to"
+            };
             let resp = inner
-                .send_with_retries(&method, &url, &headers, sent)
+                .send_with_retries(what, &method, &url, &headers, sent)
                 .await?;
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && same_origin && !auth_answered {
@@ -278,6 +307,9 @@ impl Upstream {
                         from: redact(&url),
                         to: redact(&next),
                     });
+                }
+                if let Err(refused) = inner.targets.check(&next) {
+                    return Err(inner.refuse("redirect to", &next, refused));
                 }
                 tracing::debug!(
                     site = %inner.site,
@@ -331,8 +363,13 @@ impl Inner {
     /// The dropped response's body was never read, so the retry cannot
     /// duplicate data. A header timeout is not retried: the caller's time
     /// budget is already spent.
+    ///
+    /// `what` names the request in a refusal's message (`redirect to`,
+    /// `token realm`): the resolver refuses a name that resolves only to
+    /// refused addresses, and that is never retried.
     pub(super) async fn send_with_retries(
         &self,
+        what: &'static str,
         method: &Method,
         url: &Uri,
         headers: &HeaderMap,
@@ -358,6 +395,9 @@ impl Inner {
                     });
                 }
                 Ok(Err(source)) => {
+                    if let Some(refused) = refused_in(&source) {
+                        return Err(self.refuse(what, url, refused.clone()));
+                    }
                     let Some(pause) = pause.filter(|_| !is_tls_rejection(&source)) else {
                         return Err(UpstreamError::Request {
                             url: redact(url),
@@ -395,6 +435,26 @@ impl Inner {
 
     pub(super) fn site(&self) -> &str {
         &self.site
+    }
+
+    /// The error for a refused target, logged here with the site (the
+    /// caller's audit record carries the message).
+    pub(super) fn refuse(&self, what: &'static str, url: &Uri, refused: Refused) -> UpstreamError {
+        let url = redact(url);
+        tracing::warn!(
+            site = %self.site,
+            what,
+            url = %url,
+            host = %refused.host,
+            reason = %refused.reason,
+            "upstream target refused"
+        );
+        UpstreamError::RefusedTarget {
+            what,
+            url,
+            host: refused.host,
+            reason: refused.reason,
+        }
     }
 }
 

@@ -123,6 +123,20 @@ pub enum UpstreamError {
     /// Upstream (a downgrade the gateway refuses); not retryable.
     #[error("redirect from {from} to {to} refused: it leaves https for plain http")]
     InsecureRedirect { from: String, to: String },
+    /// Upstream (a redirect or token realm leading to an address the
+    /// gateway refuses: loopback, private, link-local, a passthrough
+    /// service...); not retryable.
+    #[error(
+        "{what} {url} refused: {host} {reason}; \
+         if the site needs it, list `{host}` in the site's redirect_hosts"
+    )]
+    RefusedTarget {
+        /// `redirect to` or `token realm`.
+        what: &'static str,
+        url: String,
+        host: String,
+        reason: String,
+    },
     /// Upstream (its Bearer challenge); not retryable.
     #[error("token realm `{realm}` named by {url} is not usable: {reason}")]
     BadRealm {
@@ -161,6 +175,7 @@ impl UpstreamError {
             | Self::TooManyRedirects { .. }
             | Self::BadRedirect { .. }
             | Self::InsecureRedirect { .. }
+            | Self::RefusedTarget { .. }
             | Self::BadRealm { .. }
             | Self::TokenStatus { .. }
             | Self::BadToken { .. }
@@ -185,6 +200,7 @@ impl UpstreamError {
             | Self::TooManyRedirects { .. }
             | Self::BadRedirect { .. }
             | Self::InsecureRedirect { .. }
+            | Self::RefusedTarget { .. }
             | Self::BadRealm { .. }
             | Self::BadToken { .. }
             | Self::TokenJson { .. } => false,

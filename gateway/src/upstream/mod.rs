@@ -11,6 +11,9 @@
 //!   Basic credentials (`auth.rs`);
 //! - follows up to [`MAX_REDIRECTS`] redirects, sending `Authorization`
 //!   only to the configured origin, never to a CDN (`redirect.rs`);
+//! - refuses redirect and token-realm targets on loopback, private,
+//!   link-local and passthrough addresses, literal or resolved, unless the
+//!   site names the host in `redirect_hosts` (`targets.rs`);
 //! - retries a request that failed before any response, or got
 //!   502/503/504, twice with a short pause; never 429, never once a body
 //!   was read;
@@ -27,6 +30,7 @@ mod client;
 mod credentials;
 mod error;
 mod redirect;
+mod targets;
 
 pub use body::{BodyStream, DEFAULT_BODY_IDLE, body_stream};
 pub use client::{ResponseMeta, Timeouts, Upstream, UpstreamRequest};

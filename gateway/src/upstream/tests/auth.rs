@@ -270,3 +270,54 @@ async fn forbidden_is_returned_as_a_response() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(registry.hits(), 1);
 }
+
+/// A token service that counts its callers and a registry challenging
+/// with its realm at `realm_host`.
+async fn realm_on(realm_host: &str) -> (Server, Server) {
+    let tokens = Server::start(|_| ok(r#"{"token":"tok-r"}"#)).await;
+    let challenge = format!(
+        r#"Bearer realm="http://{realm_host}:{}/token",service="registry.test""#,
+        tokens.addr.port()
+    );
+    (tokens, bearer_registry("tok-r", challenge).await)
+}
+
+#[tokio::test]
+async fn a_token_realm_on_a_loopback_literal_is_refused() {
+    let (tokens, registry) = realm_on("127.0.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    // The upstream is `localhost`: 127.0.0.1 is not its host.
+    let site = site(&format!("http://localhost:{}", registry.addr.port()));
+    let up = upstream(&with_password(site, dir.path(), PASSWORD));
+    let e = up.send(manifest_request()).await.unwrap_err();
+    assert!(
+        matches!(&e, UpstreamError::RefusedTarget { what: "token realm", host, reason, .. }
+            if host == "127.0.0.1" && reason == "is a loopback address"),
+        "{e:?}"
+    );
+    assert_eq!(e.fault(), Fault::Upstream);
+    assert!(!e.retryable());
+    assert_eq!(tokens.hits(), 0, "the credentials never left");
+}
+
+#[tokio::test]
+async fn a_token_realm_named_by_a_name_resolving_to_loopback_is_refused_unless_listed() {
+    let (tokens, registry) = realm_on("localhost").await;
+    let up = upstream(&site(&registry.url()));
+    let e = up.send(manifest_request()).await.unwrap_err();
+    assert!(
+        matches!(&e, UpstreamError::RefusedTarget { what: "token realm", host, reason, .. }
+            if host == "localhost" && reason.contains("resolves only to refused addresses")),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("redirect_hosts"), "{text}");
+    assert_eq!(tokens.hits(), 0);
+
+    let mut listed = site(&registry.url());
+    listed.redirect_hosts = vec!["localhost".into()];
+    let up = upstream(&listed);
+    let resp = up.send(manifest_request()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(tokens.hits(), 1);
+}

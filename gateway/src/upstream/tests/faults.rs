@@ -277,7 +277,7 @@ async fn bad_upstream_urls_are_internal_errors_that_hide_userinfo() {
         "not a url",
         "/relative",
     ] {
-        let e = Upstream::new(&site(url)).unwrap_err();
+        let e = Upstream::new(&site(url), &[]).unwrap_err();
         assert!(
             matches!(e, UpstreamError::InvalidUpstreamUrl { .. }),
             "{url}: {e:?}"
@@ -295,14 +295,14 @@ async fn missing_password_file_and_ca_file_are_internal_errors() {
         password_file: Some("/nonexistent/gateway-test/password".into()),
         password_env: None,
     });
-    let e = Upstream::new(&s).unwrap_err();
+    let e = Upstream::new(&s, &[]).unwrap_err();
     assert!(matches!(e, UpstreamError::Credentials { .. }), "{e:?}");
     assert!(all_text(&e).contains("/nonexistent/gateway-test/password"));
     assert_eq!(e.fault(), Fault::Internal);
 
     let mut s = site("https://registry.example");
     s.ca_file = Some("/nonexistent/gateway-test/ca.pem".into());
-    let e = Upstream::new(&s).unwrap_err();
+    let e = Upstream::new(&s, &[]).unwrap_err();
     assert!(matches!(e, UpstreamError::Tls { .. }), "{e:?}");
     assert!(!e.retryable());
 
@@ -310,7 +310,7 @@ async fn missing_password_file_and_ca_file_are_internal_errors() {
     let empty = dir.path().join("ca.pem");
     std::fs::write(&empty, "not a pem\n").unwrap();
     s.ca_file = Some(empty);
-    let e = Upstream::new(&s).unwrap_err();
+    let e = Upstream::new(&s, &[]).unwrap_err();
     assert!(
         all_text(&e).contains("no PEM `CERTIFICATE` block"),
         "{}",

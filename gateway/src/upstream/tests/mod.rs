@@ -155,6 +155,7 @@ pub(super) fn site(upstream: &str) -> Site {
         upstream: Some(upstream.into()),
         ca_file: None,
         credentials: None,
+        redirect_hosts: Vec::new(),
     }
 }
 

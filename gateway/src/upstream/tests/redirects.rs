@@ -131,3 +131,121 @@ async fn redirect_without_location_is_an_error() {
     let e = up.send(UpstreamRequest::get("/v2/")).await.unwrap_err();
     assert!(matches!(e, UpstreamError::BadRedirect { .. }), "{e:?}");
 }
+
+/// What a compromised upstream would point the gateway at: a service on
+/// the gateway host itself (127.0.0.1).
+async fn internal_service() -> Server {
+    Server::start(|_| ok("internal secrets")).await
+}
+
+/// An upstream whose every answer is a 302 to `location`.
+async fn redirecting_to(location: String) -> Server {
+    Server::start(move |_| reply(302, &[("location", &location)], "")).await
+}
+
+/// The port of a server's URL.
+fn port(server: &Server) -> u16 {
+    server.addr.port()
+}
+
+fn assert_refused(e: &UpstreamError, what: &str, host: &str, reason: &str) {
+    match e {
+        UpstreamError::RefusedTarget {
+            what: w,
+            host: h,
+            reason: r,
+            ..
+        } => {
+            assert_eq!(*w, what, "{e}");
+            assert_eq!(h, host, "{e}");
+            assert!(r.contains(reason), "{e}");
+        }
+        other => panic!("expected a refused target, got {other:?}"),
+    }
+    assert_eq!(e.fault(), crate::upstream::Fault::Upstream);
+    assert!(!e.retryable());
+    let text = e.to_string();
+    assert!(
+        text.contains(host) && text.contains("redirect_hosts"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_loopback_literal_is_refused() {
+    let internal = internal_service().await;
+    let registry = redirecting_to(format!("http://127.0.0.1:{}/admin", port(&internal))).await;
+    // The upstream is named `localhost`: 127.0.0.1 is not its host.
+    let up = upstream(&site(&format!("http://localhost:{}", port(&registry))));
+    let e = up.send(UpstreamRequest::get("/v2/")).await.unwrap_err();
+    assert_refused(&e, "redirect to", "127.0.0.1", "is a loopback address");
+    assert_eq!(internal.hits(), 0);
+    assert_eq!(registry.hits(), 1);
+
+    // The same in IPv4-mapped IPv6 form.
+    let registry = redirecting_to(format!(
+        "http://[::ffff:127.0.0.1]:{}/admin",
+        port(&internal)
+    ))
+    .await;
+    let up = upstream(&site(&format!("http://localhost:{}", port(&registry))));
+    let e = up.send(UpstreamRequest::get("/v2/")).await.unwrap_err();
+    assert_refused(&e, "redirect to", "::ffff:127.0.0.1", "loopback");
+    assert_eq!(internal.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_name_resolving_to_loopback_is_refused_without_retries() {
+    let internal = internal_service().await;
+    let registry = redirecting_to(format!("http://localhost:{}/admin", port(&internal))).await;
+    let up = upstream(&site(&registry.url()));
+    let e = up.send(UpstreamRequest::get("/v2/")).await.unwrap_err();
+    assert_refused(
+        &e,
+        "redirect to",
+        "localhost",
+        "resolves only to refused addresses: 127.0.0.1 (loopback)",
+    );
+    assert_eq!(internal.hits(), 0);
+    assert_eq!(registry.hits(), 1, "a refusal is not retried");
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_listed_host_is_followed() {
+    let internal = internal_service().await;
+    // By name: `localhost` resolves to loopback, and the site allows it.
+    let registry = redirecting_to(format!("http://localhost:{}/blob", port(&internal))).await;
+    let mut s = site(&registry.url());
+    s.redirect_hosts = vec!["LocalHost".into()];
+    let up = upstream(&s);
+    let resp = up.send(UpstreamRequest::get("/v2/")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body(&up, resp).await.unwrap(), "internal secrets");
+
+    // By address: a loopback literal the site lists.
+    let registry = redirecting_to(format!("http://127.0.0.1:{}/blob", port(&internal))).await;
+    let mut s = site(&format!("http://localhost:{}", port(&registry)));
+    s.redirect_hosts = vec!["127.0.0.1".into()];
+    let up = upstream(&s);
+    let resp = up.send(UpstreamRequest::get("/v2/")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(internal.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_passthrough_address_is_refused() {
+    let internal = internal_service().await;
+    let registry = redirecting_to(format!("http://127.0.0.1:{}/", port(&internal))).await;
+    let s = site(&format!("http://localhost:{}", port(&registry)));
+    // The manager's address, on another port than the redirect's.
+    let manager: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let up = Upstream::with_settings(&s, &[manager], fast()).unwrap();
+    let e = up.send(UpstreamRequest::get("/v2/")).await.unwrap_err();
+    assert_refused(
+        &e,
+        "redirect to",
+        "127.0.0.1",
+        "the address of a passthrough service",
+    );
+    assert_eq!(internal.hits(), 0);
+}
