@@ -9,6 +9,9 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod ebpf;
+/// Fuzz target entry points (`fuzz/`, `cargo xtask fuzz`); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pidfile;
 pub mod policy;
 pub mod proxy;

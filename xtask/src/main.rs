@@ -10,6 +10,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -28,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker,
-    /// the kernels the VM runs boot).
+    /// cargo-fuzz, the kernels the VM runs boot).
     Setup,
     /// Set up, then build the gateway binary (with its eBPF object).
     Build {
@@ -56,6 +57,10 @@ enum Command {
         #[arg(long)]
         plan: std::path::PathBuf,
     },
+    /// Run the cargo-fuzz (libFuzzer) targets in fuzz/, each for a bounded time; a crash
+    /// fails the run and its input is kept in fuzz/regressions/ (needs cargo-fuzz and the
+    /// nightly, which `setup` installs).
+    Fuzz(fuzz::Options),
     /// Set up, build the gateway, then run the demo (needs root).
     Demo {
         /// Arguments passed on to the demo binary.
@@ -93,6 +98,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Vm(opts) => return vm::run(&opts),
         Command::VmSelfCheck { kernel, list } => return vm::self_check::run(&kernel, list),
         Command::VmGuest { plan } => return vm::guest::run(&plan),
+        Command::Fuzz(opts) => return fuzz::run(&opts),
         Command::Demo { args } => demo::run(&args)?,
         Command::Bench(args) => bench::run(&args)?,
     }

@@ -50,6 +50,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, for `cargo xtask fuzz` (it builds with the nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// The nightly's LLVM major version; bpf-linker's cargo feature matches it.
 const LLVM_MAJOR: &str = "22";
 
@@ -58,8 +60,58 @@ pub fn run() -> Result<()> {
     nightly()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     vm_kernels()?;
     Ok(())
+}
+
+/// What `cargo xtask fuzz` needs: the nightly and cargo-fuzz.
+pub fn fuzz_tools() -> Result<()> {
+    nightly()?;
+    cargo_fuzz()
+}
+
+/// Whether `cargo fuzz --version` output names [`CARGO_FUZZ_VERSION`].
+fn is_wanted_cargo_fuzz(version_output: &str) -> bool {
+    version_output.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION)
+}
+
+fn cargo_fuzz_version() -> Option<String> {
+    let out = cmd::output(cmd::new("cargo").args(["fuzz", "--version"])).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let current = cargo_fuzz_version();
+    if let Some(v) = current.as_deref().filter(|v| is_wanted_cargo_fuzz(v)) {
+        println!("setup: cargo-fuzz ok ({v})");
+        return Ok(());
+    }
+    println!(
+        "setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (found: {}); this takes about 2 minutes",
+        current.as_deref().unwrap_or("none")
+    );
+    cmd::run(cmd::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ]))
+    .context("building cargo-fuzz failed: check the cargo output above (crates.io reachable?)")?;
+    match cargo_fuzz_version() {
+        Some(v) if is_wanted_cargo_fuzz(&v) => {
+            println!("setup: cargo-fuzz installed ({v})");
+            Ok(())
+        }
+        other => bail!(
+            "cargo-fuzz was built but `cargo fuzz --version` gives {other:?}: check that {} is on PATH",
+            cmd::cargo_home()?.join("bin").display()
+        ),
+    }
 }
 
 /// The kernels `cargo xtask vm` boots, unpacked once into the cache.
@@ -272,6 +324,14 @@ mod tests {
         assert!(!is_wanted_bpf_linker("bpf-linker 0.130.0"));
         assert!(!is_wanted_bpf_linker("bpf-linker 1.13.0"));
         assert!(!is_wanted_bpf_linker(""));
+    }
+
+    #[test]
+    fn cargo_fuzz_version_check() {
+        assert!(is_wanted_cargo_fuzz("cargo-fuzz 0.13.2\n"));
+        assert!(!is_wanted_cargo_fuzz("cargo-fuzz 0.13.1"));
+        assert!(!is_wanted_cargo_fuzz("cargo-fuzz 0.13.20"));
+        assert!(!is_wanted_cargo_fuzz(""));
     }
 
     #[test]

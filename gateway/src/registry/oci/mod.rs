@@ -11,6 +11,8 @@
 
 mod blob;
 mod document;
+#[doc(hidden)]
+pub mod fuzzing;
 mod query;
 mod range;
 mod referrers;
