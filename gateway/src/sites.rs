@@ -29,7 +29,7 @@ pub struct Serving {
 /// Opens the cache and builds the site handlers (no TLS: also what the
 /// `cache` subcommands use when no daemon runs).
 pub async fn build_content(config: &Config) -> anyhow::Result<Content> {
-    let cache = Cache::open(&config.cache.dir, config.cache.max_size)
+    let cache = Cache::open_with(&config.cache.dir, config.cache.limits())
         .await
         .with_context(|| format!("opening the cache in {}", config.cache.dir.display()))?;
     let mut oci = HashMap::new();

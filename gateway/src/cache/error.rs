@@ -81,9 +81,40 @@ pub enum CacheError {
     },
 
     /// The fill this reader was following failed; the reason is the leader's
-    /// error. A retry starts a new fill.
+    /// error, `cause` whose fault it was. A retry starts a new fill.
     #[error("the fill of {digest} failed: {reason}")]
-    FillFailed { digest: Digest, reason: Arc<str> },
+    FillFailed {
+        digest: Digest,
+        reason: Arc<str>,
+        cause: FailCause,
+    },
+
+    /// Larger than `cache.max_blob_size`: refused before a byte is written
+    /// when announced, cut off at the limit when not.
+    #[error("{digest} is larger than cache.max_blob_size ({limit} bytes): {size} bytes {how}")]
+    TooLarge {
+        digest: Digest,
+        size: u64,
+        limit: u64,
+        /// `announced` or `received, and more coming`.
+        how: &'static str,
+    },
+
+    /// No room for a fill: under `cache.max_size` once everything evictable
+    /// is counted out, or on the cache's filesystem.
+    #[error("no room in the cache for {digest} ({needed} bytes): {detail}")]
+    NoSpace {
+        digest: Digest,
+        needed: u64,
+        detail: String,
+    },
+
+    /// `cache.max_concurrent_fills` fills are running; a new one is refused
+    /// rather than queued (a client retries).
+    #[error(
+        "{limit} fills are in progress, the most cache.max_concurrent_fills allows; retry shortly"
+    )]
+    TooManyFills { limit: usize },
 
     /// A byte range that does not lie within the blob.
     #[error("range {start}-{end} is outside {digest} ({size} bytes)")]
@@ -112,6 +143,18 @@ impl CacheError {
         )
     }
 
+    /// Whose fault a fill that failed with this error was, for its readers.
+    pub fn cause(&self) -> FailCause {
+        match self {
+            Self::FillFailed { cause, .. } => *cause,
+            Self::TooLarge { .. } => FailCause::TooLarge,
+            Self::NoSpace { .. } | Self::TooManyFills { .. } => FailCause::NoSpace,
+            Self::Io { source, .. } if is_storage_full(source) => FailCause::NoSpace,
+            e if e.is_upstream_fault() => FailCause::Upstream,
+            _ => FailCause::Internal,
+        }
+    }
+
     pub(super) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
@@ -127,6 +170,29 @@ impl CacheError {
     pub(super) fn task(op: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
         move |source| Self::Task { op, source }
     }
+}
+
+/// Why a fill failed, as every reader of it learns: the proxy answers
+/// each reader by it (an upstream 404 is a 404 to all of them, a full
+/// cache is the gateway's own limit, not upstream's fault).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailCause {
+    /// Upstream answered this status instead of the content.
+    Status(u16),
+    /// Upstream's connection broke or its content was wrong.
+    Upstream,
+    /// Larger than `cache.max_blob_size`.
+    TooLarge,
+    /// No room under `cache.max_size` or on the disk.
+    NoSpace,
+    /// The gateway's own failure (disk, configuration, a fill nobody
+    /// followed any more).
+    Internal,
+}
+
+/// ENOSPC or EDQUOT.
+pub(super) fn is_storage_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Streams carry `io::Error`; the cache error rides inside so the caller

@@ -70,14 +70,14 @@ impl Cache {
 pub(super) async fn pass(inner: &Arc<Inner>, flush: bool) -> Result<EvictReport, CacheError> {
     let (victims, dirty, still_over) = {
         let mut state = inner.state();
-        let mut excess = state.bytes.saturating_sub(inner.max_size);
+        let max = inner.limits.max_size;
+        // Fills' reservations count: a pass a fill asked for makes room
+        // for it (budget.rs).
+        let mut excess = state.used().saturating_sub(max);
         let mut candidates: Vec<(u64, Digest, u64)> = Vec::new();
         if excess > 0 {
-            let pinned = state.pinned();
             candidates = state
-                .blobs
-                .iter()
-                .filter(|(d, _)| !pinned.contains(d) && !state.fills.contains_key(d))
+                .evictable()
                 .map(|(d, m)| (m.access, *d, m.size))
                 .collect();
             // Oldest access first.
@@ -95,14 +95,15 @@ pub(super) async fn pass(inner: &Arc<Inner>, flush: bool) -> Result<EvictReport,
             state.remove_blob(digest);
             state.evicting.insert(*digest);
         }
-        let still_over = state.bytes > inner.max_size;
+        let still_over = state.used() > max;
         let dirty = state.take_flush(flush || !victims.is_empty());
         (victims, dirty, still_over)
     };
     if still_over {
         tracing::warn!(
-            max_bytes = inner.max_size,
-            "cache: over its size limit with only pinned blobs left"
+            max_bytes = inner.limits.max_size,
+            reserved_bytes = inner.state().reserved,
+            "cache: over its size limit with only pinned blobs and fills in progress left"
         );
     }
     if victims.is_empty() && dirty.is_empty() {

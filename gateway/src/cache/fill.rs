@@ -22,9 +22,17 @@
 //! publishing then fails, nothing is stored, and readers still finish the
 //! verified bytes from the open descriptor.
 //!
-//! Recommended use by a proxy: pump upstream into the writer from a spawned
-//! task (a client that hangs up must not end the fill its followers wait
-//! for), and serve the leader's own client from [`FillWriter::reader`], so it
+//! Bounds (see [`super::Limits`]): a size over `max_blob_size` is refused
+//! when announced ([`FillWriter::set_size`], or `begin_fill`'s expected
+//! size) and a body without one is cut off when it passes the limit; every
+//! byte is reserved in the budget (budget.rs) before it is written; no more
+//! than `max_concurrent_fills` leaders exist at once ([`CacheError::TooManyFills`]).
+//! A failure reaches readers with its [`FailCause`].
+//!
+//! Recommended use by a proxy: run the whole upstream request and pump in a
+//! spawned task (a client that hangs up must not end the fill its
+//! followers wait for), stop it when [`FillWriter::unfollowed`] resolves,
+//! and serve the leader's own client from [`FillWriter::reader`], so it
 //! gets the same hold-back of the final byte as every follower.
 
 use std::{
@@ -32,14 +40,20 @@ use std::{
     fs::File,
     os::unix::fs::FileExt as _,
     path::PathBuf,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use super::{Blob, Cache, CacheError, Digest, follow::FillReader, store};
+use super::{
+    Blob, Cache, CacheError, Digest, FailCause, budget::RESERVE_STEP, follow::FillReader,
+    readers::Readers, store,
+};
 
 /// What [`Cache::begin_fill`] hands out.
 #[derive(Debug)]
@@ -62,7 +76,7 @@ pub(super) enum Progress {
     /// Digest matched; the blob is published with `size` bytes.
     Verified { size: u64 },
     /// The fill failed; nothing was stored.
-    Failed(Arc<str>),
+    Failed(Arc<str>, FailCause),
 }
 
 /// What the leader shares with its readers.
@@ -77,9 +91,28 @@ pub(super) struct FillShared {
     /// same bytes as the file holds there, set before the progress that
     /// makes them readable.
     pub(super) recent: Mutex<[Option<(u64, Bytes)>; 2]>,
+    /// Bytes of `max_size` this fill holds (budget.rs); changed under the
+    /// state lock only.
+    pub(super) reserved: AtomicU64,
+    /// Bytes in the temp file (the disk check counts what is still to come).
+    pub(super) written: AtomicU64,
+    pub(super) readers: Readers,
 }
 
 impl FillShared {
+    pub(super) fn new(digest: Digest, expected_size: Option<u64>) -> Self {
+        Self {
+            digest,
+            expected_size: expected_size.map(OnceLock::from).unwrap_or_default(),
+            file: OnceLock::new(),
+            progress: watch::Sender::new(Progress::Opening),
+            recent: Mutex::new([None, None]),
+            reserved: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            readers: Readers::default(),
+        }
+    }
+
     /// Records a batch just written at `offset`.
     fn remember(&self, offset: u64, batch: Bytes) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
@@ -120,10 +153,15 @@ impl Cache {
     /// declares it with [`FillWriter::set_size`]. With it, the fill fails as
     /// soon as upstream sends more, and followers know the total size
     /// ([`FillReader::size`], [`FillReader::known_size`]). A follower's own
-    /// `expected_size` is ignored: the leader's counts.
+    /// `expected_size` is ignored: the leader's counts. A leader's expected
+    /// size is checked against `max_blob_size` and reserved here, so this
+    /// fails with [`CacheError::TooLarge`] or [`CacheError::NoSpace`];
+    /// a new leader past `max_concurrent_fills` gets
+    /// [`CacheError::TooManyFills`].
     ///
-    /// Async because a leader's temp file is created here and a `Done`
-    /// blob's file is opened here.
+    /// Async because a leader's temp file is created here (after any
+    /// eviction its reservation needs) and a `Done` blob's file is opened
+    /// here.
     pub async fn begin_fill(
         &self,
         digest: &Digest,
@@ -136,17 +174,17 @@ impl Cache {
                 if let Some((size, seen)) = state.touch(digest) {
                     Next::Present(size, seen)
                 } else if let Some(shared) = state.fills.get(digest) {
-                    Next::Follow(Arc::clone(shared))
+                    // Made under the lock: an abandoned fill is taken out
+                    // of the map under it too, never with a new reader.
+                    Next::Follow(FillReader::new(Arc::clone(shared)))
                 } else if state.evicting.contains(digest) {
                     Next::WaitForEviction
-                } else {
-                    let shared = Arc::new(FillShared {
-                        digest: *digest,
-                        expected_size: expected_size.map(OnceLock::from).unwrap_or_default(),
-                        file: OnceLock::new(),
-                        progress: watch::Sender::new(Progress::Opening),
-                        recent: Mutex::new([None, None]),
+                } else if state.fills.len() >= self.inner.limits.max_concurrent_fills {
+                    return Err(CacheError::TooManyFills {
+                        limit: self.inner.limits.max_concurrent_fills,
                     });
+                } else {
+                    let shared = Arc::new(FillShared::new(*digest, expected_size));
                     state.fills.insert(*digest, Arc::clone(&shared));
                     Next::Lead(shared)
                 }
@@ -158,7 +196,7 @@ impl Cache {
                     }
                     // Its file vanished; it is forgotten now, so fill it.
                 }
-                Next::Follow(shared) => return Ok(Fill::Follower(FillReader::new(shared))),
+                Next::Follow(reader) => return Ok(Fill::Follower(reader)),
                 // `notified` was created before the check, so the wake-up
                 // cannot slip between the check and this wait.
                 Next::WaitForEviction => notified.await,
@@ -173,6 +211,9 @@ impl Cache {
                         written: 0,
                         closed: false,
                     };
+                    if let Some(size) = expected_size {
+                        writer.claim(size).await?;
+                    }
                     writer.create_temp().await?;
                     return Ok(Fill::Leader(writer));
                 }
@@ -183,7 +224,7 @@ impl Cache {
 
 enum Next {
     Present(u64, u64),
-    Follow(Arc<FillShared>),
+    Follow(FillReader),
     WaitForEviction,
     Lead(Arc<FillShared>),
 }
@@ -203,28 +244,69 @@ impl FillWriter {
         FillReader::new(Arc::clone(&self.shared))
     }
 
+    /// Resolves once no reader has followed this fill for the cache's
+    /// `abandon_grace`; by then nobody can join it any more, and the
+    /// caller should stop and fail it (the temp file goes). Pending while
+    /// anyone follows. Holds the cache open until it resolves or is dropped.
+    pub fn unfollowed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let inner = Arc::clone(&self.cache.inner);
+        let grace = inner.limits.abandon_grace;
+        super::readers::unfollowed(inner, Arc::clone(&self.shared), grace)
+    }
+
     /// Declares the total size once upstream announced it (Content-Length),
-    /// so followers can send it and the fill can enforce it. A size that
-    /// contradicts the one already known, or the bytes already written,
-    /// fails the fill ([`CacheError::SizeConflict`]).
-    pub fn set_size(&mut self, size: u64) -> Result<(), CacheError> {
+    /// so followers can send it and the fill can enforce it. Fails the
+    /// fill when the size contradicts the one already known or the bytes
+    /// already written ([`CacheError::SizeConflict`]), exceeds
+    /// `max_blob_size` ([`CacheError::TooLarge`]) or cannot be reserved
+    /// ([`CacheError::NoSpace`]); followers learn the size only once it is
+    /// reserved. Async because making room may wait for an eviction pass.
+    pub async fn set_size(&mut self, size: u64) -> Result<(), CacheError> {
         let digest = self.shared.digest;
         if self.closed {
             return Err(CacheError::FillClosed { digest });
         }
-        let known = *self.shared.expected_size.get_or_init(|| size);
-        if known != size || self.written > size {
+        let known = self.shared.expected_size.get().copied();
+        if known.is_some_and(|k| k != size) || self.written > size {
             let e = CacheError::SizeConflict {
                 digest,
-                expected: known.max(self.written),
+                expected: known.unwrap_or(0).max(self.written),
                 announced: size,
             };
-            self.abort(e.to_string());
+            self.abort_with(&e);
             return Err(e);
         }
+        self.claim(size).await?;
+        let _ = self.shared.expected_size.set(size);
         // Wakes readers waiting in `known_size`.
         self.shared.progress.send_modify(|_| {});
         Ok(())
+    }
+
+    /// Checks an announced size against `max_blob_size` and reserves it;
+    /// fails the fill if either refuses.
+    async fn claim(&mut self, size: u64) -> Result<(), CacheError> {
+        let limit = self.cache.inner.limits.max_blob_size;
+        if size > limit {
+            let e = CacheError::TooLarge {
+                digest: self.shared.digest,
+                size,
+                limit,
+                how: "announced",
+            };
+            self.abort_with(&e);
+            return Err(e);
+        }
+        self.reserve(size).await
+    }
+
+    /// Reserves up to `target` bytes; fails the fill if refused.
+    async fn reserve(&mut self, target: u64) -> Result<(), CacheError> {
+        let reserved = self.cache.reserve(&self.shared, target).await;
+        if let Err(e) = &reserved {
+            self.abort_with(e);
+        }
+        reserved
     }
 
     async fn create_temp(&mut self) -> Result<(), CacheError> {
@@ -245,7 +327,7 @@ impl FillWriter {
                 Ok(())
             }
             Err(e) => {
-                self.abort(e.to_string());
+                self.abort_with(&e);
                 Err(e)
             }
         }
@@ -259,25 +341,44 @@ impl FillWriter {
 
     /// Appends a chunk: hashes it and writes it to the temp file (both off
     /// the async threads), then tells readers. Fails the fill, for everyone,
-    /// if upstream sent more than the expected size or the disk failed.
+    /// if upstream sent more than the expected size or `max_blob_size`, if
+    /// the bytes cannot be reserved, or if the disk failed.
     pub async fn write_bytes(&mut self, chunk: Bytes) -> Result<(), CacheError> {
         let digest = self.shared.digest;
-        let (Some(mut hasher), Some(file), false) = (
-            self.hasher.take(),
-            self.shared.file.get().cloned(),
-            self.closed,
-        ) else {
-            self.abort("a write was interrupted".to_owned());
+        if self.closed || self.hasher.is_none() {
+            self.abort("a write was interrupted".to_owned(), FailCause::Internal);
             return Err(CacheError::FillClosed { digest });
-        };
+        }
         let end = self.written + chunk.len() as u64;
         if let Some(&expected) = self.shared.expected_size.get()
             && end > expected
         {
             let e = CacheError::TooLong { digest, expected };
-            self.abort(e.to_string());
+            self.abort_with(&e);
             return Err(e);
         }
+        let limit = self.cache.inner.limits.max_blob_size;
+        if end > limit {
+            let e = CacheError::TooLarge {
+                digest,
+                size: end,
+                limit,
+                how: "received, and more coming",
+            };
+            self.abort_with(&e);
+            return Err(e);
+        }
+        if end > self.shared.reserved.load(Ordering::SeqCst) {
+            // No size announced (an announced one is reserved whole): grow
+            // the reservation a step ahead of the bytes.
+            let step = self.written.saturating_add(RESERVE_STEP);
+            self.reserve(end.max(step).min(limit)).await?;
+        }
+        let (Some(mut hasher), Some(file)) = (self.hasher.take(), self.shared.file.get().cloned())
+        else {
+            self.abort("a write was interrupted".to_owned(), FailCause::Internal);
+            return Err(CacheError::FillClosed { digest });
+        };
         let pos = self.written;
         let batch = chunk.clone();
         let written = tokio::task::spawn_blocking(move || {
@@ -290,6 +391,7 @@ impl FillWriter {
             Ok(Ok(hasher)) => {
                 self.hasher = Some(hasher);
                 self.written = end;
+                self.shared.written.store(end, Ordering::SeqCst);
                 self.shared.remember(pos, batch);
                 self.shared
                     .progress
@@ -303,7 +405,7 @@ impl FillWriter {
             },
             Err(e) => CacheError::task("write a temp file")(e),
         };
-        self.abort(result.to_string());
+        self.abort_with(&result);
         Err(result)
     }
 
@@ -317,9 +419,16 @@ impl FillWriter {
             .map_err(CacheError::task("publish a fill"))?
     }
 
-    /// Fails the fill: readers get `reason`, the temp file is removed.
-    pub fn fail(mut self, reason: impl fmt::Display) {
-        self.abort(reason.to_string());
+    /// Fails the fill as upstream's fault: readers get `reason`, the temp
+    /// file is removed.
+    pub fn fail(self, reason: impl fmt::Display) {
+        self.fail_with(FailCause::Upstream, reason);
+    }
+
+    /// Fails the fill: readers get `reason` and `cause`, the temp file is
+    /// removed.
+    pub fn fail_with(mut self, cause: FailCause, reason: impl fmt::Display) {
+        self.abort(reason.to_string(), cause);
     }
 
     async fn publish(mut self) -> Result<Blob, CacheError> {
@@ -330,7 +439,7 @@ impl FillWriter {
             self.temp.clone(),
             self.closed,
         ) else {
-            self.abort("a write was interrupted".to_owned());
+            self.abort("a write was interrupted".to_owned(), FailCause::Internal);
             return Err(CacheError::FillClosed { digest });
         };
         let size = self.written;
@@ -342,7 +451,7 @@ impl FillWriter {
                 expected,
                 received: size,
             };
-            self.abort(e.to_string());
+            self.abort_with(&e);
             return Err(e);
         }
         let actual = Digest::from_hasher(hasher);
@@ -351,7 +460,7 @@ impl FillWriter {
                 expected: digest,
                 actual,
             };
-            self.abort(e.to_string());
+            self.abort_with(&e);
             return Err(e);
         }
 
@@ -387,6 +496,7 @@ impl FillWriter {
             if published.is_ok() {
                 state.insert_blob(digest, size, access);
             }
+            release(&mut state, &self.shared);
             remove_fill(&mut state.fills, &self.shared);
         }
         if let Err(e) = published {
@@ -402,17 +512,26 @@ impl FillWriter {
         Ok(Blob::new(digest, size, file))
     }
 
-    /// Fails the fill once: frees the digest, tells readers, removes the
-    /// temp file.
-    fn abort(&mut self, reason: String) {
+    /// Fails the fill with `e` and the cause it implies.
+    fn abort_with(&mut self, e: &CacheError) {
+        self.abort(e.to_string(), e.cause());
+    }
+
+    /// Fails the fill once: frees the digest and its reservation, tells
+    /// readers, removes the temp file.
+    fn abort(&mut self, reason: String, cause: FailCause) {
         if self.closed {
             return;
         }
         self.closed = true;
-        remove_fill(&mut self.cache.inner.state().fills, &self.shared);
+        {
+            let mut state = self.cache.inner.state();
+            release(&mut state, &self.shared);
+            remove_fill(&mut state.fills, &self.shared);
+        }
         self.shared
             .progress
-            .send_replace(Progress::Failed(reason.into()));
+            .send_replace(Progress::Failed(reason.into(), cause));
         if let Some(temp) = self.temp.take() {
             store::remove_in_background(temp);
         }
@@ -421,7 +540,10 @@ impl FillWriter {
 
 impl Drop for FillWriter {
     fn drop(&mut self) {
-        self.abort("the fill was abandoned before it finished".to_owned());
+        self.abort(
+            "the fill was abandoned before it finished".to_owned(),
+            FailCause::Internal,
+        );
     }
 }
 
@@ -436,8 +558,14 @@ impl fmt::Debug for FillWriter {
     }
 }
 
+/// Gives back what the fill reserved (it is over, one way or the other).
+fn release(state: &mut super::state::State, shared: &FillShared) {
+    let held = shared.reserved.swap(0, Ordering::SeqCst);
+    state.reserved = state.reserved.saturating_sub(held);
+}
+
 /// Removes this fill's slot, not a newer fill's of the same digest.
-fn remove_fill(
+pub(super) fn remove_fill(
     fills: &mut std::collections::HashMap<Digest, Arc<FillShared>>,
     shared: &Arc<FillShared>,
 ) {
@@ -455,13 +583,7 @@ mod recent_tests {
 
     #[test]
     fn recent_slices_serve_only_the_bytes_the_two_last_batches_hold() {
-        let shared = FillShared {
-            digest: Digest::of(b""),
-            expected_size: OnceLock::new(),
-            file: OnceLock::new(),
-            progress: watch::Sender::new(Progress::Opening),
-            recent: Mutex::new([None, None]),
-        };
+        let shared = FillShared::new(Digest::of(b""), None);
         assert_eq!(shared.recent_slice(0, 10), None);
         shared.remember(90, Bytes::from_static(b"abcdefghij"));
         shared.remember(100, Bytes::from_static(b"0123456789"));

@@ -26,21 +26,26 @@ use futures::{Stream, stream};
 use tokio::sync::watch;
 
 use super::{
-    CacheError, Digest,
+    CacheError, Digest, FailCause,
     blob::{chunk_len, resolve_range},
     fill::{FillShared, Progress},
+    readers::Tracked,
     store::read_chunk,
 };
 
-/// A follower of a fill in progress. Cheap to clone.
+/// A follower of a fill in progress. Cheap to clone. It and every stream
+/// made from it count as readers of the fill (readers.rs): when all are
+/// gone, the fill stops after a grace.
 #[derive(Clone)]
 pub struct FillReader {
-    shared: Arc<FillShared>,
+    shared: Tracked,
 }
 
 impl FillReader {
     pub(super) fn new(shared: Arc<FillShared>) -> Self {
-        Self { shared }
+        Self {
+            shared: Tracked::new(shared),
+        }
     }
 
     pub fn digest(&self) -> Digest {
@@ -67,12 +72,12 @@ impl FillReader {
             }
             match progress {
                 Progress::Verified { size } => return Ok(Some(size)),
-                Progress::Failed(reason) => return Err(self.failed(reason)),
+                Progress::Failed(reason, cause) => return Err(self.failed(reason, cause)),
                 Progress::Writing { written } if written > 0 => return Ok(None),
                 Progress::Opening | Progress::Writing { .. } => {}
             }
             if rx.changed().await.is_err() {
-                return Err(self.failed("the leader went away".into()));
+                return Err(self.failed("the leader went away".into(), FailCause::Internal));
             }
         }
     }
@@ -85,11 +90,11 @@ impl FillReader {
             let progress = rx.borrow_and_update().clone();
             match progress {
                 Progress::Verified { size } => return Ok(size),
-                Progress::Failed(reason) => return Err(self.failed(reason)),
+                Progress::Failed(reason, cause) => return Err(self.failed(reason, cause)),
                 Progress::Opening | Progress::Writing { .. } => {}
             }
             if rx.changed().await.is_err() {
-                return Err(self.failed("the leader went away".into()));
+                return Err(self.failed("the leader went away".into(), FailCause::Internal));
             }
         }
     }
@@ -122,7 +127,7 @@ impl FillReader {
         };
         let follow = match window {
             Ok((start, end)) => Follow {
-                shared: Arc::clone(&self.shared),
+                shared: self.shared.clone(),
                 rx: self.shared.progress.subscribe(),
                 start,
                 pos: start,
@@ -132,7 +137,7 @@ impl FillReader {
                 done: false,
             },
             Err(e) => Follow {
-                shared: Arc::clone(&self.shared),
+                shared: self.shared.clone(),
                 rx: self.shared.progress.subscribe(),
                 start: 0,
                 pos: 0,
@@ -148,17 +153,18 @@ impl FillReader {
         })
     }
 
-    fn failed(&self, reason: Arc<str>) -> CacheError {
+    fn failed(&self, reason: Arc<str>, cause: FailCause) -> CacheError {
         CacheError::FillFailed {
             digest: self.shared.digest,
             reason,
+            cause,
         }
     }
 }
 
 /// One follower stream's position.
 struct Follow {
-    shared: Arc<FillShared>,
+    shared: Tracked,
     rx: watch::Receiver<Progress>,
     start: u64,
     pos: u64,
@@ -206,10 +212,11 @@ impl Follow {
                     }
                     end
                 }
-                Progress::Failed(reason) => {
+                Progress::Failed(reason, cause) => {
                     return self.fail(CacheError::FillFailed {
                         digest: self.shared.digest,
                         reason,
+                        cause,
                     });
                 }
             };
@@ -220,6 +227,7 @@ impl Follow {
                 return self.fail(CacheError::FillFailed {
                     digest: self.shared.digest,
                     reason: "the leader went away".into(),
+                    cause: FailCause::Internal,
                 });
             }
         }

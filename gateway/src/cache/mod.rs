@@ -12,10 +12,18 @@
 //!   the finished [`Blob`]. No reader ever receives the last byte of its
 //!   response before the leader verified the digest (follow.rs), so a wrong
 //!   or short upstream never yields a complete-looking body.
-//! - The total size of complete blobs is kept under `max_size` by evicting
-//!   the least recently used unpinned blobs after each fill, in the
-//!   background (evict.rs). Readers hold open descriptors, so eviction never
-//!   cuts a transfer short.
+//! - The total size of complete blobs plus the space fills in progress
+//!   reserved is kept under `max_size` (budget.rs): a fill reserves its
+//!   announced size (or grows its reservation as bytes arrive) before it
+//!   writes, evicting the least recently used unpinned blobs to make room,
+//!   and is refused ([`CacheError::NoSpace`]) when even that cannot make
+//!   room or the filesystem has not the space. Readers hold open
+//!   descriptors, so eviction never cuts a transfer short.
+//! - Fills are bounded ([`Limits`]): a blob larger than `max_blob_size` is
+//!   refused before a byte is written when announced, and cut off at the
+//!   limit when not; at most `max_concurrent_fills` run at once; a fill no
+//!   reader follows any more for `abandon_grace` is taken out of the map so
+//!   its leader can stop it ([`FillWriter::unfollowed`], readers.rs).
 //! - References (tag → digest) and pins live in an embedded ACID index
 //!   (index.rs); [`Cache::open`] reconciles it with the files (reconcile.rs).
 //!
@@ -28,20 +36,21 @@
 //!
 //! `get` → serve the [`Blob`]. Otherwise `begin_fill`: `Done` → serve it;
 //! `Follower` → [`FillReader::known_size`] for headers, then
-//! [`FillReader::stream`]; `Leader` → request upstream, [`FillWriter::set_size`]
-//! from its Content-Length, spawn a task that pumps the body into
-//! [`FillWriter::write_bytes`] and calls `finish` (or `fail`), and serve the
-//! client from [`FillWriter::reader`]. The pump must time out a stalled
-//! upstream and `fail`: followers wait as long as the leader does.
-//!
-//! A blob larger than `max_size` (and not pinned) is served to everyone
-//! following its fill, then evicted by the next pass.
+//! [`FillReader::stream`]; `Leader` → take [`FillWriter::reader`] for the
+//! client, and spawn a task that requests upstream, declares
+//! [`FillWriter::set_size`] from its Content-Length, pumps the body into
+//! [`FillWriter::write_bytes`] and calls `finish` (or `fail_with`), and
+//! stops when [`FillWriter::unfollowed`] resolves. The leader's client is
+//! then one follower among others: its going away fails nobody. The pump
+//! must time out a stalled upstream and fail: followers wait as long as the
+//! leader does.
 //!
 //! Only one process may open a cache directory at a time (the index file is
 //! locked); `gateway cache ls` and the like go through the running daemon,
 //! or open the cache while it is stopped.
 
 mod blob;
+mod budget;
 mod digest;
 mod error;
 mod evict;
@@ -49,6 +58,7 @@ mod fill;
 mod follow;
 mod index;
 mod pins;
+mod readers;
 mod reconcile;
 mod refs;
 mod state;
@@ -62,13 +72,14 @@ use std::{
     io,
     path::Path,
     sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::AtomicBool},
+    time::Duration,
 };
 
 use tokio::sync::Notify;
 
 pub use blob::Blob;
 pub use digest::Digest;
-pub use error::CacheError;
+pub use error::{CacheError, FailCause};
 pub use evict::EvictReport;
 pub use fill::{Fill, FillWriter};
 pub use follow::FillReader;
@@ -84,10 +95,51 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
+/// Default `max_concurrent_fills`: enough for several devices pulling
+/// different images at once (clients fetch a few layers in parallel each).
+pub const DEFAULT_MAX_CONCURRENT_FILLS: usize = 32;
+
+/// How long a fill goes on with no reader: long enough for a client that
+/// lost its connection to come back (with a Range request, say) and find
+/// the fill still running, short enough that a fill everyone gave up on
+/// stops holding upstream bandwidth and temp space.
+pub const ABANDON_GRACE: Duration = Duration::from_secs(10);
+
+/// The default `max_blob_size` for a cache of `max_size` bytes: half of it
+/// (one blob may not push out everything else), at most 16 GiB.
+pub fn default_max_blob_size(max_size: u64) -> u64 {
+    (max_size / 2).min(16 << 30)
+}
+
+/// What bounds the cache and its fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Complete blobs plus what fills in progress reserved, in bytes.
+    pub max_size: u64,
+    /// The largest blob a fill accepts.
+    pub max_blob_size: u64,
+    /// Fills (leaders) in progress at once.
+    pub max_concurrent_fills: usize,
+    /// See [`ABANDON_GRACE`].
+    pub abandon_grace: Duration,
+}
+
+impl Limits {
+    /// `max_size` with every other bound at its default.
+    pub fn new(max_size: u64) -> Self {
+        Self {
+            max_size,
+            max_blob_size: default_max_blob_size(max_size),
+            max_concurrent_fills: DEFAULT_MAX_CONCURRENT_FILLS,
+            abandon_grace: ABANDON_GRACE,
+        }
+    }
+}
+
 struct Inner {
     layout: Layout,
     index: Index,
-    max_size: u64,
+    limits: Limits,
     state: Mutex<State>,
     /// Serialises maintenance passes (eviction, access-time flushes). An
     /// async mutex because a pass does I/O; it guards no data.
@@ -110,21 +162,29 @@ pub struct CacheStats {
     pub bytes: u64,
     /// The configured limit in bytes.
     pub max_bytes: u64,
+    /// Space fills in progress reserved (their temp files, written or
+    /// still to come); counts toward `max_bytes`.
+    pub reserved_bytes: u64,
     /// Blobs held that some pin names.
     pub pinned_blobs: usize,
     pub fills_in_progress: usize,
 }
 
 impl Cache {
-    /// Opens (creating if needed) the cache in `dir`, limited to `max_size`
-    /// bytes of blobs.
+    /// Opens the cache in `dir` limited to `max_size` bytes, every other
+    /// bound at its default; see [`Cache::open_with`].
+    pub async fn open(dir: &Path, max_size: u64) -> Result<Cache, CacheError> {
+        Self::open_with(dir, Limits::new(max_size)).await
+    }
+
+    /// Opens (creating if needed) the cache in `dir`, bounded by `limits`.
     ///
     /// Reconciles the index with the files first (which may hash blobs
     /// found without an index entry, so it can take a while after a crash)
     /// and wipes the temp files of fills a crash interrupted. If the cache is
     /// over `max_size` (a lowered limit), an eviction pass starts in the
     /// background.
-    pub async fn open(dir: &Path, max_size: u64) -> Result<Cache, CacheError> {
+    pub async fn open_with(dir: &Path, limits: Limits) -> Result<Cache, CacheError> {
         let layout = Layout::new(dir);
         let (layout, index, loaded) = tokio::task::spawn_blocking(move || {
             layout.create_dirs()?;
@@ -141,7 +201,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 layout,
                 index,
-                max_size,
+                limits,
                 state: Mutex::new(State::new(loaded.blobs, loaded.pins)),
                 maintenance: Arc::new(tokio::sync::Mutex::new(())),
                 maintenance_queued: AtomicBool::new(false),
@@ -149,7 +209,7 @@ impl Cache {
                 evicted: Notify::new(),
             }),
         };
-        if cache.stats().bytes > max_size {
+        if cache.stats().bytes > limits.max_size {
             cache.schedule_maintenance();
         }
         Ok(cache)
@@ -179,7 +239,8 @@ impl Cache {
         CacheStats {
             blobs: state.blobs.len(),
             bytes: state.bytes,
-            max_bytes: self.inner.max_size,
+            max_bytes: self.inner.limits.max_size,
+            reserved_bytes: state.reserved,
             pinned_blobs: state.blobs.keys().filter(|d| pinned.contains(d)).count(),
             fills_in_progress: state.fills.len(),
         }
@@ -250,7 +311,7 @@ impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("dir", &self.inner.layout.root)
-            .field("max_size", &self.inner.max_size)
+            .field("limits", &self.inner.limits)
             .finish_non_exhaustive()
     }
 }

@@ -38,6 +38,8 @@ pub(super) struct State {
     pub(super) bytes: u64,
     /// Fills in progress, one per digest.
     pub(super) fills: HashMap<Digest, Arc<FillShared>>,
+    /// Sum of what fills in progress reserved toward `max_size` (budget.rs).
+    pub(super) reserved: u64,
     /// Blobs an eviction pass is unlinking; a fill of one waits until the
     /// unlink is done so it cannot lose its fresh file to the old unlink.
     pub(super) evicting: HashSet<Digest>,
@@ -58,6 +60,7 @@ impl State {
             blobs,
             bytes,
             fills: HashMap::new(),
+            reserved: 0,
             evicting: HashSet::new(),
             pins,
             clock,
@@ -104,6 +107,19 @@ impl State {
         let meta = self.blobs.remove(digest)?;
         self.bytes -= meta.size;
         Some(meta)
+    }
+
+    /// What counts toward `max_size`: complete blobs and reservations.
+    pub(super) fn used(&self) -> u64 {
+        self.bytes.saturating_add(self.reserved)
+    }
+
+    /// Blobs an eviction pass may take: not pinned, not being filled.
+    pub(super) fn evictable(&self) -> impl Iterator<Item = (&Digest, &BlobMeta)> {
+        let pinned = self.pinned();
+        self.blobs
+            .iter()
+            .filter(move |(d, _)| !pinned.contains(d) && !self.fills.contains_key(d))
     }
 
     /// Every digest some pin names, present or not.

@@ -118,6 +118,28 @@ pub struct Cache {
     /// upstream. Default `5m`.
     #[serde(default = "default_tag_ttl", deserialize_with = "duration")]
     pub tag_ttl: Duration,
+    /// The largest blob a fill accepts: a larger announced size is
+    /// refused before a byte is written, a body without one is cut off
+    /// past it. Default half of `max_size`, at most `16GiB`; at most
+    /// `max_size`.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub max_blob_size: Option<u64>,
+    /// Fills from upstream running at once; one more is refused (503,
+    /// retry). Default 32.
+    #[serde(default = "default_max_concurrent_fills")]
+    pub max_concurrent_fills: usize,
+}
+
+impl Cache {
+    /// The cache's bounds, defaults filled in.
+    pub fn limits(&self) -> crate::cache::Limits {
+        let defaults = crate::cache::Limits::new(self.max_size);
+        crate::cache::Limits {
+            max_blob_size: self.max_blob_size.unwrap_or(defaults.max_blob_size),
+            max_concurrent_fills: self.max_concurrent_fills,
+            ..defaults
+        }
+    }
 }
 
 impl Default for Cache {
@@ -126,6 +148,8 @@ impl Default for Cache {
             dir: default_cache_dir(),
             max_size: default_max_size(),
             tag_ttl: default_tag_ttl(),
+            max_blob_size: None,
+            max_concurrent_fills: default_max_concurrent_fills(),
         }
     }
 }
@@ -139,6 +163,9 @@ fn default_max_size() -> u64 {
 fn default_tag_ttl() -> Duration {
     Duration::from_secs(300)
 }
+fn default_max_concurrent_fills() -> usize {
+    crate::cache::DEFAULT_MAX_CONCURRENT_FILLS
+}
 
 /// `5m`, `30s`, `1h 30m` (humantime).
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -146,6 +173,11 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!("`{text}` is not a duration like 5m or 30s: {e}"))
     })
+}
+
+/// A [`size`] given, or nothing.
+fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d).map(Some)
 }
 
 /// `20GiB`, `512MiB`, `1000000` (bytes).

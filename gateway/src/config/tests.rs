@@ -188,6 +188,7 @@ fn example_config_shows_every_default() {
     assert_eq!(example.cache.dir, minimal.cache.dir);
     assert_eq!(example.cache.max_size, minimal.cache.max_size);
     assert_eq!(example.cache.tag_ttl, minimal.cache.tag_ttl);
+    assert_eq!(example.cache.limits(), minimal.cache.limits());
 }
 
 #[test]
@@ -382,4 +383,36 @@ fn redirect_hosts_take_names_and_addresses() {
         ["cdn.example.test", "10.0.0.5", "fd00::5"]
     );
     assert!(config.sites[1].redirect_hosts.is_empty());
+}
+
+#[test]
+fn cache_bounds_default_and_are_checked() {
+    let c = Config::parse(MINIMAL).expect("minimal");
+    let limits = c.cache.limits();
+    // 20 GiB by default: half of it per blob, under the 16 GiB ceiling.
+    assert_eq!(limits.max_blob_size, 10 << 30);
+    assert_eq!(limits.max_concurrent_fills, 32);
+    let big = Config::parse(&format!("{MINIMAL}cache:\n  max_size: 100GiB\n")).expect("big");
+    assert_eq!(big.cache.limits().max_blob_size, 16 << 30);
+    let set = Config::parse(&format!(
+        "{MINIMAL}cache:\n  max_size: 1GiB\n  max_blob_size: 1GiB\n  max_concurrent_fills: 4\n"
+    ))
+    .expect("set");
+    assert_eq!(set.cache.limits().max_blob_size, 1 << 30);
+    assert_eq!(set.cache.limits().max_concurrent_fills, 4);
+    for bad in [
+        "  max_size: 1GiB\n  max_blob_size: 2GiB\n",
+        "  max_blob_size: 0\n",
+        "  max_blob_size: huge\n",
+    ] {
+        let e = err(&format!("{MINIMAL}cache:\n{bad}"));
+        assert!(
+            e.contains("max_blob_size") || e.contains("huge"),
+            "{bad}: {e}"
+        );
+    }
+    let e = err(&format!("{MINIMAL}cache:\n  max_concurrent_fills: 0\n"));
+    assert!(e.contains("cache.max_concurrent_fills"), "{e}");
+    let e = err(&format!("{MINIMAL}cache:\n  max_size: 0\n"));
+    assert!(e.contains("cache.max_size"), "{e}");
 }

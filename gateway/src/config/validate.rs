@@ -162,6 +162,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_cache()?;
         if self.tls.leaf_cache == 0 {
             return Err(ConfigError::invalid("tls.leaf_cache", "must be at least 1"));
         }
@@ -169,6 +170,34 @@ impl Config {
             return Err(ConfigError::invalid(
                 "tls.leaf_validity",
                 "must be at least 10m (leaves are re-minted before they expire)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_cache(&self) -> Result<(), ConfigError> {
+        let c = &self.cache;
+        if c.max_size == 0 {
+            return Err(ConfigError::invalid(
+                "cache.max_size",
+                "must be more than 0",
+            ));
+        }
+        if let Some(blob) = c.max_blob_size
+            && (blob == 0 || blob > c.max_size)
+        {
+            return Err(ConfigError::invalid(
+                "cache.max_blob_size",
+                format!(
+                    "must be more than 0 and at most cache.max_size ({} bytes): a larger blob could never be stored",
+                    c.max_size
+                ),
+            ));
+        }
+        if c.max_concurrent_fills == 0 {
+            return Err(ConfigError::invalid(
+                "cache.max_concurrent_fills",
+                "must be at least 1",
             ));
         }
         Ok(())

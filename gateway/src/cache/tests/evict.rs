@@ -2,8 +2,8 @@
 //! without disturbing readers or other blobs.
 
 use super::{
-    super::{Cache, Digest},
-    data, fill, open, read_all, tempdir,
+    super::{Cache, CacheError, Digest, FailCause},
+    assert_tmp_clean, data, fill, leader, open, read_all, tempdir, tmp_entries,
 };
 
 const KIB100: usize = 100 * 1024;
@@ -116,12 +116,78 @@ async fn pins_may_name_blobs_before_they_are_filled() {
         vec![("pre-seed".to_owned(), vec![Digest::of(&x)])]
     );
     fill(&cache, &x).await;
-    fill(&cache, &y).await;
-    cache.evict().await.expect("evict");
+    // The pinned blob fills the cache: another one finds no room, and is
+    // refused before a byte is written rather than stored and evicted.
+    match cache
+        .begin_fill(&Digest::of(&y), Some(y.len() as u64))
+        .await
+    {
+        Err(CacheError::NoSpace { needed, .. }) => assert_eq!(needed, y.len() as u64),
+        other => panic!("expected no room, got {other:?}"),
+    }
     assert!(on_disk(dir.path(), &x));
     assert!(!on_disk(dir.path(), &y));
+    assert!(tmp_entries(dir.path()).is_empty());
     // Everything left is pinned: over nothing, evict nothing more.
     assert_eq!(cache.evict().await.expect("evict").evicted, 0);
+}
+
+#[tokio::test]
+async fn temp_bytes_count_toward_the_limit() {
+    let dir = tempdir();
+    let max = 3 * KIB100 as u64;
+    let cache = open(dir.path(), max).await;
+    let [a, b, c, d] = [1u8, 2, 3, 4].map(|s| data(KIB100, 70 + s));
+    fill(&cache, &a).await;
+    fill(&cache, &b).await;
+    cache.pin("keep-b", &[Digest::of(&b)]).await.expect("pin");
+
+    // A fill of two blobs' worth, announced: reserved whole before a byte
+    // is written, and the least recently used unpinned blob (a) makes room.
+    let big = data(2 * KIB100, 75);
+    let mut w = leader(&cache, &Digest::of(&big), None).await;
+    w.set_size(big.len() as u64).await.expect("room is made");
+    let stats = cache.stats();
+    assert_eq!(stats.reserved_bytes, big.len() as u64, "{stats:?}");
+    assert_eq!(stats.bytes, KIB100 as u64, "a was evicted: {stats:?}");
+    assert!(!on_disk(dir.path(), &a) && on_disk(dir.path(), &b));
+    assert!(stats.bytes + stats.reserved_bytes <= max);
+
+    // Nothing evictable is left (b is pinned, big is filling): another
+    // fill finds no room, announced or growing as bytes arrive.
+    match cache.begin_fill(&Digest::of(&c), Some(1)).await {
+        Err(e @ CacheError::NoSpace { .. }) => {
+            assert_eq!(e.cause(), FailCause::NoSpace);
+            assert!(e.to_string().contains("cache.max_size"), "{e}");
+        }
+        other => panic!("expected no room, got {other:?}"),
+    }
+    let mut wd = leader(&cache, &Digest::of(&d), None).await;
+    let rd = wd.reader();
+    assert!(matches!(
+        wd.write(&d[..10]).await,
+        Err(CacheError::NoSpace { .. })
+    ));
+    assert!(matches!(
+        rd.wait().await,
+        Err(CacheError::FillFailed {
+            cause: FailCause::NoSpace,
+            ..
+        })
+    ));
+
+    // Published, the blob's own size takes the reservation's place.
+    for chunk in big.chunks(64 * 1024) {
+        w.write(chunk).await.expect("write");
+    }
+    w.finish().await.expect("finish");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.bytes, stats.reserved_bytes),
+        (3 * KIB100 as u64, 0),
+        "{stats:?}"
+    );
+    assert_tmp_clean(dir.path()).await;
 }
 
 #[tokio::test]

@@ -5,8 +5,9 @@ use std::io;
 use futures::StreamExt as _;
 
 use super::{
-    super::{CacheError, Digest, Fill},
-    assert_tmp_clean, collect, data, fill, leader, open, read_all, tempdir,
+    super::{CacheError, Digest, FailCause, Fill, Limits},
+    assert_tmp_clean, collect, data, fill, leader, open, open_limits, read_all, tempdir,
+    tmp_entries,
 };
 
 #[tokio::test]
@@ -231,4 +232,115 @@ async fn large_blob_streams_through() {
         total += piece.len();
     }
     assert_eq!(total as u64, size);
+}
+
+/// Bounds for the tests below: blobs up to 1 MiB, two fills at once.
+fn bounded() -> Limits {
+    Limits {
+        max_blob_size: 1 << 20,
+        max_concurrent_fills: 2,
+        ..Limits::new(1 << 30)
+    }
+}
+
+#[tokio::test]
+async fn an_endless_body_without_length_is_cut_at_the_cap() {
+    let dir = tempdir();
+    let cache = open_limits(dir.path(), bounded()).await;
+    let digest = Digest::of(b"whatever upstream means to send");
+    let mut w = leader(&cache, &digest, None).await;
+    let r = w.reader();
+    let chunk = data(64 * 1024, 7);
+    // An endless upstream: it stops only when the fill refuses a chunk.
+    let mut sent = 0u64;
+    let err = loop {
+        match w.write(&chunk).await {
+            Ok(()) => sent += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(sent <= 1 << 20, "the fill took more than the cap");
+    };
+    assert!(
+        matches!(err, CacheError::TooLarge { limit, .. } if limit == 1 << 20),
+        "{err:?}"
+    );
+    assert_eq!(sent, 1 << 20, "everything up to the cap was taken");
+    assert_eq!(err.cause(), FailCause::TooLarge);
+    // The reader sees the cut as a failure of that cause, short of a body.
+    match r.wait().await {
+        Err(CacheError::FillFailed { cause, .. }) => assert_eq!(cause, FailCause::TooLarge),
+        other => panic!("expected the fill to fail, got {other:?}"),
+    }
+    assert!(collect(r.stream(None)).await.1.is_some());
+    assert!(cache.get(&digest).await.expect("get").is_none());
+    assert_tmp_clean(dir.path()).await;
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.fills_in_progress, stats.reserved_bytes, stats.blobs),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn an_announced_length_over_the_cap_is_refused_before_a_byte() {
+    let dir = tempdir();
+    let cache = open_limits(dir.path(), bounded()).await;
+    let digest = Digest::of(b"big");
+    let over = (1 << 20) + 1;
+
+    // Announced by upstream's headers.
+    let mut w = leader(&cache, &digest, None).await;
+    let r = w.reader();
+    let err = w.set_size(over).await.expect_err("over the cap");
+    assert!(
+        matches!(err, CacheError::TooLarge { size, .. } if size == over),
+        "{err:?}"
+    );
+    assert_eq!(w.written(), 0);
+    assert!(matches!(
+        r.known_size().await,
+        Err(CacheError::FillFailed {
+            cause: FailCause::TooLarge,
+            ..
+        })
+    ));
+    assert!(matches!(
+        w.write(b"x").await,
+        Err(CacheError::FillClosed { .. })
+    ));
+    assert_tmp_clean(dir.path()).await;
+
+    // Known from a descriptor: refused before a temp file exists.
+    match cache.begin_fill(&digest, Some(over)).await {
+        Err(CacheError::TooLarge { .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(tmp_entries(dir.path()).is_empty());
+    let stats = cache.stats();
+    assert_eq!((stats.fills_in_progress, stats.reserved_bytes), (0, 0));
+    // At the cap exactly is fine.
+    let _fits = leader(&cache, &digest, Some(1 << 20)).await;
+}
+
+#[tokio::test]
+async fn fills_past_the_concurrency_bound_are_refused_but_followers_join() {
+    let dir = tempdir();
+    let cache = open_limits(dir.path(), bounded()).await;
+    let [a, b, c] = [b"a", b"b", b"c"].map(|x| Digest::of(x));
+    let wa = leader(&cache, &a, None).await;
+    let _wb = leader(&cache, &b, None).await;
+    match cache.begin_fill(&c, None).await {
+        Err(e @ CacheError::TooManyFills { limit: 2 }) => {
+            assert!(e.to_string().contains("max_concurrent_fills"), "{e}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Joining a fill in progress starts nothing, so it is not refused.
+    assert!(matches!(
+        cache.begin_fill(&a, None).await.expect("follow"),
+        Fill::Follower(_)
+    ));
+    // A slot frees when a fill ends.
+    wa.fail("gone");
+    let _wc = leader(&cache, &c, None).await;
 }

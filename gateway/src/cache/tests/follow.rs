@@ -13,8 +13,8 @@ use futures::StreamExt as _;
 use tokio::{sync::Barrier, time::timeout};
 
 use super::{
-    super::{Cache, CacheError, Digest, Fill, FillWriter},
-    assert_tmp_clean, collect, data, leader, open, read_all, tempdir,
+    super::{Cache, CacheError, Digest, FailCause, Fill, FillWriter, Limits},
+    assert_tmp_clean, collect, data, leader, open, open_limits, read_all, tempdir,
 };
 
 /// How the leader of a concurrent test ends its fill.
@@ -373,7 +373,7 @@ async fn leader_declares_the_size_from_upstream_headers() {
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!asked.is_finished(), "waits for the leader's headers");
-    w.set_size(content.len() as u64).expect("declare");
+    w.set_size(content.len() as u64).await.expect("declare");
     assert_eq!(
         asked.await.expect("task").expect("known"),
         Some(content.len() as u64)
@@ -397,7 +397,7 @@ async fn conflicting_sizes_fail_the_fill() {
     let mut w = leader(&cache, &digest, Some(5)).await;
     let r = w.reader();
     assert!(matches!(
-        w.set_size(6),
+        w.set_size(6).await,
         Err(CacheError::SizeConflict {
             expected: 5,
             announced: 6,
@@ -415,4 +415,87 @@ async fn conflicting_sizes_fail_the_fill() {
     w.write(b"ed").await.expect("write");
     w.finish().await.expect("finish");
     assert_eq!(r.known_size().await.expect("known"), Some(5));
+}
+
+/// A short grace, so the abandoned-fill tests do not wait long.
+fn short_grace() -> Limits {
+    Limits {
+        abandon_grace: Duration::from_millis(50),
+        ..Limits::new(1 << 30)
+    }
+}
+
+#[tokio::test]
+async fn a_fill_nobody_follows_any_more_is_stopped_and_its_temp_removed() {
+    let dir = tempdir();
+    let cache = open_limits(dir.path(), short_grace()).await;
+    let content = data(200_000, 30);
+    let digest = Digest::of(&content);
+    let mut w = leader(&cache, &digest, Some(content.len() as u64)).await;
+    let unfollowed = w.unfollowed();
+    let r = w.reader();
+    w.write(&content[..100_000]).await.expect("write");
+    {
+        // The only client reads a little, then hangs up (its body stream
+        // and its handler's reader go).
+        let mut stream = std::pin::pin!(r.stream(None));
+        assert!(stream.next().await.expect("a chunk").is_ok());
+    }
+    drop(r);
+    // The guard bounds a hang; the grace itself is 50 ms.
+    timeout(Duration::from_secs(30), unfollowed)
+        .await
+        .expect("the fill is reported abandoned");
+    // Nobody can join it any more: the digest is free for a new fill...
+    assert_eq!(cache.stats().fills_in_progress, 0);
+    let again = leader(&cache, &digest, None).await;
+    drop(again);
+    // ...and the leader stops it; its temp file goes.
+    w.fail_with(FailCause::Internal, "abandoned");
+    assert_tmp_clean(dir.path()).await;
+    assert_eq!(cache.stats().reserved_bytes, 0);
+    assert!(cache.get(&digest).await.expect("get").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_follower_leaving_fails_nobody() {
+    let dir = tempdir();
+    let cache = open_limits(dir.path(), short_grace()).await;
+    let content = data(64 * 4096, 31);
+    let digest = Digest::of(&content);
+    let mut w = leader(&cache, &digest, Some(content.len() as u64)).await;
+    let unfollowed = w.unfollowed();
+    let stays = match cache.begin_fill(&digest, None).await.expect("begin") {
+        Fill::Follower(r) => r,
+        other => panic!("expected a follower, got {other:?}"),
+    };
+    let leaves = w.reader();
+    let staying = tokio::spawn({
+        let r = stays.clone();
+        async move { collect(r.stream(None)).await }
+    });
+    drop(stays);
+    write_slowly(&mut w, &content, content.len() / 4).await;
+    {
+        let mut stream = std::pin::pin!(leaves.stream(None));
+        assert!(stream.next().await.expect("a chunk").is_ok());
+    }
+    drop(leaves);
+    // Well past the grace (64 writes with 2 ms pauses each, at least) with
+    // one reader left: the fill goes on.
+    let rest = async {
+        write_slowly(&mut w, &content[content.len() / 4..], content.len() * 3 / 4).await;
+    };
+    tokio::select! {
+        () = rest => {}
+        () = unfollowed => panic!("the fill was reported abandoned with a reader left"),
+    }
+    w.finish().await.expect("finish");
+    let (bytes, error) = timeout(Duration::from_secs(30), staying)
+        .await
+        .expect("in time")
+        .expect("task");
+    assert!(error.is_none(), "{error:?}");
+    assert!(bytes == content, "the staying follower got different bytes");
+    assert!(cache.get(&digest).await.expect("get").is_some());
 }

@@ -11,7 +11,7 @@ use std::{io, path::Path};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 
-use super::{Blob, Cache, Digest, Fill, FillWriter};
+use super::{Blob, Cache, Digest, Fill, FillWriter, Limits};
 
 /// Deterministic non-repeating test content.
 fn data(len: usize, seed: u8) -> Vec<u8> {
@@ -26,8 +26,21 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A cache of `max` bytes whose blobs may be as large as the whole cache
+/// (the default allows half: tests of eviction fill it with few blobs).
 async fn open(dir: &Path, max: u64) -> Cache {
-    Cache::open(dir, max).await.expect("open the cache")
+    open_limits(
+        dir,
+        Limits {
+            max_blob_size: max,
+            ..Limits::new(max)
+        },
+    )
+    .await
+}
+
+async fn open_limits(dir: &Path, limits: Limits) -> Cache {
+    Cache::open_with(dir, limits).await.expect("open the cache")
 }
 
 async fn leader(cache: &Cache, digest: &Digest, expected: Option<u64>) -> FillWriter {

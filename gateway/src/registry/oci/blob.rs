@@ -1,12 +1,14 @@
 //! Blobs: content addressed, so cached for good once verified.
 //!
 //! A miss starts one fill per digest however many devices ask: the first
-//! request becomes the fill's leader, whose upstream body is written to
-//! the cache by a task of its own (it goes on if that device goes away),
-//! and every request, the first included, streams from the file being
-//! written. Redirects to CDN hosts are followed by the upstream client
-//! without credentials; the blob is stored under the digest asked for,
-//! after its sha256 matched.
+//! request starts the fill's task, which makes the whole upstream request
+//! and writes the body to the cache (it goes on if that device goes away,
+//! and stops once no device follows it any more), and every request, the
+//! first included, streams from the file being written. A fill refused by
+//! the cache's bounds (too large, no room, too many at once) is a 507 or
+//! 503 with fault `local`. Redirects to CDN hosts are followed by the
+//! upstream client without credentials; the blob is stored under the
+//! digest asked for, after its sha256 matched.
 
 use std::time::Instant;
 
@@ -21,10 +23,10 @@ use super::{
     response,
 };
 use crate::{
-    cache::{Digest, Fill, FillWriter},
+    cache::{CacheError, Digest, FailCause, Fill, FillWriter},
     proxy::body::{self, Body},
     registry::Outcome,
-    upstream::UpstreamRequest,
+    upstream::{Fault, Upstream, UpstreamRequest},
 };
 
 pub async fn blob(
@@ -64,94 +66,163 @@ pub async fn blob(
     }
     let fill = match site.cache.begin_fill(&d, None).await {
         Ok(f) => f,
-        Err(e) => {
-            return response::failed(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
-                "internal",
-                e.to_string(),
-            );
-        }
+        Err(e) => return refused(&e),
     };
-    let reader = match fill {
+    let (reader, leader) = match fill {
         Fill::Done(blob) => {
             let size = blob.size();
             return serve(method, digest, size, range_header, "hit", None, |r| {
                 blob.stream(r)
             });
         }
-        Fill::Follower(reader) => reader,
+        Fill::Follower(reader) => (reader, false),
         Fill::Leader(writer) => {
-            let req = UpstreamRequest::get(&path).with_scope(OciSite::scope(name));
-            let resp = match site.upstream.send(req).await {
-                Ok(r) => r,
-                Err(e) => {
-                    writer.fail(&e);
-                    let mut o = response::failed(
-                        StatusCode::BAD_GATEWAY,
-                        "UNAVAILABLE",
-                        e.fault().as_str(),
-                        e.to_string(),
-                    );
-                    o.upstream_ms = Some(ms(started));
-                    return o;
-                }
-            };
-            if resp.status() != StatusCode::OK {
-                let status = resp.status();
-                writer.fail(format!("upstream answered {status}"));
-                let (code, fault) = match status {
-                    StatusCode::NOT_FOUND => ("BLOB_UNKNOWN", None),
-                    _ => ("UNAVAILABLE", Some("upstream")),
-                };
-                let mut o = Outcome::new(response::error(
-                    status,
-                    code,
-                    &format!("upstream answered {status}"),
-                ));
-                o.fault = fault;
-                o.cache = Some("miss");
-                o.upstream_ms = Some(ms(started));
-                return o;
-            }
-            // Followers learn the size from here on, and can be told a
-            // Content-Length.
-            let length = resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let mut writer = writer;
-            if let Some(len) = length
-                && let Err(e) = writer.set_size(len)
-            {
-                writer.fail(&e);
-                return response::failed(
-                    StatusCode::BAD_GATEWAY,
-                    "UNAVAILABLE",
-                    "upstream",
-                    e.to_string(),
-                );
-            }
+            // The whole upstream exchange runs in the fill's own task: this
+            // client is one reader among the others, and its going away
+            // (before or after the headers) fails nobody.
             let reader = writer.reader();
-            let stream = Box::pin(site.upstream.body_stream(resp));
-            tokio::spawn(pump(writer, stream));
-            let mut o = serve_reader(method, digest, &reader, range_header);
-            o.upstream_ms = Some(ms(started));
-            return o;
+            let req = UpstreamRequest::get(&path).with_scope(OciSite::scope(name));
+            tokio::spawn(lead(site.upstream.clone(), req, writer));
+            (reader, true)
         }
     };
-    // A follower that joined before the leader had upstream's headers
-    // waits for the size, so that it too can send a Content-Length.
-    if reader.size().is_none() {
-        let _ = tokio::time::timeout(SIZE_WAIT, reader.known_size()).await;
+    // Every client, the leader's too, waits for upstream's headers: a
+    // failure before the body is answered with its own status, and a
+    // size makes a Content-Length.
+    let known = match reader.size() {
+        Some(size) => Ok(Some(size)),
+        None => tokio::time::timeout(SIZE_WAIT, reader.known_size())
+            .await
+            .unwrap_or(Ok(None)),
+    };
+    let mut o = match known {
+        Ok(_) => serve_reader(method, digest, &reader, range_header),
+        Err(e) => refused(&e),
+    };
+    o.cache = Some("miss");
+    if leader {
+        o.upstream_ms = Some(ms(started));
     }
-    serve_reader(method, digest, &reader, range_header)
+    o
 }
 
-/// How long a follower waits for the leader's upstream headers before it
+/// How long a client waits for the leader's upstream headers before it
 /// streams without a Content-Length.
 const SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The fill's task: asks upstream, declares the size, pumps the body; or
+/// stops once no client follows the fill any more (its temp file goes).
+async fn lead(upstream: Upstream, req: UpstreamRequest, writer: FillWriter) {
+    let digest = writer.digest();
+    let unfollowed = writer.unfollowed();
+    tokio::select! {
+        () = fetch_into(&upstream, req, writer) => {}
+        () = unfollowed => {
+            // Dropping the fetch dropped the writer, which failed the fill
+            // and removed its temp file.
+            tracing::info!(%digest, "blob fill stopped: no client follows it any more");
+        }
+    }
+}
+
+/// Requests the blob and writes it into the fill, failing the fill with
+/// the cause its readers answer by.
+async fn fetch_into(upstream: &Upstream, req: UpstreamRequest, writer: FillWriter) {
+    let resp = match upstream.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let cause = match e.fault() {
+                Fault::Upstream => FailCause::Upstream,
+                Fault::Internal => FailCause::Internal,
+            };
+            writer.fail_with(cause, &e);
+            return;
+        }
+    };
+    let status = resp.status();
+    if status != StatusCode::OK {
+        writer.fail_with(
+            FailCause::Status(status.as_u16()),
+            format!("upstream answered {status}"),
+        );
+        return;
+    }
+    // Followers learn the size from here on, and can be told a
+    // Content-Length; a size over the limits is refused before any byte.
+    let length = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut writer = writer;
+    if let Some(len) = length
+        && let Err(e) = writer.set_size(len).await
+    {
+        // set_size failed the fill for every reader.
+        tracing::warn!(digest = %writer.digest(), error = %e, "blob fill refused");
+        return;
+    }
+    let stream = Box::pin(upstream.body_stream(resp));
+    pump(writer, stream).await;
+}
+
+/// The answer to a client whose fill failed before its body, or could not
+/// start: by the failure's cause.
+fn refused(e: &CacheError) -> Outcome {
+    let detail = e.to_string();
+    let cause = match e {
+        CacheError::TooManyFills { .. } => {
+            let mut o = response::failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "local",
+                detail,
+            );
+            o.response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return o;
+        }
+        CacheError::FillFailed { cause, .. } => *cause,
+        other => other.cause(),
+    };
+    match cause {
+        FailCause::Status(404) => {
+            let mut o = Outcome::new(response::error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "upstream answered 404 Not Found",
+            ));
+            o.detail = Some(detail);
+            o
+        }
+        FailCause::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            response::failed(status, "UNAVAILABLE", "upstream", detail)
+        }
+        FailCause::Upstream => {
+            response::failed(StatusCode::BAD_GATEWAY, "UNAVAILABLE", "upstream", detail)
+        }
+        FailCause::TooLarge => response::failed(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "SIZE_INVALID",
+            "local",
+            detail,
+        ),
+        FailCause::NoSpace => response::failed(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "UNAVAILABLE",
+            "local",
+            detail,
+        ),
+        FailCause::Internal => response::failed(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            "internal",
+            detail,
+        ),
+    }
+}
 
 /// Upstream chunks that have already arrived are written together up to
 /// this size: each write is a trip to the blocking pool and wakes every
@@ -343,7 +414,7 @@ fn blob_headers(h: &mut HeaderMap, digest: &str) {
     }
 }
 
-fn stream_body<S>(s: S) -> Body
+pub(super) fn stream_body<S>(s: S) -> Body
 where
     S: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
 {

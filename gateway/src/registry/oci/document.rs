@@ -325,21 +325,8 @@ async fn by_digest(
     path: &str,
 ) -> Outcome {
     let key = format!("manifests/{digest}");
-    if let Ok(d) = Digest::parse(digest)
-        && let Ok(Some(blob)) = site.cache.get(&d).await
-        && let Ok(bytes) = read_small(&blob).await
-    {
-        let media_type = match site.cache.get_ref(&site.host, name, &key).await {
-            Ok(Some(entry)) => entry.media_type,
-            _ => media_type_of(&bytes),
-        };
-        let doc = Doc {
-            bytes,
-            digest: digest.to_owned(),
-            media_type,
-            note: None,
-        };
-        return serve(method, &doc, Kind::Manifest, "hit", None);
+    if let Some(hit) = held_manifest(site, method, name, digest, &key).await {
+        return hit;
     }
     let started = Instant::now();
     let req = accept(UpstreamRequest::get(path).with_scope(OciSite::scope(name)));
@@ -371,6 +358,50 @@ async fn by_digest(
         }
         Err(failure) => failure.into_outcome(started),
     }
+}
+
+/// A manifest held for this repository, streamed from its file like a
+/// blob (never read into memory). Only a digest this repository fetched
+/// as a manifest counts (its reference is recorded): a layer held under
+/// the same digest is not one, and goes to upstream, which answers
+/// `MANIFEST_UNKNOWN`.
+async fn held_manifest(
+    site: &OciSite,
+    method: &Method,
+    name: &str,
+    digest: &str,
+    key: &str,
+) -> Option<Outcome> {
+    let d = Digest::parse(digest).ok()?;
+    let entry = match site.cache.get_ref(&site.host, name, key).await {
+        Ok(entry) => entry?,
+        Err(e) => {
+            tracing::error!(error = %e, "cache index read failed; going upstream");
+            return None;
+        }
+    };
+    if entry.digest != digest {
+        return None;
+    }
+    let blob = site.cache.get(&d).await.ok()??;
+    let body = if method == Method::HEAD {
+        body::empty()
+    } else {
+        super::blob::stream_body(blob.stream(None))
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&entry.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.size()));
+    if let Ok(v) = HeaderValue::from_str(digest) {
+        h.insert(DIGEST_HEADER, v.clone());
+        h.insert(header::ETAG, v);
+    }
+    let mut o = Outcome::new(resp);
+    o.cache = Some("hit");
+    Some(o)
 }
 
 enum Refresh {

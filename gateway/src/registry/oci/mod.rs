@@ -19,6 +19,8 @@ mod referrers;
 mod response;
 mod route;
 pub mod seed;
+#[cfg(test)]
+mod tests;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 

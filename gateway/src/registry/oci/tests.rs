@@ -1,0 +1,395 @@
+//! Fills and manifests by digest through the site handler, against an
+//! in-process upstream on 127.0.0.1 that can stream slowly or for ever:
+//! the cache's bounds as devices see them (status, audit fault, nothing
+//! left on disk), a device hanging up, and a layer's digest asked for as a
+//! manifest.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::{
+    convert::Infallible,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::{StreamExt as _, stream};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+use hyper::{
+    body::{Body as _, Frame},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{net::TcpListener, task::JoinHandle, time::timeout};
+
+use super::OciSite;
+use crate::{
+    cache::{Cache, Digest, Limits},
+    config::Site,
+    registry::Outcome,
+    upstream::{Timeouts, Upstream},
+};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// How the upstream answers one path.
+#[derive(Clone)]
+enum Answer {
+    /// 200 with these bytes and their Content-Length.
+    Bytes(&'static str, Bytes),
+    /// 200, chunked, `chunk` again and again with `pause` between, for
+    /// ever or `count` times.
+    Stream {
+        chunk: Bytes,
+        pause: Duration,
+        count: Option<usize>,
+        length: Option<u64>,
+    },
+    /// 404 MANIFEST_UNKNOWN, as a registry answers a digest it has no
+    /// manifest for.
+    ManifestUnknown,
+}
+
+struct Upstreamish {
+    addr: std::net::SocketAddr,
+    asked: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Upstreamish {
+    async fn start(answers: Vec<(String, Answer)>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let answers = Arc::new(answers);
+        let task = tokio::spawn({
+            let asked = asked.clone();
+            async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    let (asked, answers) = (asked.clone(), answers.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let path = req.uri().path().to_owned();
+                            asked.lock().unwrap().push(path.clone());
+                            let answer = answers.iter().find(|(p, _)| *p == path).map(|(_, a)| a);
+                            let reply = reply(answer.cloned());
+                            async move { Ok::<_, Infallible>(reply) }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(conn), service)
+                            .await;
+                    });
+                }
+            }
+        });
+        Self { addr, asked, task }
+    }
+
+    fn asked(&self, path: &str) -> usize {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+}
+
+impl Drop for Upstreamish {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn reply(answer: Option<Answer>) -> Response<Body> {
+    let builder = Response::builder();
+    match answer {
+        Some(Answer::Bytes(media_type, bytes)) => builder
+            .header("content-type", media_type)
+            .header("content-length", bytes.len())
+            .body(http_body_util::Full::new(bytes).boxed())
+            .unwrap(),
+        Some(Answer::Stream {
+            chunk,
+            pause,
+            count,
+            length,
+        }) => {
+            let chunks = stream::repeat(chunk)
+                .take(count.unwrap_or(usize::MAX))
+                .then(move |c| async move {
+                    tokio::time::sleep(pause).await;
+                    Ok::<_, Infallible>(Frame::data(c))
+                });
+            let mut builder = builder.header("content-type", "application/octet-stream");
+            if let Some(len) = length {
+                builder = builder.header("content-length", len);
+            }
+            builder
+                .body(BodyExt::boxed(StreamBody::new(chunks)))
+                .unwrap()
+        }
+        Some(Answer::ManifestUnknown) | None => builder
+            .status(404)
+            .header("content-type", "application/json")
+            .body(
+                http_body_util::Full::new(Bytes::from_static(
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                ))
+                .boxed(),
+            )
+            .unwrap(),
+    }
+}
+
+/// A site on `upstream` with a cache bounded by `limits`.
+async fn site(upstream: &Upstreamish, dir: &Path, limits: Limits) -> OciSite {
+    let cache = Cache::open_with(dir, limits).await.unwrap();
+    let config: Site = serde_yaml::from_str(&format!(
+        "host: registry.test\nkind: oci\nupstream: http://{}\n",
+        upstream.addr
+    ))
+    .unwrap();
+    let upstream = Upstream::with_timeouts(&config, Timeouts::default()).unwrap();
+    Arc::into_inner(OciSite::new(
+        "registry.test",
+        upstream,
+        cache,
+        Duration::from_secs(300),
+    ))
+    .unwrap()
+}
+
+async fn ask(site: &OciSite, path: &str) -> Outcome {
+    let (parts, ()) = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .body(())
+        .unwrap()
+        .into_parts();
+    site.route(parts).await
+}
+
+/// The body read to its end, or to its first error.
+async fn read(o: Outcome) -> (Vec<u8>, bool) {
+    let mut body = o.response.into_body().into_data_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(_) => return (out, false),
+        }
+    }
+    (out, true)
+}
+
+fn tmp_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("tmp")).unwrap().count()
+}
+
+/// Waits (bounded) until no fill runs and no temp file is left.
+async fn settled(site: &OciSite, dir: &Path) {
+    for _ in 0..1000 {
+        if site.cache.stats().fills_in_progress == 0 && tmp_files(dir) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "fills left: {:?}, temp files: {}",
+        site.cache.stats(),
+        tmp_files(dir)
+    );
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("/v2/app/blobs/{digest}")
+}
+
+fn small() -> Limits {
+    Limits {
+        max_blob_size: 1 << 20,
+        abandon_grace: Duration::from_millis(100),
+        ..Limits::new(1 << 30)
+    }
+}
+
+#[tokio::test]
+async fn an_endless_blob_is_cut_at_the_cap_and_nothing_is_stored() {
+    let digest = Digest::of(b"anything").to_string();
+    let up = Upstreamish::start(vec![(
+        blob_path(&digest),
+        Answer::Stream {
+            chunk: Bytes::from(vec![7u8; 64 * 1024]),
+            pause: Duration::ZERO,
+            count: None,
+            length: None,
+        },
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = site(&up, dir.path(), small()).await;
+    let o = ask(&site, &blob_path(&digest)).await;
+    // Chunked (no size to announce), and it ends in an error, short.
+    assert_eq!(o.response.status(), StatusCode::OK);
+    let (bytes, clean) = read(o).await;
+    assert!(!clean, "an endless body ended cleanly");
+    assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+    settled(&site, dir.path()).await;
+    let d = Digest::parse(&digest).unwrap();
+    assert!(site.cache.get(&d).await.unwrap().is_none());
+    assert_eq!(site.cache.stats().reserved_bytes, 0);
+}
+
+#[tokio::test]
+async fn an_announced_blob_over_the_cap_is_507_before_a_byte() {
+    let digest = Digest::of(b"big").to_string();
+    let up = Upstreamish::start(vec![(
+        blob_path(&digest),
+        Answer::Bytes("application/octet-stream", Bytes::from(vec![1u8; 2 << 20])),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = site(&up, dir.path(), small()).await;
+    let o = ask(&site, &blob_path(&digest)).await;
+    assert_eq!(o.response.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(o.fault, Some("local"));
+    let detail = o.detail.clone().unwrap();
+    assert!(detail.contains("max_blob_size"), "{detail}");
+    let (body, _) = read(o).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("SIZE_INVALID"), "{text}");
+    settled(&site, dir.path()).await;
+}
+
+#[tokio::test]
+async fn a_fill_nobody_follows_stops_and_its_temp_file_goes() {
+    let digest = Digest::of(b"slow").to_string();
+    let up = Upstreamish::start(vec![(
+        blob_path(&digest),
+        Answer::Stream {
+            chunk: Bytes::from(vec![3u8; 16 * 1024]),
+            pause: Duration::from_millis(20),
+            count: None,
+            length: None,
+        },
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = site(&up, dir.path(), small()).await;
+    let o = ask(&site, &blob_path(&digest)).await;
+    let mut body = o.response.into_body().into_data_stream();
+    assert!(body.next().await.unwrap().is_ok());
+    assert_eq!(site.cache.stats().fills_in_progress, 1);
+    // The device hangs up.
+    drop(body);
+    settled(&site, dir.path()).await;
+    assert_eq!(site.cache.stats().reserved_bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_device_leaving_fails_nobody() {
+    let chunk = Bytes::from(vec![5u8; 16 * 1024]);
+    let content: Vec<u8> = chunk
+        .iter()
+        .copied()
+        .cycle()
+        .take(64 * chunk.len())
+        .collect();
+    let digest = Digest::of(&content).to_string();
+    let up = Upstreamish::start(vec![(
+        blob_path(&digest),
+        Answer::Stream {
+            chunk,
+            pause: Duration::from_millis(5),
+            count: Some(64),
+            length: Some(content.len() as u64),
+        },
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = Arc::new(site(&up, dir.path(), small()).await);
+    // The first device leads the fill, and leaves after a chunk.
+    let first = ask(&site, &blob_path(&digest)).await;
+    let second = ask(&site, &blob_path(&digest)).await;
+    let mut body = first.response.into_body().into_data_stream();
+    assert!(body.next().await.unwrap().is_ok());
+    drop(body);
+    let (bytes, clean) = timeout(Duration::from_secs(60), read(second))
+        .await
+        .unwrap();
+    assert!(
+        clean && bytes == content,
+        "the follower got {} bytes",
+        bytes.len()
+    );
+    // Readers finish at verification, a moment before the blob is stored.
+    settled(&site, dir.path()).await;
+    let d = Digest::parse(&digest).unwrap();
+    assert!(site.cache.get(&d).await.unwrap().is_some());
+    assert_eq!(up.asked(&blob_path(&digest)), 1);
+}
+
+#[tokio::test]
+async fn a_layer_asked_for_as_a_manifest_is_manifest_unknown() {
+    let layer = Bytes::from_static(b"layer bytes, not a manifest");
+    let digest = Digest::of(&layer).to_string();
+    let up = Upstreamish::start(vec![
+        (
+            blob_path(&digest),
+            Answer::Bytes("application/octet-stream", layer.clone()),
+        ),
+        (
+            format!("/v2/app/manifests/{digest}"),
+            Answer::ManifestUnknown,
+        ),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = site(&up, dir.path(), small()).await;
+    let (bytes, clean) = read(ask(&site, &blob_path(&digest)).await).await;
+    assert!(clean && bytes == layer);
+    // Held as a blob, but never fetched as a manifest: not served as one.
+    let o = ask(&site, &format!("/v2/app/manifests/{digest}")).await;
+    assert_eq!(o.response.status(), StatusCode::NOT_FOUND);
+    let (body, _) = read(o).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("MANIFEST_UNKNOWN"), "{text}");
+}
+
+#[tokio::test]
+async fn a_manifest_by_digest_is_streamed_from_its_file() {
+    const MT: &str = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#,
+    );
+    let digest = Digest::of(&manifest).to_string();
+    let path = format!("/v2/app/manifests/{digest}");
+    let up = Upstreamish::start(vec![(path.clone(), Answer::Bytes(MT, manifest.clone()))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = site(&up, dir.path(), small()).await;
+    let miss = ask(&site, &path).await;
+    assert_eq!(miss.cache, Some("miss"));
+    assert_eq!(read(miss).await, (manifest.to_vec(), true));
+
+    let hit = ask(&site, &path).await;
+    assert_eq!(hit.cache, Some("hit"));
+    let h = hit.response.headers();
+    assert_eq!(h["content-type"], MT);
+    assert_eq!(h["content-length"], manifest.len().to_string().as_str());
+    assert_eq!(h["docker-content-digest"], digest.as_str());
+    // A stream from the file, not a buffer: its length is not known to
+    // the body itself.
+    assert_eq!(hit.response.body().size_hint().exact(), None);
+    assert_eq!(read(hit).await, (manifest.to_vec(), true));
+    assert_eq!(up.asked(&path), 1, "the hit went upstream");
+
+    // Another repository never fetched it: it is not served from here.
+    let other = ask(&site, &format!("/v2/other/manifests/{digest}")).await;
+    assert_eq!(other.response.status(), StatusCode::NOT_FOUND);
+}
