@@ -146,6 +146,21 @@ async fn get_blob(site: &OciSite, repo: &str, digest: &str) -> anyhow::Result<u6
         .route(head(&format!("/v2/{repo}/blobs/{digest}"))?)
         .await;
     let status = outcome.response.status();
+    if status != StatusCode::OK {
+        // An error body is a small JSON document saying why (upstream's
+        // answer, or the cache's own bound: too large, no room).
+        let body = outcome
+            .response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        anyhow::bail!(
+            "blob {digest}: {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
     let mut body = outcome.response.into_body().into_data_stream();
     let mut size = 0u64;
     // Reading to the end waits for the fill's verification.
@@ -153,9 +168,6 @@ async fn get_blob(site: &OciSite, repo: &str, digest: &str) -> anyhow::Result<u6
         size += chunk
             .map_err(|e| anyhow::anyhow!("blob {digest}: {e}"))?
             .len() as u64;
-    }
-    if status != StatusCode::OK {
-        anyhow::bail!("blob {digest}: upstream answered {status}");
     }
     Ok(size)
 }
