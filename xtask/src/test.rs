@@ -419,6 +419,11 @@ pub fn run() -> Result<ExitCode> {
             None,
         );
 
+        // d2. each fuzz target for a short time (xtask/src/fuzz.rs): a
+        // crash fails it and keeps its input in fuzz/regressions/.
+        r.steps += 1;
+        r.suite("fuzz", "fuzz", crate::fuzz::test_command(), None);
+
         // e. the gateway binary, with the real eBPF object.
         let started = r.announce("build gateway", "cargo build -p gateway");
         let gateway_bin = match build::gateway(false) {
