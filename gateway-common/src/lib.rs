@@ -12,7 +12,7 @@
 ///
 /// The daemon stores it beside its pins; a daemon that finds pins of another
 /// version replaces them rather than adopting them.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Name of the TC ingress program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_ingress";
@@ -387,10 +387,14 @@ pub enum Counter {
     DropNeighborDiscovery = 18,
     DropDhcpDestination = 19,
     DropSource = 20,
+    /// An ICMP error (path MTU, unreachable, time exceeded) quoting a TCP
+    /// segment of one of the gateway's own connections: passed to the
+    /// stack, which finds the connection from the quote.
+    PassIcmpError = 21,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::PassArp,
@@ -414,6 +418,7 @@ impl Counter {
         Self::DropNeighborDiscovery,
         Self::DropDhcpDestination,
         Self::DropSource,
+        Self::PassIcmpError,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -439,6 +444,7 @@ impl Counter {
             Self::DropNeighborDiscovery => "drop_neighbor_discovery",
             Self::DropDhcpDestination => "drop_dhcp_destination",
             Self::DropSource => "drop_source_not_allowed",
+            Self::PassIcmpError => "pass_icmp_error",
         }
     }
 }
@@ -559,6 +565,20 @@ pub const fn opens_connection(tcp_flags: u8) -> bool {
 /// advertisement, redirect).
 pub const fn is_neighbor_discovery(icmp6_type: u8) -> bool {
     matches!(icmp6_type, 133..=137)
+}
+
+/// Whether an ICMP (v4) type is an error that quotes the packet it is
+/// about: destination unreachable (fragmentation needed among its codes),
+/// time exceeded, parameter problem.
+pub const fn is_icmp4_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 3 | 11 | 12)
+}
+
+/// Whether an ICMPv6 type is an error that quotes the packet it is about:
+/// destination unreachable, packet too big, time exceeded, parameter
+/// problem (RFC 4443).
+pub const fn is_icmp6_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 1..=4)
 }
 
 /// Whether a drop event is due for a flow: its first packet, or the first

@@ -128,7 +128,14 @@ fn main() -> ExitCode {
             println!("config ok");
             Ok(())
         }
-        Command::Status { json, .. } => gateway::status::status(&config).map(|v| {
+        Command::Status { json, .. } => gateway::status::status(&config).map(|mut v| {
+            // The running daemon's own counts, when one answers.
+            let daemon = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()
+                .and_then(|rt| rt.block_on(gateway::control::client::daemon_stats(&config)));
+            v["daemon"] = daemon.unwrap_or(serde_json::Value::Null);
             if json {
                 println!("{v}");
             } else {

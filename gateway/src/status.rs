@@ -58,10 +58,42 @@ pub fn render(v: &Value) -> String {
             ));
         }
     }
+    match v["daemon"]["audit"].as_object() {
+        Some(a) => out.push_str(&format!(
+            "audit log: {} records written, {} write failures, {} lost (since the daemon started)\n",
+            a.get("written").unwrap_or(&json!(0)),
+            a.get("write_failures").unwrap_or(&json!(0)),
+            a.get("lost").unwrap_or(&json!(0)),
+        )),
+        None => out.push_str("daemon: not answering on the control socket\n"),
+    }
     if let Some(counters) = v["counters"].as_object() {
         for (name, n) in counters {
             out.push_str(&format!("{name:>26} {n}\n"));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemons_audit_counts_are_shown_when_it_answers() {
+        let mut v = json!({
+            "installed": true,
+            "pin_path": "/sys/fs/bpf/margo-gateway",
+            "interfaces": { "eth1": { "ifindex": 3, "mode": "tcx" } },
+            "counters": { "drop_protocol": 7 },
+        });
+        v["daemon"] = json!({ "audit": { "written": 12, "write_failures": 3, "lost": 0 } });
+        let text = render(&v);
+        assert!(
+            text.contains("audit log: 12 records written, 3 write failures, 0 lost"),
+            "{text}"
+        );
+        v["daemon"] = serde_json::Value::Null;
+        assert!(render(&v).contains("daemon: not answering"));
+    }
 }

@@ -137,6 +137,101 @@ fn a_udp_flood_is_aggregated_in_the_audit() {
     assert_eq!(site.servers.udp_echo.get(), 0);
 }
 
+/// Flow records of their own past the burst: the gateway's budget
+/// (`gateway/src/ebpf/budget.rs`: 200 at once, then 20 per second).
+const RECORD_BURST: f64 = 200.0;
+const RECORDS_PER_SEC: f64 = 20.0;
+
+#[test]
+fn a_flood_of_distinct_flows_is_budgeted_and_summarised() {
+    require_root();
+    // Every datagram to another port: each one a flow of its own.
+    const SENT: u64 = 1500;
+    let site = Site::new("drop-budget").unwrap();
+    let mut gw = Gateway::start_default(&site).unwrap();
+    gw.must(site.warm_neighbors());
+    let first = v4(addr::UP_V4, 20000);
+    let sock = gw.must(device::udp_bind(&site, 0, first));
+    let device_ip = sock.local_addr().unwrap().ip().to_string();
+    let started = Instant::now();
+    for i in 0..SENT {
+        let dst = v4(addr::UP_V4, 20000 + u16::try_from(i).unwrap());
+        sock.send_to(b"x", dst).unwrap();
+    }
+    // SIGTERM flushes what is held, summaries included.
+    let stopped = gw.sigterm(Duration::from_secs(20));
+    let status = gw.must(stopped);
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(status.success(), "gateway exited with {status}");
+    let records = gw.must(gw.audit());
+    let from_device: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "flow.dropped")
+        .filter(|r| {
+            r["device"]
+                .as_str()
+                .is_some_and(|d| d == device_ip || d.starts_with(&format!("{device_ip}:")))
+        })
+        .collect();
+    let (own, summaries): (Vec<&Value>, Vec<&Value>) = from_device
+        .iter()
+        .partition(|r| r["device"].as_str() != Some(device_ip.as_str()));
+    let budget = RECORD_BURST + RECORDS_PER_SEC * elapsed;
+    assert!(
+        (own.len() as f64) <= budget,
+        "{} records of their own in {elapsed:.1} s, budget {budget:.0}\n{}",
+        own.len(),
+        gw.diagnostics()
+    );
+    assert!(
+        !summaries.is_empty() && summaries.iter().all(|r| r["suppressed"].as_u64() > Some(0)),
+        "no summary of the flows left out: {summaries:?}"
+    );
+    // Exact accounting: every flow and every packet is in some record.
+    // Only the flood's reason: the warm-up's retransmitted TCP SYN may
+    // land in a summary of its own reason.
+    let summaries: Vec<&Value> = summaries
+        .into_iter()
+        .filter(|r| r["reason"] == "protocol_not_allowed")
+        .collect();
+    let suppressed: u64 = summaries
+        .iter()
+        .filter_map(|r| r["suppressed"].as_u64())
+        .sum();
+    let lost = gw.must(gw.counter("events_lost"));
+    assert_eq!(
+        lost, 0,
+        "the kernel lost events: the accounting below would be short"
+    );
+    // What else the device sent before the flood (neighbour warm-up) came
+    // first, within the burst, so it has records of its own.
+    let flood: Vec<&Value> = own
+        .iter()
+        .copied()
+        .filter(|r| {
+            r["dst"].as_str().is_some_and(|d| {
+                d.parse::<std::net::SocketAddr>().is_ok_and(|a| {
+                    a.ip() == first.ip()
+                        && (first.port()..first.port() + SENT as u16).contains(&a.port())
+                })
+            })
+        })
+        .collect();
+    assert_eq!(
+        flood.len() as u64 + suppressed,
+        SENT,
+        "flows accounted for; summaries: {summaries:?}; others: {:?}",
+        own.iter()
+            .filter(|r| !flood.contains(r))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        audit::packets(&flood) + audit::packets(&summaries),
+        SENT,
+        "packets accounted for"
+    );
+}
+
 /// Sends `n` DHCP-like datagrams from the device's port 68 to the
 /// gateway's 67 and returns the counter deltas (pass_dhcp, drop_protocol)
 /// once one of them moved by `n`.

@@ -15,6 +15,10 @@ mod record;
 use std::{
     io,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use thiserror::Error;
@@ -53,6 +57,26 @@ pub enum AuditError {
 pub struct Audit {
     tx: mpsc::Sender<Record>,
     reopen: std::sync::Arc<Notify>,
+    counts: Arc<Counts>,
+}
+
+/// What became of the records, since the daemon started: `gateway status`
+/// shows it, so that a log that stopped growing (a full disk, a file
+/// removed from under the daemon) is seen, not only logged.
+#[derive(Debug, Default)]
+struct Counts {
+    written: AtomicU64,
+    write_failures: AtomicU64,
+    /// Records that never reached the writer (it had stopped).
+    lost: AtomicU64,
+}
+
+/// A snapshot of [`Counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditStats {
+    pub written: u64,
+    pub write_failures: u64,
+    pub lost: u64,
 }
 
 /// The writer task; [`AuditWriter::close`] waits until every queued record
@@ -75,8 +99,24 @@ impl Audit {
         let file = open_log(path).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let reopen = std::sync::Arc::new(Notify::new());
-        let task = tokio::spawn(write_records(file, rx, path.to_owned(), reopen.clone()));
-        Ok((Self { tx, reopen }, AuditWriter { task }))
+        let counts = Arc::new(Counts::default());
+        let task = tokio::spawn(write_records(
+            file,
+            rx,
+            path.to_owned(),
+            reopen.clone(),
+            counts.clone(),
+        ));
+        Ok((Self { tx, reopen, counts }, AuditWriter { task }))
+    }
+
+    /// How many records were written, failed to be written, or lost.
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            written: self.counts.written.load(Ordering::Relaxed),
+            write_failures: self.counts.write_failures.load(Ordering::Relaxed),
+            lost: self.counts.lost.load(Ordering::Relaxed),
+        }
     }
 
     /// Makes the writer close the log and open its path again (after
@@ -88,6 +128,7 @@ impl Audit {
     /// Queues a record; waits if the writer is behind.
     pub async fn log(&self, record: Record) {
         if self.tx.send(record).await.is_err() {
+            self.counts.lost.fetch_add(1, Ordering::Relaxed);
             tracing::error!("audit writer has stopped; record lost");
         }
     }
@@ -122,6 +163,7 @@ async fn write_records(
     mut rx: mpsc::Receiver<Record>,
     path: PathBuf,
     reopen: std::sync::Arc<Notify>,
+    counts: Arc<Counts>,
 ) {
     loop {
         let mut record = tokio::select! {
@@ -154,13 +196,18 @@ async fn write_records(
         line.push(b'\n');
         // A failed write is logged loudly but does not stop the gateway:
         // the kernel keeps enforcing whatever happens to the log.
+        // Counted, so that `gateway status` shows a log that stopped.
         if let Err(e) = file.write_all(&line).await {
+            counts.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(path = %path.display(), error = %e, "cannot write the audit log");
             continue;
         }
         if let Err(e) = file.flush().await {
+            counts.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(path = %path.display(), error = %e, "cannot flush the audit log");
+            continue;
         }
+        counts.written.fetch_add(1, Ordering::Relaxed);
     }
     if let Err(e) = file.sync_all().await {
         tracing::error!(path = %path.display(), error = %e, "cannot sync the audit log");

@@ -99,3 +99,42 @@ async fn reopen_follows_a_rotated_file() {
     assert!(old.contains("before") && !old.contains("after"), "{old}");
     assert!(new.contains("after") && !new.contains("before"), "{new}");
 }
+
+#[tokio::test]
+async fn write_failures_are_counted() {
+    // Every write to /dev/full fails with ENOSPC: a full disk.
+    let (audit, writer) = Audit::open(std::path::Path::new("/dev/full"))
+        .await
+        .expect("open");
+    let counts = audit.counts.clone();
+    for _ in 0..3 {
+        audit.log(Record::new(Event::FlowDenied)).await;
+    }
+    drop(audit);
+    writer.close().await;
+    assert_eq!(counts.write_failures.load(Ordering::Relaxed), 3);
+    assert_eq!(counts.written.load(Ordering::Relaxed), 0);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (audit, writer) = Audit::open(&dir.path().join("a.jsonl"))
+        .await
+        .expect("open");
+    let counts = audit.counts.clone();
+    audit.log(Record::new(Event::FlowDenied)).await;
+    audit.log(Record::new(Event::FlowDenied)).await;
+    drop(audit);
+    writer.close().await;
+    let stats = AuditStats {
+        written: counts.written.load(Ordering::Relaxed),
+        write_failures: counts.write_failures.load(Ordering::Relaxed),
+        lost: counts.lost.load(Ordering::Relaxed),
+    };
+    assert_eq!(
+        stats,
+        AuditStats {
+            written: 2,
+            write_failures: 0,
+            lost: 0
+        }
+    );
+}

@@ -38,6 +38,21 @@ pub async fn seed(config: &Config, reference: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The running daemon's own counts, or `None` when no daemon answers on
+/// the control socket within a second or two (never the offline path).
+pub async fn daemon_stats(config: &Config) -> Option<serde_json::Value> {
+    let ask = async {
+        let stream = UnixStream::connect(socket_path(&config.state_dir))
+            .await
+            .ok()?;
+        through_daemon(stream, &Request::Stats).await.ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
 async fn run(config: &Config, req: Request) -> anyhow::Result<serde_json::Value> {
     match UnixStream::connect(socket_path(&config.state_dir)).await {
         Ok(stream) => through_daemon(stream, &req).await,
@@ -67,6 +82,7 @@ async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Va
     let control = server::Control {
         cache: serving.cache,
         oci: serving.oci,
+        audit: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {

@@ -7,7 +7,8 @@
 //! moment between its creation and its chmod), mode 0600, answering only
 //! root and the daemon's own user (`SO_PEERCRED`). The client writes one
 //! JSON request line (at most [`REQUEST_MAX`] bytes), `{"cmd":"ls"}` or
-//! `{"cmd":"seed","reference":"host/repo:tag"}`; the server answers with
+//! `{"cmd":"seed","reference":"host/repo:tag"}` or `{"cmd":"stats"}` (what
+//! `gateway status` adds about the daemon); the server answers with
 //! `{"progress":"..."}` lines and ends with `{"ok":...}` or
 //! `{"error":"..."}`.
 
@@ -43,7 +44,11 @@ pub fn peer_allowed(peer: u32, own: u32) -> bool {
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Ls,
-    Seed { reference: String },
+    Seed {
+        reference: String,
+    },
+    /// The running daemon's own counts (the audit log's).
+    Stats,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

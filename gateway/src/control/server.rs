@@ -11,12 +11,15 @@ use tokio::{
 use super::{
     REQUEST_MAX, Reply, Request, listing, parse_reference, peer_allowed, socket_dir, socket_path,
 };
-use crate::{cache::Cache, registry::oci::OciSite};
+use crate::{audit::Audit, cache::Cache, registry::oci::OciSite};
 
 /// What the control socket can act on.
 pub struct Control {
     pub cache: Cache,
     pub oci: HashMap<String, Arc<OciSite>>,
+    /// The daemon's audit log; `None` when a command works on the cache
+    /// without a daemon.
+    pub audit: Option<Audit>,
 }
 
 /// Listens until `stop`; removes the socket file afterwards.
@@ -122,6 +125,10 @@ pub async fn execute(
             .await?;
             Ok(serde_json::to_value(report)?)
         }
+        Request::Stats => match &control.audit {
+            Some(audit) => Ok(serde_json::json!({ "audit": audit.stats() })),
+            None => anyhow::bail!("no gateway daemon is running"),
+        },
     }
 }
 
@@ -138,6 +145,7 @@ mod tests {
         let control = Arc::new(Control {
             cache,
             oci: HashMap::new(),
+            audit: None,
         });
         let (mut client, server) = UnixStream::pair().expect("pair");
         let task = tokio::spawn(handle(control, server));
@@ -155,6 +163,7 @@ mod tests {
         let control = Arc::new(Control {
             cache: Cache::open(dir2.path(), 1 << 20).await.expect("cache"),
             oci: HashMap::new(),
+            audit: None,
         });
         let (mut client, server) = UnixStream::pair().expect("pair");
         let task = tokio::spawn(handle(control, server));

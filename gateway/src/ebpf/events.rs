@@ -4,7 +4,9 @@
 //! The kernel already sends at most one event per flow per interval; here
 //! the events of one flow within a flush window become one record, and at
 //! flush the packets the kernel counted but did not report yet are taken
-//! from its flow table, so a record accounts for the whole burst.
+//! from its flow table, so a record accounts for the whole burst. Records
+//! of their own are limited for all flows together ([`super::budget`]);
+//! the flows past it are summed into summary records.
 
 use std::{
     collections::HashMap,
@@ -18,7 +20,7 @@ use gateway_common::{DropEvent, DropReason, FAMILY_ANY, FAMILY_V4, FlowKey};
 use time::OffsetDateTime;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::Maps;
+use super::{Maps, budget::Budget};
 use crate::audit::{Audit, Event, Record, ip_port_text};
 
 /// Flows held before an early flush: bounds memory under a flood of
@@ -49,6 +51,7 @@ pub async fn run(
         }
     };
     let mut pending: HashMap<FlowKey, Pending> = HashMap::new();
+    let mut budget = Budget::new(Instant::now());
     let mut tick = tokio::time::interval(window.min(Duration::from_millis(500)));
     loop {
         tokio::select! {
@@ -68,10 +71,15 @@ pub async fn run(
                 }
                 guard.clear_ready();
                 if pending.len() > MAX_PENDING_FLOWS {
-                    flush(&mut pending, &maps, &audit, Duration::ZERO).await;
+                    flush(&mut pending, &mut budget, &maps, &audit, Duration::ZERO).await;
                 }
             }
-            _ = tick.tick() => flush(&mut pending, &maps, &audit, window).await,
+            _ = tick.tick() => {
+                flush(&mut pending, &mut budget, &maps, &audit, window).await;
+                for r in budget.summaries(Instant::now(), false) {
+                    audit.log(r).await;
+                }
+            }
             _ = stop.changed() => break,
         }
     }
@@ -82,7 +90,10 @@ pub async fn run(
             add(&mut pending, &event);
         }
     }
-    flush(&mut pending, &maps, &audit, Duration::ZERO).await;
+    flush(&mut pending, &mut budget, &maps, &audit, Duration::ZERO).await;
+    for r in budget.summaries(Instant::now(), true) {
+        audit.log(r).await;
+    }
 }
 
 fn parse(bytes: &[u8]) -> Option<DropEvent> {
@@ -121,6 +132,7 @@ fn wall_clock(ts_ns: u64) -> OffsetDateTime {
 
 async fn flush(
     pending: &mut HashMap<FlowKey, Pending>,
+    budget: &mut Budget,
     maps: &Arc<Mutex<Maps>>,
     audit: &Audit,
     older_than: Duration,
@@ -139,12 +151,28 @@ async fn flush(
         for key in due {
             if let Some(p) = pending.remove(&key) {
                 let tail = maps.take_pending(&key);
-                records.push(record(&key, p.first_ts, p.packets + tail));
+                if let Some(r) = budget.admit(&key, p.first_ts, p.packets + tail, Instant::now()) {
+                    records.push(r);
+                }
             }
         }
     }
     for r in records {
         audit.log(r).await;
+    }
+}
+
+/// The device address of a flow (`None` for what is not IP).
+pub fn source(flow: &FlowKey) -> Option<IpAddr> {
+    match flow.family {
+        FAMILY_ANY => None,
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
+            flow.saddr[0],
+            flow.saddr[1],
+            flow.saddr[2],
+            flow.saddr[3],
+        ))),
+        _ => Some(IpAddr::V6(Ipv6Addr::from(flow.saddr))),
     }
 }
 

@@ -23,6 +23,7 @@
 //!   the routing rules; the interfaces are unguarded afterwards.
 
 mod attach;
+mod budget;
 pub mod events;
 mod maps;
 mod pins;
