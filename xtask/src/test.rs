@@ -6,8 +6,9 @@
 //! ends with a summary whose last line is `N passed, M failed, K skipped`.
 use std::{
     fmt::Write as _,
+    io::{BufRead as _, BufReader},
     ops::AddAssign,
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, ExitStatus, Stdio},
     time::Instant,
 };
 
@@ -112,11 +113,99 @@ fn count_listed(output: &str) -> u64 {
         .count() as u64
 }
 
+/// A suite's counts for the summary: a run that failed without a failed
+/// test (it did not build, its harness broke, a binary crashed) counts one
+/// failure, so that the totals never read "0 failed" for a failed run.
+fn counts_of_run(mut counts: Counts, failed: bool) -> Counts {
+    if failed && counts.failed == 0 {
+        counts.failed = 1;
+    }
+    counts
+}
+
+/// How many suites may run side by side: one per core.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// What a suite's output says, read line by line.
+#[derive(Default)]
+struct Tally {
+    counts: Counts,
+    notes: Vec<String>,
+    skips: Vec<(String, u64)>,
+}
+
+impl Tally {
+    fn line(&mut self, line: &str) {
+        if let Some(c) = parse_result_line(line) {
+            self.counts += c;
+        }
+        match parse_suite_line(line) {
+            Some(SuiteLine::Note(n)) => self.notes.push(n),
+            Some(SuiteLine::Skip(n, reason)) => self.skips.push((reason, n)),
+            None => {}
+        }
+    }
+}
+
+/// A suite run with its output held back (see
+/// [`Runner::suites_side_by_side`]).
+struct Held {
+    /// Its stdout and stderr, merged.
+    lines: Vec<String>,
+    result: Result<ExitStatus>,
+    secs: f64,
+}
+
+fn run_held(mut cmd: Command) -> Held {
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    let result = (|| -> Result<ExitStatus> {
+        let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+        let writer2 = writer.try_clone().context("duplicating the pipe")?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer2)
+            .spawn()
+            .with_context(|| format!("starting `{}`", cmd::describe(&cmd)))?;
+        // The write ends `cmd` holds must go, or the reader never sees the end.
+        drop(cmd);
+        for line in BufReader::new(reader).split(b'\n') {
+            let line = line.context("reading the suite's output")?;
+            lines.push(
+                String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_owned(),
+            );
+        }
+        child.wait().context("waiting for the suite")
+    })();
+    Held {
+        lines,
+        result,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
 /// One suite's line in the summary.
 struct SuiteReport {
     label: String,
     counts: Counts,
     note: Option<String>,
+    /// How long its step took (for a VM suite: that kernel's whole run).
+    secs: Option<f64>,
+}
+
+/// `42.0 s`, or `14 min 02 s` from a minute on.
+fn duration(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.1} s")
+    } else {
+        let whole = secs.round() as u64;
+        format!("{} min {:02} s", whole / 60, whole % 60)
+    }
 }
 
 #[derive(Default)]
@@ -128,6 +217,8 @@ struct Summary {
     failed_steps: Vec<String>,
     /// Labels of the suites that needed root and ran as root.
     root_suites: Vec<String>,
+    /// The whole run's wall time.
+    total_secs: Option<f64>,
 }
 
 impl Summary {
@@ -141,12 +232,13 @@ impl Summary {
         }
     }
 
-    fn add_suite(&mut self, label: &str, counts: Counts, note: Option<String>) {
+    fn add_suite(&mut self, label: &str, counts: Counts, note: Option<String>, secs: Option<f64>) {
         self.skip("ignored", counts.ignored);
         self.suites.push(SuiteReport {
             label: label.to_owned(),
             counts,
             note,
+            secs,
         });
     }
 
@@ -173,6 +265,9 @@ impl Summary {
                 suite.counts.passed,
                 suite.counts.failed
             );
+            if let Some(secs) = suite.secs {
+                let _ = write!(s, " in {}", duration(secs));
+            }
             if let Some(note) = &suite.note {
                 let _ = write!(s, " ({note})");
             }
@@ -195,6 +290,9 @@ impl Summary {
                 self.root_suites.join(", ")
             }
         );
+        if let Some(secs) = self.total_secs {
+            let _ = writeln!(s, "{:<11}{}", "time:", duration(secs));
+        }
         let _ = writeln!(s, "{:<11}{skipped:>5}", "skipped:");
         for (reason, n) in &self.skipped {
             let _ = writeln!(s, "{:<11}{n:>5}  {reason}", "");
@@ -221,13 +319,18 @@ pub struct Suite {
     /// `… -- --list` command) and its tests count as skipped.
     pub needs_root: bool,
     pub list: Option<Command>,
+    /// Whether it may run at the same time as the other such suites next to
+    /// it (see [`Runner::suites_side_by_side`]).
+    pub side_by_side: bool,
 }
 
 /// EXTENSION POINT: suites to run after the root-only tests. One per VM
 /// kernel (`cargo xtask vm --kernel NAME`: the root-only tests again inside
 /// QEMU on that kernel); the runner announces, streams, counts and
 /// summarises them like the built-in suites, with the skip reasons and the
-/// note (kernel, accelerator, attach path) each prints.
+/// note (kernel, accelerator, attach path) each prints. The kernels' runs
+/// go side by side: each VM has one vCPU, and under TCG it keeps one host
+/// core busy.
 fn extra_suites() -> Result<Vec<Suite>> {
     let xtask = std::env::current_exe().context("finding xtask's own binary")?;
     let mut suites: Vec<Suite> = vm::kernels::KERNELS
@@ -241,6 +344,7 @@ fn extra_suites() -> Result<Vec<Suite>> {
                 needs_gateway: true,
                 needs_root: true,
                 list: Some(cargo_test(&["gateway-tests"], &["--list"])),
+                side_by_side: true,
             }
         })
         .collect();
@@ -255,6 +359,7 @@ fn extra_suites() -> Result<Vec<Suite>> {
         needs_gateway: true,
         needs_root: true,
         list: Some(list),
+        side_by_side: false,
     });
     Ok(suites)
 }
@@ -273,7 +378,10 @@ impl Runner {
     }
 
     fn done(&mut self, name: &str, started: Instant, failure: Option<String>) -> bool {
-        let secs = started.elapsed().as_secs_f64();
+        self.done_after(name, started.elapsed().as_secs_f64(), failure)
+    }
+
+    fn done_after(&mut self, name: &str, secs: f64, failure: Option<String>) -> bool {
         match failure {
             None => {
                 println!("<== {name}: ok ({secs:.1}s)");
@@ -304,34 +412,103 @@ impl Runner {
     /// Runs a libtest suite, streaming and counting its results.
     fn suite(&mut self, name: &str, label: &str, mut cmd: Command, note: Option<String>) -> bool {
         let started = self.announce(name, &cmd::describe(&cmd));
-        let mut counts = Counts::default();
-        let mut notes = Vec::new();
-        let mut skips = Vec::new();
-        let result = cmd::stream(&mut cmd, |line| {
-            if let Some(c) = parse_result_line(line) {
-                counts += c;
-            }
-            match parse_suite_line(line) {
-                Some(SuiteLine::Note(n)) => notes.push(n),
-                Some(SuiteLine::Skip(n, reason)) => skips.push((reason, n)),
-                None => {}
-            }
-        });
+        let mut tally = Tally::default();
+        let result = cmd::stream(&mut cmd, |line| tally.line(line));
+        let secs = started.elapsed().as_secs_f64();
+        self.finish_suite(name, label, &cmd::describe(&cmd), tally, result, note, secs)
+    }
+
+    /// Records a suite's run: its skips, its line in the summary, its step.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call per way of running a suite"
+    )]
+    fn finish_suite(
+        &mut self,
+        name: &str,
+        label: &str,
+        described: &str,
+        tally: Tally,
+        result: Result<ExitStatus>,
+        note: Option<String>,
+        secs: f64,
+    ) -> bool {
+        let Tally {
+            counts,
+            notes,
+            skips,
+        } = tally;
         for (reason, n) in skips {
             self.summary.skip(&reason, n);
         }
         let note = note.or_else(|| (!notes.is_empty()).then(|| notes.join("; ")));
-        self.summary.add_suite(label, counts, note);
         let failure = match result {
             Ok(st) if st.success() => None,
             Ok(st) if counts.failed > 0 => Some(format!("{} test(s) failed ({st})", counts.failed)),
             Ok(st) => Some(format!(
-                "`{}` exited with {st} but no test failed: a build error? see the output above",
-                cmd::describe(&cmd)
+                "`{described}` exited with {st} but no test failed (a build or harness error); see the output above"
             )),
             Err(e) => Some(format!("{e:#}")),
         };
-        self.done(name, started, failure)
+        self.summary.add_suite(
+            label,
+            counts_of_run(counts, failure.is_some()),
+            note,
+            Some(secs),
+        );
+        self.done_after(name, secs, failure)
+    }
+
+    /// Runs suites at the same time, `at_once` of them (as many as the
+    /// machine has cores, see [`cores`]): the first of each group streams its output as it comes; each
+    /// other one's output is held, then printed and counted in turn. Each
+    /// suite's time is its own run's.
+    fn suites_side_by_side(&mut self, suites: Vec<(String, String, Command)>, at_once: usize) {
+        let mut suites = suites.into_iter().peekable();
+        while suites.peek().is_some() {
+            let group: Vec<_> = suites.by_ref().take(at_once.max(1)).collect();
+            let mut group = group.into_iter();
+            let Some((name, label, first)) = group.next() else {
+                break;
+            };
+            let held: Vec<_> = group
+                .map(|(name, label, cmd)| {
+                    let described = cmd::describe(&cmd);
+                    (
+                        name,
+                        label,
+                        described,
+                        std::thread::spawn(move || run_held(cmd)),
+                    )
+                })
+                .collect();
+            self.suite(&name, &label, first, None);
+            for (name, label, described, handle) in held {
+                self.announce(
+                    &name,
+                    &format!("{described} (ran alongside the suite before it; its output follows)"),
+                );
+                let held = handle.join().unwrap_or_else(|_| Held {
+                    lines: Vec::new(),
+                    result: Err(anyhow::anyhow!("the thread running `{described}` panicked")),
+                    secs: 0.0,
+                });
+                let mut tally = Tally::default();
+                for line in &held.lines {
+                    println!("{line}");
+                    tally.line(line);
+                }
+                self.finish_suite(
+                    &name,
+                    &label,
+                    &described,
+                    tally,
+                    held.result,
+                    None,
+                    held.secs,
+                );
+            }
+        }
     }
 
     /// Lists a suite's tests without running them; they count as skipped for `reason`.
@@ -362,8 +539,12 @@ impl Runner {
             )),
             Err(e) => Some(format!("{e:#}")),
         };
-        self.summary
-            .add_suite(label, Counts::default(), Some(note.to_owned()));
+        self.summary.add_suite(
+            label,
+            Counts::default(),
+            Some(note.to_owned()),
+            Some(started.elapsed().as_secs_f64()),
+        );
         self.done(name, started, failure);
     }
 }
@@ -381,6 +562,7 @@ fn cargo_test(packages: &[&str], test_args: &[&str]) -> Command {
 }
 
 pub fn run() -> Result<ExitCode> {
+    let run_started = Instant::now();
     let is_root = cmd::is_root();
     let mut r = Runner {
         summary: Summary::default(),
@@ -472,12 +654,19 @@ pub fn run() -> Result<ExitCode> {
         match extra_suites() {
             Ok(suites) => {
                 r.steps += suites.len();
+                // Neighbouring suites to run side by side, run when the
+                // next suite is not one of them.
+                let mut batch = Vec::new();
                 for mut suite in suites {
                     if let Some(bin) = &gateway_bin {
                         suite.run.env("GATEWAY_BIN", bin);
                     }
                     let name = format!("{} tests", suite.label);
                     let no_gateway = suite.needs_gateway && gateway_bin.is_none();
+                    let runs = (!suite.needs_root || is_root) && !no_gateway;
+                    if !(runs && suite.side_by_side) {
+                        r.suites_side_by_side(std::mem::take(&mut batch), cores());
+                    }
                     match (suite.needs_root && !is_root, suite.list) {
                         (false, Some(list)) if no_gateway => r.list_as_skipped(
                             &name,
@@ -490,7 +679,11 @@ pub fn run() -> Result<ExitCode> {
                             if suite.needs_root {
                                 r.summary.root_suites.push(suite.label.clone());
                             }
-                            r.suite(&name, &suite.label, suite.run, None);
+                            if suite.side_by_side {
+                                batch.push((name, suite.label, suite.run));
+                            } else {
+                                r.suite(&name, &suite.label, suite.run, None);
+                            }
                         }
                         (true, Some(list)) => r.list_as_skipped(
                             &name,
@@ -504,10 +697,12 @@ pub fn run() -> Result<ExitCode> {
                                 &suite.label,
                                 Counts::default(),
                                 Some("not run: needs root".into()),
+                                None,
                             );
                         }
                     }
                 }
+                r.suites_side_by_side(batch, cores());
             }
             Err(e) => r.summary.failed_steps.push(format!("extra suites: {e:#}")),
         }
@@ -516,6 +711,7 @@ pub fn run() -> Result<ExitCode> {
         bench_smoke(&mut r, gateway_bin.as_deref(), is_root);
     }
 
+    r.summary.total_secs = Some(run_started.elapsed().as_secs_f64());
     println!("\n{}", r.summary.render());
     Ok(if r.summary.success() {
         ExitCode::SUCCESS
@@ -542,6 +738,7 @@ fn bench_smoke(r: &mut Runner, gateway_bin: Option<&std::path::Path>, is_root: b
             let out = build::target_dir()
                 .unwrap_or_else(|_| cmd::workspace_root().join("target"))
                 .join("bench-smoke");
+            let started = std::time::Instant::now();
             let ok = r.check(NAME, bench::command(bin, true, &out));
             r.summary.root_suites.push("bench-smoke".into());
             r.summary.add_suite(
@@ -552,6 +749,7 @@ fn bench_smoke(r: &mut Runner, gateway_bin: Option<&std::path::Path>, is_root: b
                     ignored: 0,
                 },
                 Some(format!("report in {}", out.display())),
+                Some(started.elapsed().as_secs_f64()),
             );
         }
         (_, false) => skip(r, ROOT_SKIP_REASON),
@@ -638,11 +836,8 @@ mod tests {
             ))
         );
         assert_eq!(
-            parse_suite_line("xtask-suite: skip 12 vm-6.1: too slow under TCG emulation"),
-            Some(SuiteLine::Skip(
-                12,
-                "vm-6.1: too slow under TCG emulation".into()
-            ))
+            parse_suite_line("xtask-suite: skip 12 vm-6.1: not selected (--only)"),
+            Some(SuiteLine::Skip(12, "vm-6.1: not selected (--only)".into()))
         );
         for other in [
             "[vm 6.1] xtask-suite: skip 1 x",
@@ -681,6 +876,7 @@ src/lib.rs - Config (line 12): test
                 ignored: 0,
             },
             None,
+            None,
         );
         s.add_suite(
             "root-only",
@@ -690,16 +886,32 @@ src/lib.rs - Config (line 12): test
                 ignored: 0,
             },
             Some("ran as root".into()),
+            Some(42.04),
+        );
+        s.add_suite(
+            "vm-6.1",
+            Counts {
+                passed: 60,
+                failed: 0,
+                ignored: 0,
+            },
+            Some("6.1.0-56-cloud-amd64, TCG, attach netlink".into()),
+            Some(842.4),
         );
         s.root_suites.push("root-only".into());
+        s.root_suites.push("vm-6.1".into());
+        s.total_secs = Some(1801.0);
         assert_eq!(
             s.render(),
             "== test summary ==\n\
              unit:        123 passed, 0 failed\n\
-             root-only:    14 passed, 0 failed (ran as root)\n\
-             as root:      14  of the tests that ran needed root and ran as root (root-only)\n\
+             root-only:    14 passed, 0 failed in 42.0 s (ran as root)\n\
+             vm-6.1:       60 passed, 0 failed in 14 min 02 s \
+             (6.1.0-56-cloud-amd64, TCG, attach netlink)\n\
+             as root:      74  of the tests that ran needed root and ran as root (root-only, vm-6.1)\n\
+             time:      30 min 01 s\n\
              skipped:       0\n\
-             137 passed, 0 failed, 0 skipped"
+             197 passed, 0 failed, 0 skipped"
         );
         assert!(s.success());
     }
@@ -715,12 +927,14 @@ src/lib.rs - Config (line 12): test
                 ignored: 2,
             },
             None,
+            None,
         );
         s.skip(ROOT_SKIP_REASON, 14);
         s.add_suite(
             "root-only",
             Counts::default(),
             Some("not run: needs root".into()),
+            None,
         );
         s.skip("ignored", 1);
         s.failed_steps.push("clippy: exited with 101".into());
@@ -743,6 +957,92 @@ src/lib.rs - Config (line 12): test
     }
 
     #[test]
+    fn side_by_side_suites_each_count_their_own_output() {
+        let sh = |script: &str| {
+            let mut c = Command::new("sh");
+            c.args(["-c", script]);
+            c
+        };
+        let mut r = Runner {
+            summary: Summary::default(),
+            step: 0,
+            steps: 3,
+        };
+        // The first streams to the real stdout, past libtest's capture,
+        // where `cargo xtask test` would count its lines: it prints none.
+        r.suites_side_by_side(vec![
+            ("a tests".into(), "a".into(), sh("true")),
+            (
+                "b tests".into(),
+                "b".into(),
+                // Held output: stderr counts too.
+                sh("echo 'xtask-suite: skip 3 b: not selected (--only)'; \
+                    echo 'test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out' >&2; \
+                    exit 101"),
+            ),
+            (
+                "c tests".into(),
+                "c".into(),
+                sh("echo 'test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out'; \
+                    exit 2"),
+            ),
+        ], 3);
+        let got: Vec<(&str, Counts)> = r
+            .summary
+            .suites
+            .iter()
+            .map(|s| (s.label.as_str(), s.counts))
+            .collect();
+        let counts = |passed, failed| Counts {
+            passed,
+            failed,
+            ignored: 0,
+        };
+        assert_eq!(
+            got,
+            [
+                ("a", counts(0, 0)),
+                ("b", counts(1, 1)),
+                // Its binary failed after its tests passed: one failure.
+                ("c", counts(2, 1))
+            ]
+        );
+        assert_eq!(
+            r.summary.skipped,
+            [("b: not selected (--only)".to_owned(), 3)]
+        );
+        assert_eq!(
+            r.summary.failed_steps.len(),
+            2,
+            "{:?}",
+            r.summary.failed_steps
+        );
+        assert!(r.summary.suites.iter().all(|s| s.secs.is_some()));
+    }
+
+    #[test]
+    fn a_failed_run_without_a_failed_test_counts_one_failure() {
+        let ran = Counts {
+            passed: 5,
+            failed: 0,
+            ignored: 1,
+        };
+        assert_eq!(counts_of_run(ran, false), ran);
+        assert_eq!(counts_of_run(ran, true).failed, 1);
+        assert_eq!(counts_of_run(Counts::default(), true).failed, 1);
+        let two = Counts { failed: 2, ..ran };
+        assert_eq!(counts_of_run(two, true), two);
+    }
+
+    #[test]
+    fn durations_read_as_seconds_then_minutes() {
+        assert_eq!(duration(0.04), "0.0 s");
+        assert_eq!(duration(59.94), "59.9 s");
+        assert_eq!(duration(60.0), "1 min 00 s");
+        assert_eq!(duration(2701.6), "45 min 02 s");
+    }
+
+    #[test]
     fn failed_step_alone_fails_the_run() {
         let mut s = Summary::default();
         s.add_suite(
@@ -752,6 +1052,7 @@ src/lib.rs - Config (line 12): test
                 failed: 0,
                 ignored: 0,
             },
+            None,
             None,
         );
         s.failed_steps.push("fmt".into());

@@ -12,9 +12,13 @@
 //! blob-info cache under `/var/lib/containers/cache` whatever their flags
 //! say; so they run in a private mount namespace where `/var/lib` is an
 //! overlay whose writes land in the client's own dir (see [`Client::tool`]).
+//! That dir must be on a filesystem that can hold an overlay's upper dir
+//! (tmpfs, ext4, ...), not on an overlay: under `cargo xtask vm` the root is
+//! one, so the runner puts the tests' temp dir (`TMPDIR`) on a tmpfs, and
+//! [`Client::new`] says so plainly where it is not.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -40,6 +44,29 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Clients of one site get distinct directories.
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
 
+/// Fails, saying why, when `dir` is on a filesystem that cannot hold an
+/// overlay's upper dir; `mount` itself only says "wrong fs type, bad
+/// option, bad superblock".
+fn upper_dir_fits(dir: &Path) -> Result<()> {
+    use nix::sys::statfs::{FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, statfs};
+    let fs_type = statfs(dir)
+        .with_context(|| format!("statfs {}", dir.display()))?
+        .filesystem_type();
+    let what = if fs_type == OVERLAYFS_SUPER_MAGIC {
+        "an overlay"
+    } else if fs_type == FUSE_SUPER_MAGIC {
+        "FUSE (virtiofs)"
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "{} is on {what}, which cannot hold the upper dir of the /var/lib overlay \
+         skopeo and podman run under: put the tests' temp dir (TMPDIR) on a tmpfs \
+         or a disk filesystem (`cargo xtask vm` does)",
+        dir.display()
+    )
+}
+
 /// A set of clients configured for one namespace and one trust anchor.
 pub struct Client {
     pub ns: String,
@@ -52,7 +79,8 @@ pub struct Client {
     creds: Option<Credentials>,
     seq: AtomicU64,
     /// podman's run root: podman refuses one longer than 50 characters, so
-    /// it lives in a short temp dir of its own (`/tmp/mgpr…`).
+    /// it lives in a short temp dir of its own (`$TMPDIR/mgpr…`, `/tmp` by
+    /// default; `/run/margo-tmp` in `cargo xtask vm`'s guests).
     runroot: TempDir,
 }
 
@@ -102,9 +130,18 @@ impl Client {
         ] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
+        upper_dir_fits(&dir.join("varlib-upper"))?;
+        // In TMPDIR (a tmpfs in `cargo xtask vm`'s guests, whose root is an
+        // overlay), unless its path leaves too little room for podman.
+        let tmp = std::env::temp_dir();
+        let runroot_base = if tmp.as_os_str().len() <= 32 {
+            tmp
+        } else {
+            PathBuf::from("/tmp")
+        };
         let runroot = tempfile::Builder::new()
             .prefix("mgpr")
-            .tempdir_in("/tmp")
+            .tempdir_in(runroot_base)
             .context("creating podman's run root")?;
         let ca_file = cert_dir.join("ca.crt");
         std::fs::write(&ca_file, ca_pem)?;

@@ -2,7 +2,8 @@
 //! `/init`, chrooted into the host's root).
 //!
 //! Runs every binary of the [`Plan`] as `cargo test` would (working
-//! directory, `CARGO_MANIFEST_DIR`, `GATEWAY_BIN`), copies their output to
+//! directory, `CARGO_MANIFEST_DIR`, `GATEWAY_BIN`; `TMPDIR` on a tmpfs of
+//! its own, see [`TEST_TMPDIR`]; and [`ACCEL_ENV`]), copies their output to
 //! the report port, bounds each binary in time, then starts one gateway of
 //! its own to read which attach path the kernel got. Everything it says goes
 //! to the second serial port as [`Event`] lines around the binaries' output,
@@ -12,7 +13,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::OpenOptionsExt as _,
     os::unix::process::ExitStatusExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, ExitCode, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -29,6 +30,14 @@ const PORT: &str = "/dev/ttyS1";
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// `PATH` for everything the runner starts.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The tests' `TMPDIR`: a tmpfs the initramfs' `/init` mounts. The guest's
+/// root is an overlay (the host's root under a tmpfs), and an overlay's
+/// upper dir cannot be on an overlay; the OCI tests' skopeo and podman run
+/// under a `/var/lib` overlay whose upper dir is in the test's temp dir.
+pub const TEST_TMPDIR: &str = "/run/margo-tmp";
+/// Tells the tests they run in a VM, and how its CPU runs (`tcg`: emulated,
+/// some ten times slower than the host's; `kvm`).
+pub const ACCEL_ENV: &str = "MARGO_VM_ACCEL";
 
 /// Where report lines go; shared by the heartbeat and the runner.
 #[derive(Clone)]
@@ -130,6 +139,8 @@ fn test_command(plan: &Plan, binary: &PlannedBinary) -> Command {
         .env("NO_COLOR", "1")
         .env("CARGO_MANIFEST_DIR", &plan.package_dir)
         .env("GATEWAY_BIN", &plan.gateway_bin)
+        .env("TMPDIR", TEST_TMPDIR)
+        .env(ACCEL_ENV, &plan.accel)
         .stdin(Stdio::null());
     c
 }
@@ -249,8 +260,9 @@ fn gateway_in_probe_ns(plan: &Plan, args: &[&str]) -> Command {
 }
 
 /// Starts a gateway on a veth of its own, reads the attach mode from
-/// `gateway status --json`, and stops it (SIGTERM: it removes what it
-/// installed). Returns the interface, the mode and the gateway's own
+/// `gateway status --json`, and stops it (SIGTERM: the program stays
+/// attached and guarding, as after any routine stop; the namespace and
+/// the guest go away with it). Returns the interface, the mode and the gateway's own
 /// `attached` log line.
 fn probe_attach(plan: &Plan) -> Result<(String, String, Option<String>)> {
     ip(&["netns", "add", PROBE_NS])?;
@@ -266,7 +278,7 @@ fn probe_in_ns(plan: &Plan) -> Result<(String, String, Option<String>)> {
     for dev in [PROBE_IF, PROBE_PEER, "lo"] {
         ip(&["-n", PROBE_NS, "link", "set", dev, "up"])?;
     }
-    let dir = PathBuf::from("/tmp/mgvmprobe");
+    let dir = Path::new(TEST_TMPDIR).join("mgvmprobe");
     fs::create_dir_all(&dir)?;
     let config = dir.join("gateway.yaml");
     let audit = dir.join("audit.jsonl");
@@ -342,8 +354,9 @@ fn wait_ready(child: &mut Child, audit: &Path, timeout: Duration) -> Result<()> 
     }
 }
 
-/// SIGTERM (the gateway removes what it installed), then SIGKILL if it
-/// lingers; both by the child's own pid.
+/// SIGTERM (the gateway stops serving; its kernel program keeps guarding
+/// until `gateway uninstall`), then SIGKILL if it lingers; both by the
+/// child's own pid.
 fn stop(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id())
         && matches!(child.try_wait(), Ok(None))
@@ -374,6 +387,7 @@ mod tests {
             gateway_bin: "/stage/gateway".into(),
             package_dir: "/w/tests".into(),
             test_threads: 2,
+            accel: "tcg".into(),
             binary_timeout_secs: 5,
             binaries: vec![binary.clone()],
             probe_attach: false,
@@ -413,6 +427,8 @@ mod tests {
             .collect();
         assert!(env.contains(&("GATEWAY_BIN".into(), "/stage/gateway".into())));
         assert!(env.contains(&("CARGO_MANIFEST_DIR".into(), "/w/tests".into())));
+        assert!(env.contains(&("TMPDIR".into(), TEST_TMPDIR.into())));
+        assert!(env.contains(&(ACCEL_ENV.into(), "tcg".into())));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! `share.rs`) under a tmpfs overlay, so every host tool and library the
 //! tests use (iproute2, curl, skopeo, the registry, …) is there unchanged,
 //! and the tests may write anywhere without touching the host. Only `/run`
-//! is replaced (by an empty tmpfs), besides the kernel's own filesystems.
+//! is replaced (by an empty tmpfs), besides the kernel's own filesystems;
+//! in it, the tests' temp dir ([`super::guest::TEST_TMPDIR`]) is a tmpfs of
+//! its own, which (unlike the overlay root) can hold an overlay's upper dir.
+//! `/etc/netns`, which the host's own test runs change, is a tmpfs too.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -207,6 +210,19 @@ $b mount -t cgroup2 cgroup2 $r/sys/fs/cgroup || fail "cgroup2"
 # A fresh /run (no host netns or pid files); /tmp stays the host's under the
 # overlay, so a workspace there is still seen.
 $b mount -t tmpfs -o mode=0755 run $r/run || fail "tmpfs /run"
+# The tests' temp dir (the runner sets TMPDIR to it): a tmpfs of its own,
+# because the root is an overlay, and an overlay's upper dir cannot be on
+# an overlay: skopeo and podman run under a /var/lib overlay whose upper
+# dir is in the test's temp dir (tests/src/registry/clients.rs).
+$b mkdir -p $r/run/margo-tmp
+$b mount -t tmpfs -o mode=1777 tmp $r/run/margo-tmp || fail "tmpfs /run/margo-tmp"
+# The host is shared, and its own test runs create and remove /etc/netns
+# (ip netns exec's per-namespace /etc files) while the VM runs. A lower
+# layer changing under an overlay shows in the guest as "Stale file handle"
+# once the tests create their entries there: the guest gets a /etc/netns of
+# its own.
+$b mkdir -p $r/etc/netns
+$b mount -t tmpfs -o mode=0755 netns $r/etc/netns || fail "tmpfs /etc/netns"
 [ -n "$runner" ] && [ -n "$plan" ] || fail "no margo.runner or margo.plan on the kernel command line"
 say "root ready at $($b cut -d' ' -f1 /proc/uptime)s"
 $b chroot $r "$runner" vm-guest --plan "$plan"
@@ -341,5 +357,12 @@ mod tests {
             assert!(INIT.contains(needle), "{needle}");
         }
         assert!(INIT.ends_with("poweroff -f\n"));
+        // The runner points TMPDIR at the tmpfs /init mounts.
+        let tmp = format!(
+            "mount -t tmpfs -o mode=1777 tmp $r{}",
+            crate::vm::guest::TEST_TMPDIR
+        );
+        assert!(INIT.contains(&tmp), "{tmp}");
+        assert!(INIT.contains("mount -t tmpfs -o mode=0755 netns $r/etc/netns"));
     }
 }

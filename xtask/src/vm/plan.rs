@@ -21,6 +21,11 @@ pub struct Plan {
     pub package_dir: PathBuf,
     /// `--test-threads` for every binary.
     pub test_threads: u32,
+    /// How QEMU runs the guest's CPU (`tcg`, `kvm`): the tests see it as
+    /// `MARGO_VM_ACCEL`, so that they may size their work for an emulated
+    /// CPU (sizes and counts, never which tests run).
+    #[serde(default)]
+    pub accel: String,
     /// A binary still running after this long is killed and its unfinished
     /// tests fail.
     pub binary_timeout_secs: u64,
@@ -247,6 +252,7 @@ mod tests {
             gateway_bin: "/w/target/vm/stage/gateway".into(),
             package_dir: "/w/tests".into(),
             test_threads: 2,
+            accel: "tcg".into(),
             binary_timeout_secs: 600,
             binaries: vec![PlannedBinary {
                 name: "passthrough".into(),

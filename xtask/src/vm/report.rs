@@ -171,7 +171,9 @@ impl Collector {
                 "no verdict from libtest (its binary exited with {c})"
             )),
             None if began => Status::Failed(format!("interrupted: {}", brief(ending))),
-            None => Status::Skipped(format!("not run: {}", brief(ending))),
+            // The harness failed to run it: a failure of the run, not a
+            // choice not to run the test.
+            None => Status::Failed(format!("not run: {}", brief(ending))),
         }
     }
 
@@ -199,6 +201,10 @@ pub fn describe(ending: &Ending) -> String {
         Ending::Stopped(why) => format!("the VM stopped early: {why}"),
         Ending::Crashed { what, line } => format!("the VM crashed ({what}): {line}"),
         Ending::Hung(why) => format!("the VM hung: {why}"),
+        Ending::OverTime(bound) => format!(
+            "the VM was still running the tests when its run's bound ({} s, --timeout) passed",
+            bound.as_secs()
+        ),
     }
 }
 
@@ -209,6 +215,7 @@ fn brief(ending: &Ending) -> String {
         Ending::Stopped(_) => "the VM stopped early".to_owned(),
         Ending::Crashed { what, .. } => format!("the VM crashed ({what})"),
         Ending::Hung(_) => "the VM hung".to_owned(),
+        Ending::OverTime(_) => "the VM's run passed its time bound".to_owned(),
     }
 }
 
@@ -368,7 +375,7 @@ mod tests {
             Expected {
                 binary: "oci".into(),
                 tests: vec!["pull".into()],
-                skipped: [("pull".to_owned(), "too slow".to_owned())].into(),
+                skipped: [("pull".to_owned(), "not selected (--only)".to_owned())].into(),
             },
             Expected {
                 binary: "drops".into(),
@@ -439,7 +446,10 @@ mod tests {
                 )
             )
         );
-        assert_eq!(status[3], ("pull", &Status::Skipped("too slow".into())));
+        assert_eq!(
+            status[3],
+            ("pull", &Status::Skipped("not selected (--only)".into()))
+        );
         assert_eq!(status[4], ("udp", &Status::Passed));
         assert_eq!(c.release.as_deref(), Some("6.1.0-56-cloud-amd64"));
         assert_eq!(c.attach, Some(("mgvmp0".into(), "netlink".into())));
@@ -473,7 +483,10 @@ mod tests {
             "xtask-suite: note 6.1.0-56-cloud-amd64, TCG, attach netlink"
         );
         assert_eq!(lines[1], "xtask-suite: skip 1 vm-6.1: ignored: flaky");
-        assert_eq!(lines[2], "xtask-suite: skip 1 vm-6.1: too slow");
+        assert_eq!(
+            lines[2],
+            "xtask-suite: skip 1 vm-6.1: not selected (--only)"
+        );
         assert!(lines[3].starts_with("test result: FAILED. 2 passed; 1 failed; 0 ignored;"));
         let text = report.render();
         assert!(
@@ -487,7 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_fails_the_running_binary_and_skips_the_rest() {
+    fn a_crash_fails_the_running_binary_and_the_rest() {
         let mut c = Collector::default();
         feed(
             &mut c,
@@ -507,9 +520,15 @@ mod tests {
             tests[1].status,
             Status::Failed("interrupted: the VM crashed (kernel panic)".into())
         );
+        // `oci::pull` stays skipped for its own reason; `drops::udp`
+        // never ran because the VM crashed: that is a failure.
+        assert_eq!(
+            tests[3].status,
+            Status::Skipped("not selected (--only)".into())
+        );
         assert_eq!(
             tests[4].status,
-            Status::Skipped("not run: the VM crashed (kernel panic)".into())
+            Status::Failed("not run: the VM crashed (kernel panic)".into())
         );
         assert_eq!(
             describe(&ending),
