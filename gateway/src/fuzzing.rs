@@ -147,7 +147,10 @@ pub fn config(data: &[u8]) {
         assert!(config.site(&site.host).is_some(), "site {:?}", site.host);
     }
     let _ = Zone::new(&config);
-    let _ = config.devices.dhcp_server_addresses();
+    assert_eq!(
+        config.devices.dhcp_server_addresses().len(),
+        config.devices.dhcp_servers.len()
+    );
 }
 
 /// A DNS zone like a site's: a registry, two passthrough services, and a
