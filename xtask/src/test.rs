@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the one command that runs every check and test.
 //!
-//! Steps: setup, fmt, clippy, unit tests, build the gateway, root-only
-//! integration tests, then any [`extra_suites`]. Every `cargo test` output is
+//! Steps: setup, fmt, clippy (host crates, then the eBPF crate), unit
+//! tests, fuzzing, build the gateway, root-only integration tests, then any
+//! [`extra_suites`]. Every `cargo test` output is
 //! streamed through and its libtest `test result:` lines are summed; the run
 //! ends with a summary whose last line is `N passed, M failed, K skipped`.
 use std::{
@@ -592,6 +593,34 @@ pub fn run() -> Result<ExitCode> {
             "warnings",
         ]);
         r.check("clippy", clippy);
+
+        // c2. clippy on the eBPF crate, with the workspace lints: its own
+        // target needs the nightly and build-std, in a target dir of its
+        // own so that the host's builds are not redone.
+        let mut clippy_ebpf = cmd::cargo();
+        clippy_ebpf
+            .env("RUSTUP_TOOLCHAIN", "nightly")
+            .env(
+                "CARGO_TARGET_DIR",
+                build::target_dir()
+                    .unwrap_or_else(|_| cmd::workspace_root().join("target"))
+                    .join("ebpf-clippy"),
+            )
+            .args([
+                "clippy",
+                "-p",
+                "gateway-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+        r.steps += 1;
+        r.check("clippy (eBPF)", clippy_ebpf);
 
         // d. unit tests (no root needed).
         r.suite(
