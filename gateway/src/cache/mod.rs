@@ -232,6 +232,12 @@ impl Cache {
         }
     }
 
+    /// The size of a complete blob, if held: from memory, no file opened,
+    /// and not an access for LRU.
+    pub fn held_size(&self, digest: &Digest) -> Option<u64> {
+        self.inner.state().blobs.get(digest).map(|m| m.size)
+    }
+
     /// Size and activity, from memory.
     pub fn stats(&self) -> CacheStats {
         let state = self.inner.state();

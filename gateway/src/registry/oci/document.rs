@@ -328,6 +328,25 @@ async fn by_digest(
     if let Some(hit) = held_manifest(site, method, name, digest, &key).await {
         return hit;
     }
+    if let Some(size) = Digest::parse(digest)
+        .ok()
+        .and_then(|d| site.cache.held_size(&d))
+        .filter(|size| *size > MAX_DOCUMENT as u64)
+    {
+        // A blob no manifest this gateway serves can be (a layer): known
+        // without asking upstream, which may answer anything to it (the
+        // distribution registry says 500).
+        let mut o = Outcome::new(response::error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            &format!("{digest} is not a manifest"),
+        ));
+        o.detail = Some(format!(
+            "{digest} is held as a blob of {size} bytes, larger than any manifest ({MAX_DOCUMENT} bytes)"
+        ));
+        o.cache = Some("hit");
+        return o;
+    }
     let started = Instant::now();
     let req = accept(UpstreamRequest::get(path).with_scope(OciSite::scope(name)));
     match fetch(site, req, Kind::Manifest).await {
@@ -362,9 +381,10 @@ async fn by_digest(
 
 /// A manifest held for this repository, streamed from its file like a
 /// blob (never read into memory). Only a digest this repository fetched
-/// as a manifest counts (its reference is recorded): a layer held under
-/// the same digest is not one, and goes to upstream, which answers
-/// `MANIFEST_UNKNOWN`.
+/// as a manifest counts (its reference is recorded): a blob held under
+/// the same digest is not one; the caller answers `MANIFEST_UNKNOWN` for
+/// one too large to be a manifest, and asks upstream about the others
+/// (a manifest may have been fetched as a blob).
 async fn held_manifest(
     site: &OciSite,
     method: &Method,

@@ -212,8 +212,13 @@ fn blob_path(digest: &str) -> String {
 }
 
 fn small() -> Limits {
+    small_but(1 << 20)
+}
+
+/// Blobs up to `max_blob_size`, a short abandon grace.
+fn small_but(max_blob_size: u64) -> Limits {
     Limits {
-        max_blob_size: 1 << 20,
+        max_blob_size,
         abandon_grace: Duration::from_millis(100),
         ..Limits::new(1 << 30)
     }
@@ -360,6 +365,36 @@ async fn a_layer_asked_for_as_a_manifest_is_manifest_unknown() {
     let (body, _) = read(o).await;
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("MANIFEST_UNKNOWN"), "{text}");
+    // A small blob might be a manifest fetched as a blob: upstream says.
+    assert_eq!(up.asked(&format!("/v2/app/manifests/{digest}")), 1);
+}
+
+#[tokio::test]
+async fn a_layer_larger_than_any_manifest_is_manifest_unknown_without_upstream() {
+    let layer = Bytes::from(vec![9u8; (4 << 20) + 1]);
+    let digest = Digest::of(&layer).to_string();
+    let manifest_path = format!("/v2/app/manifests/{digest}");
+    let up = Upstreamish::start(vec![(
+        blob_path(&digest),
+        Answer::Bytes("application/octet-stream", layer.clone()),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = site(&up, dir.path(), small_but(8 << 20)).await;
+    let (bytes, clean) = read(ask(&site, &blob_path(&digest)).await).await;
+    assert!(clean && bytes.len() == layer.len());
+    settled(&site, dir.path()).await;
+    let o = ask(&site, &manifest_path).await;
+    assert_eq!(o.response.status(), StatusCode::NOT_FOUND);
+    assert!(
+        o.detail
+            .clone()
+            .unwrap()
+            .contains("larger than any manifest")
+    );
+    let (body, _) = read(o).await;
+    assert!(String::from_utf8_lossy(&body).contains("MANIFEST_UNKNOWN"));
+    assert_eq!(up.asked(&manifest_path), 0, "upstream was asked");
 }
 
 #[tokio::test]
