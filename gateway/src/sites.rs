@@ -34,8 +34,9 @@ pub async fn build_content(config: &Config) -> anyhow::Result<Content> {
         .with_context(|| format!("opening the cache in {}", config.cache.dir.display()))?;
     let mut oci = HashMap::new();
     for site in &config.sites {
-        let upstream = Upstream::new(site, &config.passthrough_addresses())
-            .with_context(|| format!("setting up the upstream of site {}", site.host))?;
+        let upstream =
+            Upstream::configured(site, &config.passthrough_addresses(), &config.upstream)
+                .with_context(|| format!("setting up the upstream of site {}", site.host))?;
         match site.kind {
             SiteKind::Oci => {
                 oci.insert(

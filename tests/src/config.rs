@@ -32,6 +32,10 @@ pub struct GatewayConfig {
     /// `proxy.first_bytes_timeout_secs`, when a test holds silent
     /// connections longer than the default allows.
     pub first_bytes_timeout_secs: Option<u64>,
+    /// `upstream.<key>: <value>` pairs (`body_idle_secs`, `min_body_rate`,
+    /// ...), when a test needs other upstream timeouts or progress floor
+    /// than the defaults.
+    pub upstream: Vec<(&'static str, u64)>,
     /// `audit.path`
     pub audit_path: PathBuf,
     /// `state_dir`
@@ -64,6 +68,7 @@ impl GatewayConfig {
             proxy_port: 15001,
             max_connections: None,
             first_bytes_timeout_secs: None,
+            upstream: Vec::new(),
             audit_path: dir.join("audit.jsonl"),
             state_dir: dir.join("state"),
             pin_path: site.pin_path(),
@@ -119,6 +124,12 @@ impl GatewayConfig {
         }
         if let Some(secs) = self.first_bytes_timeout_secs {
             let _ = writeln!(y, "  first_bytes_timeout_secs: {secs}");
+        }
+        if !self.upstream.is_empty() {
+            let _ = writeln!(y, "upstream:");
+            for (key, value) in &self.upstream {
+                let _ = writeln!(y, "  {key}: {value}");
+            }
         }
         let _ = writeln!(y, "audit:");
         let _ = writeln!(y, "  path: {}", q(&self.audit_path.to_string_lossy()));

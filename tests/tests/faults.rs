@@ -32,7 +32,8 @@ use gateway_tests::{
     faulty::{Fault, Faulty},
     oci::{Layout, sha256_file},
     registry::{
-        Client, CurlResponse, OciGateway, Registry, RegistryOptions, oci_gateway::start_oci_gateway,
+        Client, CurlResponse, OciGateway, Registry, RegistryOptions,
+        oci_gateway::start_oci_gateway_with,
     },
     require_root,
 };
@@ -66,6 +67,11 @@ struct Rig<'s> {
 }
 
 fn rig(site: &Site) -> Rig<'_> {
+    rig_with(site, &[])
+}
+
+/// [`rig`] with `upstream:` settings (timeouts, progress floor).
+fn rig_with<'s>(site: &'s Site, upstream: &[(&'static str, u64)]) -> Rig<'s> {
     let registry = Registry::start(site, RegistryOptions::default()).unwrap();
     let layout = Layout::create(&site.tmp_dir().join("src")).unwrap();
     let push = |n: usize| {
@@ -81,7 +87,10 @@ fn rig(site: &Site) -> Rig<'_> {
     let bad = push(MIB);
     let good = push(MIB / 4);
     let faulty = Faulty::start(&registry).unwrap();
-    let gw = start_oci_gateway(site, faulty.keys(&registry, "5m")).unwrap();
+    let keys = faulty.keys(&registry, "5m");
+    let mut config = keys.config(site);
+    config.upstream = upstream.to_vec();
+    let gw = start_oci_gateway_with(site, keys, config).unwrap();
     let device = gw.device().unwrap();
     Rig {
         device,
@@ -182,6 +191,30 @@ impl Rig<'_> {
         self.wait_no_temp_files();
     }
 
+    /// The request record names the progress floor as the cause (not the
+    /// idle timeout, not the device going away).
+    fn check_cut_by_the_floor(&self) {
+        let gw = &self.gw;
+        let records = gw.must(gw.wait_requests("GET", &self.bad.path, 1));
+        let needle = "below the floor of 4096 B/s (upstream.min_body_rate)";
+        assert!(
+            records
+                .iter()
+                .any(|r| r["detail"].as_str().is_some_and(|d| d.contains(needle))),
+            "no record names `{needle}`: {records:?}"
+        );
+    }
+
+    /// The gateway closed its connection to the faulted answer (the
+    /// proxy no longer holds it in the fault).
+    fn wait_hung_up(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.faulty.in_fault() > 0 {
+            assert!(Instant::now() < deadline, "{what} is still being read");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn wait_no_temp_files(&self) {
         let gw = &self.gw;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -261,13 +294,14 @@ fn a_flipped_byte_is_an_error_and_stores_nothing() {
     held_fault("fault-flip", Fault::FlipByte, "--http2");
 }
 
-/// Headers, then nothing: the gateway's wait for body bytes (30 s,
-/// `upstream::DEFAULT_BODY_IDLE`) ends the fill.
+/// Headers, then nothing: the gateway's wait for body bytes
+/// (`upstream.body_idle_secs`, 10 s here instead of the default 30 s: long
+/// enough for the checks made meanwhile) ends the fill.
 #[test]
 fn a_stall_after_the_headers_is_cut_off_by_the_gateway() {
     require_root();
     let site = Site::new("fault-stall").unwrap();
-    let rig = rig(&site);
+    let rig = rig_with(&site, &[("body_idle_secs", 10)]);
     rig.faulty.set(&rig.bad.path, Fault::StallAfterHeaders);
     let bad = thread::scope(|s| {
         let _release = ReleaseOnDrop(&rig.faulty);
@@ -280,15 +314,7 @@ fn a_stall_after_the_headers_is_cut_off_by_the_gateway() {
     let bad = rig.gw.must(bad);
     rig.check_device_error(&bad, false);
     rig.check_failure_recorded();
-    // The gateway hung up on the stalled answer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rig.faulty.in_fault() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled answer is still open"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    rig.wait_hung_up("the stalled answer");
     rig.check_recovers();
 }
 
@@ -332,23 +358,36 @@ fn a_trickle_holds_up_nothing_else_and_its_break_stores_nothing() {
 }
 
 /// A trickle that never breaks must still end: the gateway gives up on an
-/// upstream body that crawls (a progress bound), blames upstream and
+/// upstream body that crawls (the progress floor, `upstream.min_body_rate`,
+/// here over 3 s windows instead of the default 30 s), blames upstream and
 /// frees the temp file, before the device's own patience runs out.
 #[test]
-#[ignore = "gateway gap: no progress bound on upstream bodies; only the 30 s idle \
-            timeout applies, so a 1 KB/s trickle holds the fill, its temp file and \
-            every device following it until the whole blob has crawled in (17 min \
-            for 1 MiB)"]
 fn an_endless_trickle_is_cut_off_by_the_gateway() {
     require_root();
     let site = Site::new("fault-trickle-end").unwrap();
-    let rig = rig(&site);
+    // 1 KiB/s against a floor of 4 KiB/s: about 3 KiB in each 3 s window,
+    // a quarter of the floor.
+    let rig = rig_with(
+        &site,
+        &[("min_body_rate", 4096), ("min_body_rate_window_secs", 3)],
+    );
     rig.faulty
         .set(&rig.bad.path, Fault::Trickle { bytes_per_sec: KIB });
-    let bad = rig.gw.must(rig.fetch_bad("--http1.1"));
+    let bad = {
+        let _release = ReleaseOnDrop(&rig.faulty);
+        // No release before the fetch returns: the gateway must give up
+        // by itself.
+        let bad = rig.gw.must(rig.fetch_bad("--http1.1"));
+        rig.wait_hung_up("the trickle");
+        bad
+    };
     rig.check_device_error(&bad, false);
+    assert!(
+        !bad.body().is_empty(),
+        "the device got nothing: a stall, not a trickle"
+    );
     rig.check_failure_recorded();
-    assert_eq!(rig.faulty.in_fault(), 0, "the trickle is still being read");
+    rig.check_cut_by_the_floor();
     rig.check_recovers();
 }
 

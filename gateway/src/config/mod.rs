@@ -8,6 +8,7 @@
 mod host;
 mod services;
 mod sites;
+mod upstream;
 mod validate;
 
 use std::{
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 pub use services::{Dns, PassthroughService, Service, Time};
 pub use sites::{Cache, Credentials, Site, SiteKind, Tls};
+pub use upstream::Upstream;
 pub use validate::ConfigError;
 
 /// The whole configuration file.
@@ -41,6 +43,9 @@ pub struct Config {
     pub intercept: Intercept,
     #[serde(default)]
     pub proxy: Proxy,
+    /// Timeouts and the progress floor for the sites' registries.
+    #[serde(default)]
+    pub upstream: Upstream,
     #[serde(default)]
     pub audit: Audit,
     /// Where the daemon keeps its state (attachment records).
@@ -161,7 +166,8 @@ pub struct Proxy {
     pub first_bytes_timeout_secs: u64,
     /// Seconds a terminated connection may go without a byte moving
     /// either way (idle keep-alive and HTTP/2 connections, a device that
-    /// stops reading or sending). Longer than the upstream's own timeouts,
+    /// stops reading or sending). Longer than the upstream's own timeouts
+    /// (`upstream.headers_timeout_secs`, `upstream.body_idle_secs`: checked),
     /// so a slow upstream is reported as such first. Default 120.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,

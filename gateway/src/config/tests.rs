@@ -189,6 +189,7 @@ fn example_config_shows_every_default() {
     assert_eq!(example.cache.max_size, minimal.cache.max_size);
     assert_eq!(example.cache.tag_ttl, minimal.cache.tag_ttl);
     assert_eq!(example.cache.limits(), minimal.cache.limits());
+    assert_eq!(example.upstream, minimal.upstream);
 }
 
 #[test]
@@ -415,4 +416,52 @@ fn cache_bounds_default_and_are_checked() {
     assert!(e.contains("cache.max_concurrent_fills"), "{e}");
     let e = err(&format!("{MINIMAL}cache:\n  max_size: 0\n"));
     assert!(e.contains("cache.max_size"), "{e}");
+}
+
+#[test]
+fn upstream_settings_default_and_are_checked() {
+    let c = Config::parse(MINIMAL).expect("minimal");
+    assert_eq!(c.upstream.connect_timeout_secs, 10);
+    assert_eq!(c.upstream.headers_timeout_secs, 30);
+    assert_eq!(c.upstream.body_idle_secs, 30);
+    assert_eq!(c.upstream.min_body_rate, 4096);
+    assert_eq!(c.upstream.min_body_rate_window_secs, 30);
+
+    let c = Config::parse(&format!(
+        "{MINIMAL}upstream:\n  connect_timeout_secs: 3\n  headers_timeout_secs: 5\n  \
+         body_idle_secs: 4\n  min_body_rate: 0\n  min_body_rate_window_secs: 2\n"
+    ))
+    .expect("custom upstream settings");
+    assert_eq!(c.upstream.connect_timeout_secs, 3);
+    assert_eq!(c.upstream.headers_timeout_secs, 5);
+    assert_eq!(c.upstream.body_idle_secs, 4);
+    assert_eq!(c.upstream.min_body_rate, 0, "0 disables the floor");
+    assert_eq!(c.upstream.min_body_rate_window_secs, 2);
+
+    for key in [
+        "connect_timeout_secs",
+        "headers_timeout_secs",
+        "body_idle_secs",
+        "min_body_rate_window_secs",
+    ] {
+        let e = err(&format!("{MINIMAL}upstream:\n  {key}: 0\n"));
+        assert!(e.contains(&format!("upstream.{key}")), "{e}");
+        assert!(e.contains("at least 1"), "{e}");
+        let e = err(&format!("{MINIMAL}upstream:\n  {key}: 3601\n"));
+        assert!(e.contains(&format!("upstream.{key}")), "{e}");
+    }
+    let e = err(&format!(
+        "{MINIMAL}upstream:\n  connect_timeout_secs: 20\n  headers_timeout_secs: 15\n"
+    ));
+    assert!(e.contains("upstream.headers_timeout_secs"), "{e}");
+    assert!(e.contains("connect"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}proxy:\n  idle_timeout_secs: 60\nupstream:\n  body_idle_secs: 60\n"
+    ));
+    assert!(e.contains("upstream.body_idle_secs"), "{e}");
+    assert!(e.contains("proxy.idle_timeout_secs"), "{e}");
+    let e = err(&format!("{MINIMAL}upstream:\n  min_body_rate: -1\n"));
+    assert!(e.contains("min_body_rate"), "{e}");
+    let e = err(&format!("{MINIMAL}upstream:\n  body_idle: 5\n"));
+    assert!(e.contains("body_idle"), "{e}");
 }

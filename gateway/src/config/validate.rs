@@ -35,7 +35,7 @@ impl ConfigError {
         Self::Parse(e.to_string())
     }
 
-    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(super) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
             key: key.into(),
             message: message.into(),
@@ -52,6 +52,7 @@ impl Config {
         self.validate_passthrough()?;
         self.validate_dns_and_time()?;
         self.validate_ports()?;
+        self.validate_upstream()?;
         self.validate_paths()?;
         self.validate_kernel()?;
         self.validate_sites()

@@ -17,6 +17,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
+use super::rate::BodyRate;
 use super::{
     auth::Auth,
     credentials::UpstreamCredentials,
@@ -24,7 +25,7 @@ use super::{
     redirect::{MAX_REDIRECTS, Origin, is_redirect, redact, resolve},
     targets::{GuardedResolver, Refused, Targets, refused_in},
 };
-use crate::config::Site;
+use crate::config::{Site, Upstream as UpstreamSettings};
 
 type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>;
 
@@ -133,6 +134,8 @@ pub(super) struct Inner {
     pub(super) origin: Origin,
     client: HttpClient,
     pub(super) timeouts: Timeouts,
+    /// The progress floor on bodies read with [`Upstream::body_stream`].
+    body_rate: BodyRate,
     pub(super) auth: Auth,
     /// Which redirect and realm targets may be reached (`targets.rs`).
     pub(super) targets: Arc<Targets>,
@@ -163,10 +166,40 @@ impl Upstream {
         Self::with_settings(site, &[], timeouts)
     }
 
+    /// With the timeouts and progress floor of the config's `upstream:`
+    /// section (pool idle and retry pauses stay the defaults).
+    pub fn configured(
+        site: &Site,
+        passthrough: &[SocketAddr],
+        settings: &UpstreamSettings,
+    ) -> Result<Self, UpstreamError> {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(settings.connect_timeout_secs),
+            response_headers: Duration::from_secs(settings.headers_timeout_secs),
+            body_idle: Duration::from_secs(settings.body_idle_secs),
+            ..Timeouts::default()
+        };
+        let rate = BodyRate {
+            floor: settings.min_body_rate,
+            window: Duration::from_secs(settings.min_body_rate_window_secs),
+        };
+        Self::with_limits(site, passthrough, timeouts, rate)
+    }
+
+    /// With the default progress floor ([`BodyRate::default`]).
     pub fn with_settings(
         site: &Site,
         passthrough: &[SocketAddr],
         timeouts: Timeouts,
+    ) -> Result<Self, UpstreamError> {
+        Self::with_limits(site, passthrough, timeouts, BodyRate::default())
+    }
+
+    pub fn with_limits(
+        site: &Site,
+        passthrough: &[SocketAddr],
+        timeouts: Timeouts,
+        body_rate: BodyRate,
     ) -> Result<Self, UpstreamError> {
         let (base, origin) = parse_base(site)?;
         let targets = Arc::new(Targets::new(
@@ -215,6 +248,7 @@ impl Upstream {
                 origin,
                 client,
                 timeouts,
+                body_rate,
                 auth: Auth::new(credentials),
                 targets,
             }),
@@ -228,6 +262,10 @@ impl Upstream {
 
     pub fn timeouts(&self) -> &Timeouts {
         &self.inner.timeouts
+    }
+
+    pub fn body_rate(&self) -> BodyRate {
+        self.inner.body_rate
     }
 
     /// Sends a GET or HEAD upstream and returns the final response, any
@@ -333,9 +371,10 @@ impl Upstream {
 
     /// The response body as a stream that fails with
     /// [`UpstreamError::Timeout`] when no bytes arrive for
-    /// [`Timeouts::body_idle`].
+    /// [`Timeouts::body_idle`], and with [`UpstreamError::TooSlow`] when
+    /// it crawls below the progress floor ([`BodyRate`]).
     pub fn body_stream(&self, resp: Response<Incoming>) -> super::BodyStream {
-        super::body_stream(resp, self.inner.timeouts.body_idle)
+        super::body_stream(resp, self.inner.timeouts.body_idle).with_min_rate(self.inner.body_rate)
     }
 
     fn join(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {

@@ -107,6 +107,21 @@ pub enum UpstreamError {
         waiting: Waiting,
         after: Duration,
     },
+    /// Upstream sent a body too slowly (below `upstream.min_body_rate`
+    /// over a window, see `rate.rs`); not retryable within the request:
+    /// a peer that crawls once will likely crawl again, and the device
+    /// may retry.
+    #[error(
+        "upstream sent {bytes} bytes in the last {} s, below the floor of {floor} B/s \
+         (upstream.min_body_rate), reading {url}",
+        window.as_secs_f64()
+    )]
+    TooSlow {
+        url: String,
+        bytes: u64,
+        window: Duration,
+        floor: u64,
+    },
     /// Upstream broke the connection while sending the body; retryable.
     #[error("reading the response body from {url} failed")]
     Body {
@@ -171,6 +186,7 @@ impl UpstreamError {
             | Self::InvalidTarget { .. } => Fault::Internal,
             Self::Request { .. }
             | Self::Timeout { .. }
+            | Self::TooSlow { .. }
             | Self::Body { .. }
             | Self::TooManyRedirects { .. }
             | Self::BadRedirect { .. }
@@ -197,6 +213,7 @@ impl UpstreamError {
             | Self::Tls { .. }
             | Self::MethodNotAllowed { .. }
             | Self::InvalidTarget { .. }
+            | Self::TooSlow { .. }
             | Self::TooManyRedirects { .. }
             | Self::BadRedirect { .. }
             | Self::InsecureRedirect { .. }

@@ -18,7 +18,8 @@
 //!   502/503/504, twice with a short pause; never 429, never once a body
 //!   was read;
 //! - bounds the wait for response headers ([`Timeouts`]); the caller
-//!   bounds body stalls with [`body_stream`].
+//!   bounds body stalls and crawls with [`Upstream::body_stream`]
+//!   (an idle timeout and a progress floor, [`BodyRate`]).
 //!
 //! Passwords and tokens never reach logs or errors ([`Secret`], sensitive
 //! header values, redacted URLs).
@@ -29,6 +30,7 @@ pub mod challenge;
 mod client;
 mod credentials;
 mod error;
+mod rate;
 mod redirect;
 mod targets;
 
@@ -36,6 +38,7 @@ pub use body::{BodyStream, DEFAULT_BODY_IDLE, body_stream};
 pub use client::{ResponseMeta, Timeouts, Upstream, UpstreamRequest};
 pub use credentials::{CredentialsError, Secret, UpstreamCredentials};
 pub use error::{Fault, UpstreamError, Waiting};
+pub use rate::{BodyRate, DEFAULT_BODY_RATE_WINDOW, DEFAULT_MIN_BODY_RATE};
 pub use redirect::{MAX_REDIRECTS, redact};
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::upstream::{Fault, UpstreamRequest, Waiting};
 /// A raw TCP server: for each connection, reads the request head and
 /// runs `then` (write, stall, close). Returns the address and the number
 /// of connections accepted.
-async fn raw<F, Fut>(then: F) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>)
+pub(super) async fn raw<F, Fut>(then: F) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>)
 where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -47,7 +47,7 @@ where
     (addr, accepted, task)
 }
 
-async fn hold(stream: tokio::net::TcpStream) {
+pub(super) async fn hold(stream: tokio::net::TcpStream) {
     tokio::time::sleep(Duration::from_secs(60)).await;
     drop(stream);
 }

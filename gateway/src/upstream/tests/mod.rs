@@ -2,6 +2,7 @@
 
 mod auth;
 mod faults;
+mod rate;
 mod redirects;
 mod secrets;
 mod tls;
