@@ -169,7 +169,11 @@ async fn fetch_into(upstream: &Upstream, req: UpstreamRequest, writer: FillWrite
 /// The answer to a client whose fill failed before its body, or could not
 /// start: by the failure's cause.
 fn refused(e: &CacheError) -> Outcome {
-    let detail = e.to_string();
+    let detail = match e {
+        // The leader's own error says it all (and names the digest).
+        CacheError::FillFailed { reason, .. } => reason.to_string(),
+        other => other.to_string(),
+    };
     let cause = match e {
         CacheError::TooManyFills { .. } => {
             let mut o = response::failed(
