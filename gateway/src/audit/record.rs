@@ -42,6 +42,67 @@ pub enum Event {
     TimeServed,
 }
 
+/// Whose fault it was when a flow or request ended in error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// The device: what it sent, or its going away.
+    Device,
+    /// The upstream registry, its token service or a CDN it redirected to.
+    Upstream,
+    /// The gateway itself: a disk error, a bug, its configuration.
+    Internal,
+    /// A bound of the gateway's own: a full cache, too many fills, a blob
+    /// over `cache.max_blob_size`.
+    Local,
+}
+
+impl Fault {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Upstream => "upstream",
+            Self::Internal => "internal",
+            Self::Local => "local",
+        }
+    }
+}
+
+impl From<crate::upstream::Fault> for Fault {
+    fn from(f: crate::upstream::Fault) -> Self {
+        match f {
+            crate::upstream::Fault::Upstream => Self::Upstream,
+            crate::upstream::Fault::Internal => Self::Internal,
+        }
+    }
+}
+
+impl From<crate::cache::FailCause> for Fault {
+    fn from(c: crate::cache::FailCause) -> Self {
+        use crate::cache::FailCause;
+        match c {
+            FailCause::Status(_) | FailCause::Upstream => Self::Upstream,
+            FailCause::TooLarge | FailCause::NoSpace => Self::Local,
+            FailCause::Internal => Self::Internal,
+        }
+    }
+}
+
+/// What the cache did for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    /// Served from the cache after upstream failed to revalidate it.
+    Stale,
+    /// Upstream confirmed the cached copy.
+    Revalidated,
+    /// Passed to upstream without the cache.
+    Bypass,
+}
+
 /// One audit line. Absent fields are omitted from the JSON.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
@@ -99,14 +160,14 @@ pub struct Record {
     pub bytes: Option<u64>,
     /// Requests: `hit`, `miss`, `stale`, `revalidated` or `bypass`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache: Option<&'static str>,
+    pub cache: Option<CacheStatus>,
     /// Requests: milliseconds spent waiting on upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<u64>,
-    /// Who was at fault when a flow ended in error: `device`, `upstream`
-    /// or `internal`.
+    /// Who was at fault when a flow ended in error: `device`, `upstream`,
+    /// `internal` or `local`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fault: Option<&'static str>,
+    pub fault: Option<Fault>,
     /// Free text for humans (errors, versions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

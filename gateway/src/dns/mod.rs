@@ -26,7 +26,7 @@ pub use answer::{LocalAddrs, Transport, Verdict, Zone};
 pub use local::{addresses as interface_addresses, network, subnets as interface_subnets};
 
 use crate::{
-    audit::{Audit, Event, Record},
+    audit::{Audit, Event, Fault, Record},
     config::Config,
 };
 pub(crate) use limit::{Budget, Recent};
@@ -133,7 +133,7 @@ impl Responder {
                 let mut r = base(Event::DnsRefused)
                     .reason("malformed_query")
                     .detail(*why);
-                r.fault = Some("device");
+                r.fault = Some(Fault::Device);
                 r.suppressed = (suppressed > 0).then_some(suppressed);
                 Some(r)
             }

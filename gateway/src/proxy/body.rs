@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
 
-use crate::audit::{Audit, Record};
+use crate::audit::{Audit, Fault, Record};
 
 /// The body type of every response the gateway sends.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -55,7 +55,7 @@ impl Audited {
         if let Some(mut record) = self.record.take() {
             record.bytes = Some(self.sent);
             if let Some(p) = problem {
-                record.fault.get_or_insert("device");
+                record.fault.get_or_insert(Fault::Device);
                 record.detail = Some(p);
             }
             let audit = self.audit.clone();
@@ -86,8 +86,9 @@ impl HttpBody for Audited {
             Poll::Ready(Some(Err(e))) => {
                 let msg = format!("body failed after {} bytes: {e}", self.sent);
                 // A failing body is the upstream's or ours, not the device's.
+                let fault = body_error_fault(e);
                 if let Some(r) = self.record.as_mut() {
-                    r.fault.get_or_insert("upstream");
+                    r.fault.get_or_insert(fault);
                 }
                 self.finish(Some(msg));
             }
@@ -106,6 +107,21 @@ impl HttpBody for Audited {
     }
 }
 
+/// Whose fault a failing response body is. The error says: a fill's
+/// (its cause, carried to every follower), a cache error (a full disk is
+/// `local`, other disk errors `internal`), an upstream error. Anything
+/// else is the gateway's own reading (a cache file on a hit): `internal`.
+fn body_error_fault(e: &std::io::Error) -> Fault {
+    let inner = e.get_ref();
+    if let Some(c) = inner.and_then(|i| i.downcast_ref::<crate::cache::CacheError>()) {
+        return c.cause().into();
+    }
+    if let Some(u) = inner.and_then(|i| i.downcast_ref::<crate::upstream::UpstreamError>()) {
+        return u.fault().into();
+    }
+    Fault::Internal
+}
+
 impl Drop for Audited {
     fn drop(&mut self) {
         if self.record.is_some() {
@@ -115,5 +131,59 @@ impl Drop for Audited {
             let sent = self.sent;
             self.finish(unfinished.then(|| format!("device went away after {sent} bytes")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cache::{CacheError, FailCause};
+
+    #[test]
+    fn a_body_errors_fault_is_what_its_error_says() {
+        let digest: crate::cache::Digest = format!("sha256:{}", "a".repeat(64))
+            .parse()
+            .expect("digest");
+        let fill = |cause| -> std::io::Error {
+            CacheError::FillFailed {
+                digest,
+                reason: Arc::from("x"),
+                cause,
+            }
+            .into()
+        };
+        assert_eq!(
+            body_error_fault(&fill(FailCause::Upstream)),
+            Fault::Upstream
+        );
+        assert_eq!(
+            body_error_fault(&fill(FailCause::Status(500))),
+            Fault::Upstream
+        );
+        assert_eq!(body_error_fault(&fill(FailCause::NoSpace)), Fault::Local);
+        assert_eq!(
+            body_error_fault(&fill(FailCause::Internal)),
+            Fault::Internal
+        );
+        // A disk read on a cache hit: the gateway's own, not upstream's.
+        let disk: std::io::Error = CacheError::Io {
+            op: "read",
+            path: "/cache/blob".into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        }
+        .into();
+        assert_eq!(body_error_fault(&disk), Fault::Internal);
+        assert_eq!(
+            body_error_fault(&std::io::Error::from_raw_os_error(libc::EIO)),
+            Fault::Internal
+        );
+        let wrong: std::io::Error = CacheError::DigestMismatch {
+            expected: digest,
+            actual: digest,
+        }
+        .into();
+        assert_eq!(body_error_fault(&wrong), Fault::Upstream);
     }
 }

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{self, Audited, Body};
 use crate::{
-    audit::{Audit, Event, Record, addr_text},
+    audit::{Audit, Event, Fault, Record, addr_text},
     registry::Sites,
 };
 
@@ -75,7 +75,7 @@ where
                 .detail(e.to_string());
             record.device = Some(addr_text(device));
             record.host = host;
-            record.fault = Some("device");
+            record.fault = Some(Fault::Device);
             if reason == "malformed_request" {
                 record.status = Some(StatusCode::BAD_REQUEST.as_u16());
             }
@@ -122,7 +122,7 @@ async fn handle(
     let refused = |status: StatusCode, reason: &str, record: Record| {
         let mut record = record.reason(reason);
         record.status = Some(status.as_u16());
-        record.fault = Some("device");
+        record.fault = Some(Fault::Device);
         let mut resp = Response::new(body::full(format!("{reason}\n")));
         *resp.status_mut() = status;
         if status == StatusCode::BAD_REQUEST {

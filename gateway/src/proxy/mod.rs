@@ -24,7 +24,7 @@ pub use listener::bind;
 pub(crate) use listener::set_ipv6_transparent;
 
 use crate::{
-    audit::{Audit, Event, Record},
+    audit::{Audit, Event, Fault, Record},
     policy::{Decision, Policy},
 };
 use idle::IdleIo;
@@ -119,7 +119,7 @@ async fn refuse(
         Some(dst) => r.tcp(device, dst),
         None => r,
     };
-    r.fault = Some("device");
+    r.fault = Some(Fault::Device);
     r.suppressed = (suppressed > 0).then_some(suppressed);
     r.detail = Some(format!("{} connections open", proxy.limits.open()));
     proxy.audit.log(r).await;
@@ -202,13 +202,13 @@ async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, d
                 Ok(Err(e)) => {
                     let mut r = denied("tls_handshake_failed").detail(e.to_string());
                     r.host = Some(host);
-                    r.fault = Some("device");
+                    r.fault = Some(Fault::Device);
                     proxy.audit.log(r).await;
                 }
                 Err(_) => {
                     let mut r = denied("tls_handshake_timeout");
                     r.host = Some(host);
-                    r.fault = Some("device");
+                    r.fault = Some(Fault::Device);
                     proxy.audit.log(r).await;
                 }
             }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::{io::Interest, net::TcpStream, time::timeout};
 
-use crate::audit::{Event, Record};
+use crate::audit::{Event, Fault, Record};
 
 /// Splices `device` to `upstream` and returns the audit record of the
 /// finished flow.
@@ -41,7 +41,7 @@ pub async fn splice(
             return failed(
                 record,
                 started,
-                "upstream",
+                Fault::Upstream,
                 format!("connect {upstream}: {e}"),
             );
         }
@@ -49,7 +49,7 @@ pub async fn splice(
             return failed(
                 record,
                 started,
-                "upstream",
+                Fault::Upstream,
                 format!("connect {upstream}: no answer in {connect_timeout:?}"),
             );
         }
@@ -77,7 +77,7 @@ pub async fn splice(
     record.bytes_down = Some(down.load(Ordering::Relaxed));
     record.duration_ms = Some(elapsed_ms(started));
     if let Some(e) = result {
-        record.fault = Some("device");
+        record.fault = Some(Fault::Device);
         record.detail = Some(format!("splice ended: {e}"));
     }
     record
@@ -204,7 +204,7 @@ async fn idle_watch(up: &AtomicU64, down: &AtomicU64, idle: Duration) {
     }
 }
 
-fn failed(mut record: Record, started: Instant, fault: &'static str, detail: String) -> Record {
+fn failed(mut record: Record, started: Instant, fault: Fault, detail: String) -> Record {
     record.bytes_up = Some(0);
     record.bytes_down = Some(0);
     record.duration_ms = Some(elapsed_ms(started));
@@ -299,7 +299,7 @@ mod tests {
             Duration::from_secs(600),
         )
         .await;
-        assert_eq!(record.fault, Some("upstream"));
+        assert_eq!(record.fault, Some(Fault::Upstream));
         assert_eq!((record.bytes_up, record.bytes_down), (Some(0), Some(0)));
     }
 }

@@ -7,17 +7,20 @@ use std::{collections::HashMap, sync::Arc};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::proxy::body::Body;
+use crate::{
+    audit::{CacheStatus, Fault},
+    proxy::body::Body,
+};
 
 /// What a site handler answers, with what the audit record needs.
 pub struct Outcome {
     pub response: Response<Body>,
-    /// `hit`, `miss`, `stale` or `revalidated`; `None` when no content was
-    /// involved (e.g. `/v2/`).
-    pub cache: Option<&'static str>,
+    /// What the cache did; `None` when no content was involved (e.g.
+    /// `/v2/`).
+    pub cache: Option<CacheStatus>,
     pub upstream_ms: Option<u64>,
-    /// `device`, `upstream` or `internal` when the request failed.
-    pub fault: Option<&'static str>,
+    /// Whose fault it was when the request failed.
+    pub fault: Option<Fault>,
     pub detail: Option<String>,
 }
 

@@ -23,10 +23,11 @@ use super::{
     response,
 };
 use crate::{
+    audit::{CacheStatus, Fault},
     cache::{CacheError, Digest, FailCause, Fill, FillWriter},
     proxy::body::{self, Body},
     registry::Outcome,
-    upstream::{Fault, Upstream, UpstreamRequest},
+    upstream::{self, Upstream, UpstreamRequest},
 };
 
 pub async fn blob(
@@ -42,7 +43,7 @@ pub async fn blob(
             return response::failed(
                 StatusCode::BAD_REQUEST,
                 "DIGEST_INVALID",
-                "device",
+                Fault::Device,
                 e.to_string(),
             );
         }
@@ -51,9 +52,15 @@ pub async fn blob(
     match site.cache.get(&d).await {
         Ok(Some(blob)) => {
             let size = blob.size();
-            return serve(method, digest, size, range_header, "hit", None, |r| {
-                blob.stream(r)
-            });
+            return serve(
+                method,
+                digest,
+                size,
+                range_header,
+                CacheStatus::Hit,
+                None,
+                |r| blob.stream(r),
+            );
         }
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "cache read failed; going upstream"),
@@ -71,9 +78,15 @@ pub async fn blob(
     let (reader, leader) = match fill {
         Fill::Done(blob) => {
             let size = blob.size();
-            return serve(method, digest, size, range_header, "hit", None, |r| {
-                blob.stream(r)
-            });
+            return serve(
+                method,
+                digest,
+                size,
+                range_header,
+                CacheStatus::Hit,
+                None,
+                |r| blob.stream(r),
+            );
         }
         Fill::Follower(reader) => (reader, false),
         Fill::Leader(writer) => {
@@ -99,7 +112,7 @@ pub async fn blob(
         Ok(_) => serve_reader(method, digest, &reader, range_header),
         Err(e) => refused(&e),
     };
-    o.cache = Some("miss");
+    o.cache = Some(CacheStatus::Miss);
     if leader {
         o.upstream_ms = Some(ms(started));
     }
@@ -132,8 +145,8 @@ async fn fetch_into(upstream: &Upstream, req: UpstreamRequest, writer: FillWrite
         Ok(r) => r,
         Err(e) => {
             let cause = match e.fault() {
-                Fault::Upstream => FailCause::Upstream,
-                Fault::Internal => FailCause::Internal,
+                upstream::Fault::Upstream => FailCause::Upstream,
+                upstream::Fault::Internal => FailCause::Internal,
             };
             writer.fail_with(cause, &e);
             return;
@@ -179,7 +192,7 @@ fn refused(e: &CacheError) -> Outcome {
             let mut o = response::failed(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
-                "local",
+                Fault::Local,
                 detail,
             );
             o.response
@@ -202,27 +215,30 @@ fn refused(e: &CacheError) -> Outcome {
         }
         FailCause::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-            response::failed(status, "UNAVAILABLE", "upstream", detail)
+            response::failed(status, "UNAVAILABLE", Fault::Upstream, detail)
         }
-        FailCause::Upstream => {
-            response::failed(StatusCode::BAD_GATEWAY, "UNAVAILABLE", "upstream", detail)
-        }
+        FailCause::Upstream => response::failed(
+            StatusCode::BAD_GATEWAY,
+            "UNAVAILABLE",
+            Fault::Upstream,
+            detail,
+        ),
         FailCause::TooLarge => response::failed(
             StatusCode::INSUFFICIENT_STORAGE,
             "SIZE_INVALID",
-            "local",
+            Fault::Local,
             detail,
         ),
         FailCause::NoSpace => response::failed(
             StatusCode::INSUFFICIENT_STORAGE,
             "UNAVAILABLE",
-            "local",
+            Fault::Local,
             detail,
         ),
         FailCause::Internal => response::failed(
             StatusCode::INTERNAL_SERVER_ERROR,
             "UNKNOWN",
-            "internal",
+            Fault::Internal,
             detail,
         ),
     }
@@ -336,9 +352,15 @@ fn serve_reader(
     range_header: Option<&str>,
 ) -> Outcome {
     match reader.size() {
-        Some(size) => serve(method, digest, size, range_header, "miss", None, |r| {
-            reader.stream(r)
-        }),
+        Some(size) => serve(
+            method,
+            digest,
+            size,
+            range_header,
+            CacheStatus::Miss,
+            None,
+            |r| reader.stream(r),
+        ),
         None => {
             // Size unknown until the fill ends: stream chunked, whole.
             let mut resp = if method == Method::HEAD {
@@ -348,7 +370,7 @@ fn serve_reader(
             };
             blob_headers(resp.headers_mut(), digest);
             let mut o = Outcome::new(resp);
-            o.cache = Some("miss");
+            o.cache = Some(CacheStatus::Miss);
             o
         }
     }
@@ -359,7 +381,7 @@ fn serve<S>(
     digest: &str,
     size: u64,
     range_header: Option<&str>,
-    cache: &'static str,
+    cache: CacheStatus,
     started: Option<Instant>,
     stream: impl FnOnce(Option<(u64, u64)>) -> S,
 ) -> Outcome
@@ -380,7 +402,7 @@ where
             }
             let mut o = Outcome::new(resp);
             o.cache = Some(cache);
-            o.fault = Some("device");
+            o.fault = Some(Fault::Device);
             return o;
         }
     };
@@ -446,10 +468,10 @@ async fn head_upstream(
                 }
             }
             let mut o = Outcome::new(out);
-            o.cache = Some("miss");
+            o.cache = Some(CacheStatus::Miss);
             o.upstream_ms = Some(ms(started));
             if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                o.fault = Some("upstream");
+                o.fault = Some(Fault::Upstream);
             }
             o
         }
@@ -457,7 +479,7 @@ async fn head_upstream(
             let mut o = response::failed(
                 StatusCode::BAD_GATEWAY,
                 "UNAVAILABLE",
-                e.fault().as_str(),
+                e.fault().into(),
                 e.to_string(),
             );
             o.upstream_ms = Some(ms(started));

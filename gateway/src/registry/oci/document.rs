@@ -22,6 +22,7 @@ use super::{
     route::Reference,
 };
 use crate::{
+    audit::{CacheStatus, Fault},
     cache::{Digest, Fill, RefEntry},
     proxy::body,
     registry::Outcome,
@@ -94,7 +95,7 @@ pub async fn tags(site: &OciSite, method: &Method, name: &str, query: &Query) ->
         return response::failed(
             StatusCode::BAD_GATEWAY,
             "UNAVAILABLE",
-            "upstream",
+            Fault::Upstream,
             format!("upstream's tag list of {name} is not a tag list"),
         );
     };
@@ -137,7 +138,7 @@ impl Doc {
 pub(super) struct Resolved {
     pub doc: Doc,
     /// `hit`, `miss`, `revalidated` or `stale`.
-    pub cache: &'static str,
+    pub cache: CacheStatus,
     /// When upstream was first asked, if it was.
     pub started: Option<Instant>,
     /// Why upstream could not refresh a copy that is served stale.
@@ -151,7 +152,7 @@ impl Resolved {
         let mut o = serve(method, doc, kind, self.cache, self.started);
         match &self.stale_because {
             Some(detail) => {
-                o.fault = Some("upstream");
+                o.fault = Some(Fault::Upstream);
                 o.detail = Some(detail.clone());
             }
             None => o.detail.clone_from(&doc.note),
@@ -215,7 +216,7 @@ pub(super) async fn resolve(
         Some(doc) if fresh => {
             return Ok(Resolved {
                 doc,
-                cache: "hit",
+                cache: CacheStatus::Hit,
                 started: None,
                 stale_because: None,
             });
@@ -267,7 +268,7 @@ pub(super) async fn resolve(
             remember(site, name, key, &doc, kind).await;
             return Ok(Resolved {
                 doc,
-                cache: "revalidated",
+                cache: CacheStatus::Revalidated,
                 started: Some(started),
                 stale_because: None,
             });
@@ -283,8 +284,8 @@ pub(super) async fn resolve(
             store(site, &doc).await;
             remember(site, name, key, &doc, kind).await;
             let label = match &cached {
-                Some(entry) if entry.digest == doc.digest => "revalidated",
-                _ => "miss",
+                Some(entry) if entry.digest == doc.digest => CacheStatus::Revalidated,
+                _ => CacheStatus::Miss,
             };
             Ok(Resolved {
                 doc,
@@ -302,14 +303,14 @@ pub(super) async fn resolve(
                 }
             }
             let mut o = Outcome::new(resp);
-            o.cache = Some("miss");
+            o.cache = Some(CacheStatus::Miss);
             o.upstream_ms = Some(ms(started));
             Err(o)
         }
         // The classic offline case: upstream down, copy held.
         (Err(failure), Some(doc)) => Ok(Resolved {
             doc,
-            cache: "stale",
+            cache: CacheStatus::Stale,
             started: Some(started),
             stale_because: Some(failure.describe()),
         }),
@@ -344,7 +345,7 @@ async fn by_digest(
         o.detail = Some(format!(
             "{digest} is held as a blob of {size} bytes, larger than any manifest ({MAX_DOCUMENT} bytes)"
         ));
-        o.cache = Some("hit");
+        o.cache = Some(CacheStatus::Hit);
         return o;
     }
     let started = Instant::now();
@@ -355,7 +356,7 @@ async fn by_digest(
             let mut o = response::failed(
                 StatusCode::BAD_GATEWAY,
                 "MANIFEST_INVALID",
-                "upstream",
+                Fault::Upstream,
                 format!(
                     "upstream sent a manifest with digest {} for {digest}",
                     doc.digest
@@ -367,11 +368,17 @@ async fn by_digest(
         Ok(doc) => {
             store(site, &doc).await;
             remember(site, name, &key, &doc, Kind::Manifest).await;
-            serve(method, &doc, Kind::Manifest, "miss", Some(started))
+            serve(
+                method,
+                &doc,
+                Kind::Manifest,
+                CacheStatus::Miss,
+                Some(started),
+            )
         }
         Err(Failure::Status(resp)) if !is_outage(resp.status()) => {
             let mut o = Outcome::new(resp);
-            o.cache = Some("miss");
+            o.cache = Some(CacheStatus::Miss);
             o.upstream_ms = Some(ms(started));
             o
         }
@@ -420,7 +427,7 @@ async fn held_manifest(
         h.insert(header::ETAG, v);
     }
     let mut o = Outcome::new(resp);
-    o.cache = Some("hit");
+    o.cache = Some(CacheStatus::Hit);
     Some(o)
 }
 
@@ -452,13 +459,17 @@ impl Failure {
         let mut o = match self {
             Self::Status(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
                 let mut o = Outcome::new(resp);
-                o.fault = Some("upstream");
+                o.fault = Some(Fault::Upstream);
                 o.detail = Some(detail);
                 o
             }
             Self::Status(resp) => {
-                let mut o =
-                    response::failed(StatusCode::BAD_GATEWAY, "UNAVAILABLE", "upstream", detail);
+                let mut o = response::failed(
+                    StatusCode::BAD_GATEWAY,
+                    "UNAVAILABLE",
+                    Fault::Upstream,
+                    detail,
+                );
                 o.response.headers_mut().extend(
                     resp.headers()
                         .get(header::RETRY_AFTER)
@@ -472,13 +483,16 @@ impl Failure {
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                let mut o = response::failed(status, "UNAVAILABLE", e.fault().as_str(), detail);
-                o.fault = Some(e.fault().as_str());
+                let mut o = response::failed(status, "UNAVAILABLE", e.fault().into(), detail);
+                o.fault = Some(e.fault().into());
                 o
             }
-            Self::Body(_) => {
-                response::failed(StatusCode::BAD_GATEWAY, "UNAVAILABLE", "upstream", detail)
-            }
+            Self::Body(_) => response::failed(
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                Fault::Upstream,
+                detail,
+            ),
         };
         o.upstream_ms = Some(ms(started));
         o
@@ -625,7 +639,7 @@ fn serve(
     method: &Method,
     doc: &Doc,
     kind: Kind,
-    cache: &'static str,
+    cache: CacheStatus,
     started: Option<Instant>,
 ) -> Outcome {
     let body = if method == Method::HEAD {

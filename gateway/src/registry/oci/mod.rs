@@ -28,7 +28,7 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use super::{Outcome, SiteService};
-use crate::{cache::Cache, upstream::Upstream};
+use crate::{audit::Fault, cache::Cache, upstream::Upstream};
 use query::Query;
 use route::Route;
 
@@ -65,7 +65,7 @@ impl OciSite {
             return response::failed(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "UNSUPPORTED",
-                "device",
+                Fault::Device,
                 format!(
                     "{method} is not served: devices pull through the gateway, they do not push"
                 ),
@@ -74,13 +74,18 @@ impl OciSite {
         let query = match Query::parse(req.uri.query(), &self.host) {
             Ok(q) => q,
             Err(detail) if detail.starts_with("ns=") => {
-                return response::failed(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "device", detail);
+                return response::failed(
+                    StatusCode::NOT_FOUND,
+                    "NAME_UNKNOWN",
+                    Fault::Device,
+                    detail,
+                );
             }
             Err(detail) => {
                 return response::failed(
                     StatusCode::BAD_REQUEST,
                     "PAGINATION_NUMBER_INVALID",
-                    "device",
+                    Fault::Device,
                     detail,
                 );
             }
@@ -108,19 +113,19 @@ impl OciSite {
             Route::Upload { .. } => response::failed(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "UNSUPPORTED",
-                "device",
+                Fault::Device,
                 "uploads are not accepted through the gateway",
             ),
             Route::Invalid(code) => response::failed(
                 StatusCode::BAD_REQUEST,
                 code,
-                "device",
+                Fault::Device,
                 format!("{} is not a valid distribution path", req.uri.path()),
             ),
             Route::NotFound => response::failed(
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",
-                "device",
+                Fault::Device,
                 format!("{} is not a distribution API path", req.uri.path()),
             ),
         };

@@ -2,7 +2,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::{proxy::body, registry::Outcome};
+use crate::{audit::Fault, proxy::body, registry::Outcome};
 
 /// The media types a pulling agent may get for a manifest; sent upstream so
 /// that the richest form (an index) is what the cache holds.
@@ -27,12 +27,7 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response<body::Bo
 }
 
 /// An error outcome with its fault side and detail for the audit log.
-pub fn failed(
-    status: StatusCode,
-    code: &str,
-    fault: &'static str,
-    detail: impl Into<String>,
-) -> Outcome {
+pub fn failed(status: StatusCode, code: &str, fault: Fault, detail: impl Into<String>) -> Outcome {
     let detail = detail.into();
     let mut o = Outcome::new(error(status, code, &detail));
     o.fault = Some(fault);

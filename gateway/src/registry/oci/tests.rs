@@ -263,7 +263,7 @@ async fn an_announced_blob_over_the_cap_is_507_before_a_byte() {
     let site = site(&up, dir.path(), small()).await;
     let o = ask(&site, &blob_path(&digest)).await;
     assert_eq!(o.response.status(), StatusCode::INSUFFICIENT_STORAGE);
-    assert_eq!(o.fault, Some("local"));
+    assert_eq!(o.fault, Some(crate::audit::Fault::Local));
     let detail = o.detail.clone().unwrap();
     assert!(detail.contains("max_blob_size"), "{detail}");
     let (body, _) = read(o).await;
@@ -409,11 +409,11 @@ async fn a_manifest_by_digest_is_streamed_from_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let site = site(&up, dir.path(), small()).await;
     let miss = ask(&site, &path).await;
-    assert_eq!(miss.cache, Some("miss"));
+    assert_eq!(miss.cache, Some(crate::audit::CacheStatus::Miss));
     assert_eq!(read(miss).await, (manifest.to_vec(), true));
 
     let hit = ask(&site, &path).await;
-    assert_eq!(hit.cache, Some("hit"));
+    assert_eq!(hit.cache, Some(crate::audit::CacheStatus::Hit));
     let h = hit.response.headers();
     assert_eq!(h["content-type"], MT);
     assert_eq!(h["content-length"], manifest.len().to_string().as_str());

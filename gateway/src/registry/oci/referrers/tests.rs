@@ -250,7 +250,7 @@ async fn tag_schema_stands_in_for_a_missing_api() {
         *expected["manifests"].as_array().unwrap(),
         "the tag schema's descriptors, artifactType and annotations included"
     );
-    assert_eq!(o.cache, Some("miss"));
+    assert_eq!(o.cache, Some(crate::audit::CacheStatus::Miss));
     assert_eq!(o.fault, None);
     let detail = o.detail.unwrap_or_default();
     assert!(
@@ -274,7 +274,7 @@ async fn tag_schema_stands_in_for_a_missing_api() {
 
     // Cached: the next ask does not reach upstream; HEAD says the same.
     let (again, same) = ask(&site, Method::GET, &api_path()).await;
-    assert_eq!(again.cache, Some("hit"));
+    assert_eq!(again.cache, Some(crate::audit::CacheStatus::Hit));
     assert_eq!(same, body);
     let (head, empty) = ask(&site, Method::HEAD, &api_path()).await;
     assert_eq!(head.response.status(), StatusCode::OK);
@@ -287,7 +287,7 @@ async fn tag_schema_stands_in_for_a_missing_api() {
 
     // The tag's index was kept as the manifest it is.
     let (tag, tag_body) = ask(&site, Method::GET, &schema_path()).await;
-    assert_eq!(tag.cache, Some("hit"));
+    assert_eq!(tag.cache, Some(crate::audit::CacheStatus::Hit));
     assert_eq!(tag_body, schema_index());
 }
 
@@ -307,7 +307,7 @@ async fn artifact_type_filter_is_applied_and_announced() {
     assert_eq!(o.response.status(), StatusCode::OK, "{:?}", o.detail);
     assert_eq!(header(&o, "oci-filters-applied"), Some("artifactType"));
     assert_eq!(listed(&body), [descriptor("sig", SIG_TYPE)]);
-    assert_eq!(o.cache, Some("miss"));
+    assert_eq!(o.cache, Some(crate::audit::CacheStatus::Miss));
 
     // Raw, with its `+` kept a `+`; and containerd's ns= beside it.
     let (o, body) = ask(
@@ -318,7 +318,11 @@ async fn artifact_type_filter_is_applied_and_announced() {
     .await;
     assert_eq!(header(&o, "oci-filters-applied"), Some("artifactType"));
     assert_eq!(listed(&body), [descriptor("sbom", SBOM_TYPE)]);
-    assert_eq!(o.cache, Some("hit"), "filtered from the cached list");
+    assert_eq!(
+        o.cache,
+        Some(crate::audit::CacheStatus::Hit),
+        "filtered from the cached list"
+    );
 
     let (o, body) = ask(
         &site,
@@ -422,14 +426,19 @@ async fn the_last_list_is_served_stale_when_upstream_fails() {
     let (first, body) = ask(&site, Method::GET, &api_path()).await;
     assert_eq!(first.response.status(), StatusCode::OK);
     let (second, same) = ask(&site, Method::GET, &api_path()).await;
-    assert_eq!(second.cache, Some("revalidated"), "{:?}", second.detail);
+    assert_eq!(
+        second.cache,
+        Some(crate::audit::CacheStatus::Revalidated),
+        "{:?}",
+        second.detail
+    );
     assert_eq!(same, body);
 
     down.store(503, Ordering::SeqCst);
     let (o, stale) = ask(&site, Method::GET, &api_path()).await;
     assert_eq!(o.response.status(), StatusCode::OK);
-    assert_eq!(o.cache, Some("stale"));
-    assert_eq!(o.fault, Some("upstream"));
+    assert_eq!(o.cache, Some(crate::audit::CacheStatus::Stale));
+    assert_eq!(o.fault, Some(crate::audit::Fault::Upstream));
     assert!(
         o.detail.as_deref().unwrap_or_default().contains("503"),
         "{:?}",
@@ -443,7 +452,7 @@ async fn the_last_list_is_served_stale_when_upstream_fails() {
         &format!("{}?artifactType={SIG_TYPE}", api_path()),
     )
     .await;
-    assert_eq!(o.cache, Some("stale"));
+    assert_eq!(o.cache, Some(crate::audit::CacheStatus::Stale));
     assert_eq!(header(&o, "oci-filters-applied"), Some("artifactType"));
     assert_eq!(listed(&sig), [descriptor("sig", SIG_TYPE)]);
 
@@ -451,7 +460,7 @@ async fn the_last_list_is_served_stale_when_upstream_fails() {
     let other = format!("/v2/app/referrers/{}", sha256(b"another subject"));
     let (o, _) = ask(&site, Method::GET, &other).await;
     assert_eq!(o.response.status(), StatusCode::BAD_GATEWAY);
-    assert_eq!(o.fault, Some("upstream"));
+    assert_eq!(o.fault, Some(crate::audit::Fault::Upstream));
 }
 
 #[tokio::test]
@@ -490,7 +499,7 @@ async fn a_tag_that_is_no_index_or_lies_about_its_digest_is_upstreams_fault() {
     let (_dir, site) = site(&server, Duration::from_secs(300)).await;
     let (o, body) = ask(&site, Method::GET, &api_path()).await;
     assert_eq!(o.response.status(), StatusCode::BAD_GATEWAY);
-    assert_eq!(o.fault, Some("upstream"));
+    assert_eq!(o.fault, Some(crate::audit::Fault::Upstream));
     let detail = o.detail.unwrap_or_default();
     assert!(detail.contains("not an image index"), "{detail}");
     let err: Value = serde_json::from_slice(&body).unwrap();
@@ -565,6 +574,6 @@ async fn a_403_revokes_the_held_tag() {
     status.store(503, Ordering::SeqCst);
     let (o, body) = ask(&site, Method::GET, path).await;
     assert_ne!(o.response.status(), StatusCode::OK, "{body:?}");
-    assert_ne!(o.cache, Some("stale"));
+    assert_ne!(o.cache, Some(crate::audit::CacheStatus::Stale));
     assert_ne!(&body[..], &manifest[..]);
 }
