@@ -160,7 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let control = Arc::new(crate::control::server::Control {
             cache: content.cache,
             oci: content.oci,
-            audit: Some(audit.clone()),
+            audit: Some(audit.counter()),
         });
         let state_dir = config.state_dir.clone();
         let task_control = control.clone();

@@ -71,6 +71,20 @@ struct Counts {
     lost: AtomicU64,
 }
 
+/// Reads the counts of an [`Audit`]; see [`Audit::counter`].
+#[derive(Clone, Debug)]
+pub struct AuditCounter(Arc<Counts>);
+
+impl AuditCounter {
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            written: self.0.written.load(Ordering::Relaxed),
+            write_failures: self.0.write_failures.load(Ordering::Relaxed),
+            lost: self.0.lost.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A snapshot of [`Counts`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditStats {
@@ -112,11 +126,14 @@ impl Audit {
 
     /// How many records were written, failed to be written, or lost.
     pub fn stats(&self) -> AuditStats {
-        AuditStats {
-            written: self.counts.written.load(Ordering::Relaxed),
-            write_failures: self.counts.write_failures.load(Ordering::Relaxed),
-            lost: self.counts.lost.load(Ordering::Relaxed),
-        }
+        self.counter().stats()
+    }
+
+    /// A handle that reads the counts without holding the log open: the
+    /// writer ends only once every [`Audit`] is dropped, so whatever lives
+    /// past that (the control socket's state) must hold this instead.
+    pub fn counter(&self) -> AuditCounter {
+        AuditCounter(self.counts.clone())
     }
 
     /// Makes the writer close the log and open its path again (after

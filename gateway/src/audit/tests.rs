@@ -138,3 +138,20 @@ async fn write_failures_are_counted() {
         }
     );
 }
+
+#[tokio::test]
+async fn a_counter_does_not_keep_the_log_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (audit, writer) = Audit::open(&dir.path().join("a.jsonl"))
+        .await
+        .expect("open");
+    let counter = audit.counter();
+    audit.log(Record::new(Event::FlowDenied)).await;
+    drop(audit);
+    // The daemon's control socket holds a counter past the log's close:
+    // the writer must end anyway (it once waited forever at SIGTERM).
+    tokio::time::timeout(std::time::Duration::from_secs(10), writer.close())
+        .await
+        .expect("the writer ended while a counter lives");
+    assert_eq!(counter.stats().written, 1);
+}

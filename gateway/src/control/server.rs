@@ -11,15 +11,16 @@ use tokio::{
 use super::{
     REQUEST_MAX, Reply, Request, listing, parse_reference, peer_allowed, socket_dir, socket_path,
 };
-use crate::{audit::Audit, cache::Cache, registry::oci::OciSite};
+use crate::{audit::AuditCounter, cache::Cache, registry::oci::OciSite};
 
 /// What the control socket can act on.
 pub struct Control {
     pub cache: Cache,
     pub oci: HashMap<String, Arc<OciSite>>,
-    /// The daemon's audit log; `None` when a command works on the cache
-    /// without a daemon.
-    pub audit: Option<Audit>,
+    /// The daemon's audit counts; `None` when a command works on the
+    /// cache without a daemon. (Not the log itself: the daemon closes the
+    /// log while this lives on.)
+    pub audit: Option<AuditCounter>,
 }
 
 /// Listens until `stop`; removes the socket file afterwards.
