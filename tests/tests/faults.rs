@@ -188,7 +188,7 @@ impl Rig<'_> {
             !self.published_path(&self.bad.digest).exists(),
             "a faulted fill was published"
         );
-        self.wait_no_temp_files();
+        self.gw.wait_no_temp_files();
     }
 
     /// The request record names the progress floor as the cause (not the
@@ -212,19 +212,6 @@ impl Rig<'_> {
         while self.faulty.in_fault() > 0 {
             assert!(Instant::now() < deadline, "{what} is still being read");
             thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_no_temp_files(&self) {
-        let gw = &self.gw;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let tmp = gw.must(gw.cache_tmp_files());
-            if tmp.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "temp files left: {tmp:?}");
-            thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -252,7 +239,7 @@ impl Rig<'_> {
             thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(gw.must(sha256_file(&stored)), self.bad.digest);
-        self.wait_no_temp_files();
+        self.gw.wait_no_temp_files();
     }
 }
 

@@ -9,11 +9,7 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::{
-    path::{Path, PathBuf},
-    thread,
-    time::{Duration, Instant},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use gateway_tests::{
@@ -120,7 +116,7 @@ fn an_image_bigger_than_the_cache_disk_is_refused_clearly_and_smaller_ones_still
         "skopeo's error does not say why: {}",
         out.stderr
     );
-    no_temp_files(&gw);
+    gw.wait_no_temp_files();
     assert!(gw.must(gw.cache_files_named(&layer.digest)).is_empty());
 
     // The gateway goes on serving what fits.
@@ -137,7 +133,7 @@ fn an_image_bigger_than_the_cache_disk_is_refused_clearly_and_smaller_ones_still
             "{digest} is not in the cache"
         );
     }
-    no_temp_files(&gw);
+    gw.wait_no_temp_files();
     assert!(
         disk.used() < 16 * MIB,
         "{} bytes on the cache's disk",
@@ -165,18 +161,4 @@ fn an_image_bigger_than_the_cache_disk_is_refused_clearly_and_smaller_ones_still
     drop(device);
     drop(gw);
     drop(disk);
-}
-
-/// Waits (bounded) until the cache's temp dir is empty: a failed fill's
-/// temp file is removed in the background.
-fn no_temp_files(gw: &registry::OciGateway<'_>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let tmp = gw.must(gw.cache_tmp_files());
-        if tmp.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "temp files left: {tmp:?}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -162,18 +162,19 @@ async fn flush(
     }
 }
 
+/// An address of a flow's family, as keys hold it (v4 in the first four
+/// bytes of sixteen).
+fn ip_of(family: u8, a: &[u8; 16]) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*a))
+    }
+}
+
 /// The device address of a flow (`None` for what is not IP).
 pub fn source(flow: &FlowKey) -> Option<IpAddr> {
-    match flow.family {
-        FAMILY_ANY => None,
-        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
-            flow.saddr[0],
-            flow.saddr[1],
-            flow.saddr[2],
-            flow.saddr[3],
-        ))),
-        _ => Some(IpAddr::V6(Ipv6Addr::from(flow.saddr))),
-    }
+    (flow.family != FAMILY_ANY).then(|| ip_of(flow.family, &flow.saddr))
 }
 
 /// The audit record of one dropped flow.
@@ -190,15 +191,10 @@ pub fn record(flow: &FlowKey, ts: OffsetDateTime, packets: u64) -> Record {
         r.proto = Some(format!("ethertype-0x{:04x}", flow.dport));
         return r;
     }
-    let (src, dst) = if flow.family == FAMILY_V4 {
-        let v4 = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-        (v4(&flow.saddr), v4(&flow.daddr))
-    } else {
-        (
-            IpAddr::V6(Ipv6Addr::from(flow.saddr)),
-            IpAddr::V6(Ipv6Addr::from(flow.daddr)),
-        )
-    };
+    let (src, dst) = (
+        ip_of(flow.family, &flow.saddr),
+        ip_of(flow.family, &flow.daddr),
+    );
     let (proto, has_ports) = match flow.proto {
         6 => ("tcp".to_owned(), true),
         17 => ("udp".to_owned(), true),

@@ -216,6 +216,21 @@ impl<'s> OciGateway<'s> {
         crate::kernel::files_under(&self.keys.cache_dir.join("tmp"))
     }
 
+    /// Waits (10 s at most) until the cache's temp dir is empty: a failed
+    /// fill's temp file is removed in the background. Panics with what is
+    /// left.
+    pub fn wait_no_temp_files(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tmp = self.must(self.cache_tmp_files());
+            if tmp.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "temp files left: {tmp:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `gateway cache seed <host>/<reference>`, whatever its outcome.
     pub fn cache_seed(&self, reference: &str) -> Result<Outcome> {
         cli(&self.gw, &["cache", "seed", &format!("{HOST}/{reference}")])

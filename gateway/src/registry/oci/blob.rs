@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     audit::{CacheStatus, Fault},
-    cache::{CacheError, Digest, FailCause, Fill, FillWriter},
+    cache::{Blob, CacheError, Digest, FailCause, Fill, FillWriter},
     proxy::body::{self, Body},
     registry::Outcome,
     upstream::{self, Upstream, UpstreamRequest},
@@ -50,18 +50,7 @@ pub async fn blob(
     };
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     match site.cache.get(&d).await {
-        Ok(Some(blob)) => {
-            let size = blob.size();
-            return serve(
-                method,
-                digest,
-                size,
-                range_header,
-                CacheStatus::Hit,
-                None,
-                |r| blob.stream(r),
-            );
-        }
+        Ok(Some(blob)) => return serve_hit(method, digest, range_header, blob),
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "cache read failed; going upstream"),
     }
@@ -76,18 +65,7 @@ pub async fn blob(
         Err(e) => return refused(&e),
     };
     let (reader, leader) = match fill {
-        Fill::Done(blob) => {
-            let size = blob.size();
-            return serve(
-                method,
-                digest,
-                size,
-                range_header,
-                CacheStatus::Hit,
-                None,
-                |r| blob.stream(r),
-            );
-        }
+        Fill::Done(blob) => return serve_hit(method, digest, range_header, blob),
         Fill::Follower(reader) => (reader, false),
         Fill::Leader(writer) => {
             // The whole upstream exchange runs in the fill's own task: this
@@ -177,6 +155,19 @@ async fn fetch_into(upstream: &Upstream, req: UpstreamRequest, writer: FillWrite
     }
     let stream = Box::pin(upstream.body_stream(resp));
     pump(writer, stream).await;
+}
+
+/// A blob the cache holds, whole or the range asked for.
+fn serve_hit(method: &Method, digest: &str, range_header: Option<&str>, blob: Blob) -> Outcome {
+    serve(
+        method,
+        digest,
+        blob.size(),
+        range_header,
+        CacheStatus::Hit,
+        None,
+        |r| blob.stream(r),
+    )
 }
 
 /// The answer to a client whose fill failed before its body, or could not
