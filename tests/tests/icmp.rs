@@ -104,6 +104,19 @@ fn send_icmp_error(
     seq: u32,
     mtu: u32,
 ) {
+    send_icmp_error_cut(site, kind, from, to, seq, mtu, usize::MAX);
+}
+
+/// [`send_icmp_error`] with the message cut to `len` bytes.
+fn send_icmp_error_cut(
+    site: &Site,
+    kind: (u8, u8),
+    from: SocketAddr,
+    to: SocketAddr,
+    seq: u32,
+    mtu: u32,
+    len: usize,
+) {
     let quote = tcp_quote(from, to, seq);
     let (domain, proto, msg) = match (from.ip(), to.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
@@ -133,11 +146,12 @@ fn send_icmp_error(
         }
         _ => panic!("one family"),
     };
+    let msg = &msg[..msg.len().min(len)];
     // The outer destination: the address the device believes it talks to.
     let dst = SocketAddr::new(from.ip(), 0);
     in_ns(&site.dev_ns, || {
         let sock = Socket::new(domain, Type::RAW, Some(proto)).unwrap();
-        sock.send_to(&msg, &dst.into()).unwrap();
+        sock.send_to(msg, &dst.into()).unwrap();
     })
     .unwrap();
 }
@@ -218,6 +232,11 @@ fn path_mtu_discovery_works_for_the_gateways_connections(manager: SocketAddr) {
     let echo = if manager.is_ipv4() { (8, 0) } else { (128, 0) };
     send_icmp_error(&site, echo, manager, device_addr, seq, 0);
     wait_counter(&gw, "drop_protocol", dropped + 2);
+    assert_eq!(gw.must(gw.counter("pass_icmp_error")), passed);
+    // An error whose quote is cut before the quoted addresses: malformed.
+    let malformed = gw.must(gw.counter("drop_malformed"));
+    send_icmp_error_cut(&site, kind, manager, device_addr, seq, mtu, 8 + 10);
+    wait_counter(&gw, "drop_malformed", malformed + 1);
     assert_eq!(gw.must(gw.counter("pass_icmp_error")), passed);
 
     // The genuine error about the gateway's own connection passes, and
