@@ -47,6 +47,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "chrony",
     "dnsmasq-base",
     "containerd",
+    // `gateway flows --html`: the page is opened in headless Chromium to
+    // check what it shows.
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
