@@ -36,6 +36,9 @@ use crate::{
     udp,
 };
 
+/// The configuration generation: 1 until configs can be reloaded.
+const CONFIG_GENERATION: u64 = 1;
+
 /// How often the gateway's own addresses are re-read into the kernel.
 const LOCAL_REFRESH: Duration = Duration::from_secs(10);
 
@@ -51,6 +54,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Everything that can fail on the config's content before the kernel
     // is touched: the CA, the cache, the upstream clients.
     let serving = crate::sites::build(&config).await?;
+    let metrics = crate::metrics::global();
+    let passthrough = config.passthrough_services();
+    let site_hosts: Vec<String> = config.sites.iter().map(|s| s.host.clone()).collect();
+    metrics.set_names(
+        &site_hosts,
+        &passthrough
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>(),
+    );
+    // Bound before the kernel is touched: a taken port fails the start
+    // with nothing changed.
+    let admin_listener = match config.admin.address() {
+        Some(addr) => Some(crate::metrics::admin::bind(addr).await?),
+        None => None,
+    };
 
     // Listeners first: the moment the program is attached, redirected
     // SYNs find a socket.
@@ -136,12 +155,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let limits = proxy::limits::Limits::new(
+        config.proxy.max_connections,
+        config.proxy.max_connections_per_device,
+    );
+    let (cache, oci) = match serving.content {
+        Some(content) => (Some(content.cache), content.oci),
+        None => (None, Default::default()),
+    };
+    let admin = admin_listener.map(|listener| {
+        let registry = metrics.registry(crate::metrics::collector::Sources {
+            limits: Some(limits.clone()),
+            cache: cache.clone(),
+            kernel: Some(maps.clone()),
+            audit: Some(audit.counter()),
+            generation: CONFIG_GENERATION,
+        });
+        let admin = Arc::new(crate::metrics::admin::Admin::new(registry));
+        let task = tokio::spawn(crate::metrics::admin::serve(
+            admin.clone(),
+            listener,
+            stop_rx.clone(),
+        ));
+        (admin, task)
+    });
     let proxy = Arc::new(Proxy {
         policy: Policy::new(&config),
-        limits: proxy::limits::Limits::new(
-            config.proxy.max_connections,
-            config.proxy.max_connections_per_device,
-        ),
+        limits: limits.clone(),
         refused: std::sync::Mutex::new(crate::dns::Budget::new(10, Duration::from_secs(2))),
         idle_timeout: Duration::from_secs(config.proxy.idle_timeout_secs),
         passthrough_idle: Duration::from_secs(config.proxy.passthrough_idle_secs),
@@ -156,23 +196,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
     });
     let serve_task = tokio::spawn(proxy::serve(proxy, listeners, stop_rx.clone()));
-    let control_task = serving.content.map(|content| {
-        let control = Arc::new(crate::control::server::Control {
-            cache: content.cache,
-            oci: content.oci,
-            audit: Some(audit.counter()),
-        });
+    // The control socket exists whenever the daemon runs: `gateway
+    // status` asks it, with or without sites.
+    let control = Arc::new(crate::control::server::Control {
+        cache,
+        oci,
+        audit: Some(audit.counter()),
+        daemon: Some(crate::control::server::DaemonInfo {
+            limits,
+            services: passthrough,
+            sites: site_hosts,
+            generation: CONFIG_GENERATION,
+        }),
+    });
+    let control_task = {
         let state_dir = config.state_dir.clone();
         let task_control = control.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Err(e) = crate::control::server::serve(task_control, &state_dir, stop_rx).await {
-                tracing::error!(error = %e, "control socket failed; `gateway cache` commands will not reach this daemon");
+                tracing::error!(error = %e, "control socket failed; `gateway cache` and `gateway status` will not reach this daemon");
             }
-        });
-        (control, task)
-    });
+        })
+    };
 
     tracing::info!(adopted, interfaces = ?interfaces, "gateway ready");
+    if let Some((admin, _)) = &admin {
+        admin
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     audit
         .log(
             Record::new(Event::GatewayStart)
@@ -205,13 +257,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
     let _ = local_task.await;
-    let control = match control_task {
-        Some((control, task)) => {
-            let _ = task.await;
-            Some(control)
-        }
-        None => None,
-    };
+    let _ = control_task.await;
+    // The admin registry holds a cache handle and the maps: let it go.
+    if let Some((admin, task)) = admin {
+        let _ = task.await;
+        drop(admin);
+    }
     if let Some(t) = events_task {
         let _ = t.await;
     }
@@ -231,8 +282,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     drop(audit);
     audit_writer.close().await;
-    if let Some(control) = control.and_then(|c| Arc::try_unwrap(c).ok())
-        && let Err(e) = control.cache.close().await
+    if let Some(cache) = Arc::try_unwrap(control).ok().and_then(|c| c.cache)
+        && let Err(e) = cache.close().await
     {
         tracing::error!(error = %e, "closing the cache");
     }

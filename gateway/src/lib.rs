@@ -12,6 +12,7 @@ pub mod ebpf;
 /// Fuzz target entry points (`fuzz/`, `cargo xtask fuzz`); not an API.
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod pidfile;
 pub mod policy;
 pub mod proxy;

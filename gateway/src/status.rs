@@ -59,13 +59,18 @@ pub fn render(v: &Value) -> String {
         }
     }
     match v["daemon"]["audit"].as_object() {
-        Some(a) => out.push_str(&format!(
-            "audit log: {} records written, {} write failures, {} lost (since the daemon started)\n",
-            a.get("written").unwrap_or(&json!(0)),
-            a.get("write_failures").unwrap_or(&json!(0)),
-            a.get("lost").unwrap_or(&json!(0)),
-        )),
-        None => out.push_str("daemon: not answering on the control socket\n"),
+        Some(a) => {
+            render_daemon(&v["daemon"], &mut out);
+            out.push_str(&format!(
+                "audit log: {} records written, {} write failures, {} lost (since the daemon started)\n",
+                a.get("written").unwrap_or(&json!(0)),
+                a.get("write_failures").unwrap_or(&json!(0)),
+                a.get("lost").unwrap_or(&json!(0)),
+            ));
+        }
+        None => out.push_str(
+            "daemon: not running (no answer on the control socket); the kernel path below keeps guarding\n",
+        ),
     }
     if let Some(counters) = v["counters"].as_object() {
         for (name, n) in counters {
@@ -73,6 +78,77 @@ pub fn render(v: &Value) -> String {
         }
     }
     out
+}
+
+/// The running daemon's part: uptime, services, sites, cache, refusals.
+fn render_daemon(d: &Value, out: &mut String) {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    out.push_str(&format!(
+        "daemon: up {}, config generation {}, {} open connections\n",
+        humantime::format_duration(std::time::Duration::from_secs(n(&d["uptime_secs"]))),
+        n(&d["config_generation"]),
+        n(&d["open_connections"]),
+    ));
+    for s in d["passthrough"].as_array().into_iter().flatten() {
+        let addrs: Vec<&str> = s["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "passthrough {}: {}\n",
+            s["name"].as_str().unwrap_or("?"),
+            addrs.join(", ")
+        ));
+    }
+    for s in d["sites"].as_array().into_iter().flatten() {
+        let ratio = s["hit_ratio"].as_f64().map_or_else(
+            || "no cache lookups yet".to_owned(),
+            |r| format!("hit ratio {:.0}%", r * 100.0),
+        );
+        out.push_str(&format!(
+            "site {}: {} requests, {ratio}\n",
+            s["host"].as_str().unwrap_or("?"),
+            n(&s["requests"]),
+        ));
+    }
+    if let Some(c) = d["cache"].as_object() {
+        let size = |k: &str| bytesize::ByteSize(c.get(k).and_then(Value::as_u64).unwrap_or(0));
+        out.push_str(&format!(
+            "cache: {} of {} ({:.0}% full), {} blobs, {} pinned, {} fills in progress\n",
+            size("bytes"),
+            size("max_bytes"),
+            c.get("fill_ratio").and_then(Value::as_f64).unwrap_or(0.0) * 100.0,
+            c.get("blobs").and_then(Value::as_u64).unwrap_or(0),
+            size("pinned_bytes"),
+            c.get("fills_in_progress")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        ));
+    }
+    let refusals = d["recent_refusals"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    if refusals.is_empty() {
+        out.push_str("recent refusals: none since the daemon started\n");
+    } else {
+        out.push_str(&format!(
+            "recent refusals (newest first, at most {}):\n",
+            crate::metrics::refused::KEPT
+        ));
+        let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+        for r in refusals {
+            out.push_str(&format!(
+                "  {} {} {} -> {} {}\n",
+                s(&r["ts"]),
+                s(&r["event"]),
+                s(&r["device"]),
+                s(&r["destination"]),
+                s(&r["reason"]),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +169,31 @@ mod tests {
             text.contains("audit log: 12 records written, 3 write failures, 0 lost"),
             "{text}"
         );
+        v["daemon"] = json!({
+            "audit": { "written": 1, "write_failures": 0, "lost": 0 },
+            "uptime_secs": 61,
+            "config_generation": 1,
+            "open_connections": 2,
+            "passthrough": [{ "name": "wfm.test", "addresses": ["10.0.9.1:443"] }],
+            "sites": [
+                { "host": "reg.test", "requests": 4, "hit_ratio": 0.75 },
+                { "host": "idle.test", "requests": 0, "hit_ratio": null },
+            ],
+            "cache": { "bytes": 512, "max_bytes": 1024, "fill_ratio": 0.5, "blobs": 3, "pinned_bytes": 0, "fills_in_progress": 1 },
+            "recent_refusals": [{ "ts": "2026-01-01T00:00:00Z", "event": "flow.denied", "device": "10.0.3.2:5000", "destination": "1.2.3.4:443", "reason": "no_rule" }],
+        });
+        let text = render(&v);
+        for want in [
+            "daemon: up 1m 1s, config generation 1, 2 open connections",
+            "passthrough wfm.test: 10.0.9.1:443",
+            "site reg.test: 4 requests, hit ratio 75%",
+            "site idle.test: 0 requests, no cache lookups yet",
+            "(50% full), 3 blobs",
+            "10.0.3.2:5000 -> 1.2.3.4:443 no_rule",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in:\n{text}");
+        }
         v["daemon"] = serde_json::Value::Null;
-        assert!(render(&v).contains("daemon: not answering"));
+        assert!(render(&v).contains("daemon: not running"));
     }
 }

@@ -65,6 +65,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     cargo_fuzz()?;
     vm_kernels()?;
+    prometheus_tools()?;
     Ok(())
 }
 
@@ -127,6 +128,49 @@ fn vm_kernels() -> Result<()> {
             spec.name, k.package, k.version
         );
     }
+    Ok(())
+}
+
+/// Where `prometheus_tools` unpacks Debian's `prometheus` package; the
+/// tests (tests/src/prometheus.rs) look for `usr/bin/promtool` and
+/// `usr/bin/prometheus` under it.
+fn prometheus_dir() -> PathBuf {
+    cmd::workspace_root().join("target/tools/prometheus")
+}
+
+/// Prometheus and promtool for the metrics test, unpacked into
+/// target/tools and never installed: installing the package would start a
+/// Prometheus server in the machine's own namespace under systemd.
+fn prometheus_tools() -> Result<()> {
+    let dir = prometheus_dir();
+    let bins = ["prometheus", "promtool"].map(|b| dir.join("usr/bin").join(b));
+    if bins.iter().all(|b| b.is_file()) {
+        println!("setup: prometheus tools ok");
+        return Ok(());
+    }
+    let download = cmd::workspace_root().join("target/tools/prometheus-deb");
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    println!("setup: downloading Debian's prometheus package (unpacked, not installed)");
+    cmd::run(
+        cmd::new("apt-get")
+            .current_dir(&download)
+            .args(["download", "prometheus"]),
+    )
+    .context("`apt-get download prometheus` failed: check the apt sources (run `apt-get update` as root)")?;
+    let deb = fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("no .deb in {} after apt-get download", download.display()))?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    cmd::run(cmd::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))
+        .context("unpacking the prometheus package with dpkg-deb failed")?;
+    if let Some(missing) = bins.iter().find(|b| !b.is_file()) {
+        bail!(
+            "the prometheus package did not contain {}",
+            missing.display()
+        );
+    }
+    println!("setup: prometheus tools unpacked in {}", dir.display());
     Ok(())
 }
 

@@ -144,6 +144,9 @@ impl Audit {
 
     /// Queues a record; waits if the writer is behind.
     pub async fn log(&self, record: Record) {
+        // Every decision passes here: the metrics count it before it is
+        // queued, so a stalled log does not hide traffic from them.
+        crate::metrics::global().observe(&record);
         if self.tx.send(record).await.is_err() {
             self.counts.lost.fetch_add(1, Ordering::Relaxed);
             tracing::error!("audit writer has stopped; record lost");

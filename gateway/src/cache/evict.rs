@@ -147,6 +147,9 @@ pub(super) async fn pass(inner: &Arc<Inner>, flush: bool) -> Result<EvictReport,
         freed_bytes: victims.iter().map(|(_, size)| size).sum(),
     };
     if report.evicted > 0 {
+        let metrics = crate::metrics::global();
+        metrics.evictions.inc_by(report.evicted as u64);
+        metrics.evicted_bytes.inc_by(report.freed_bytes);
         tracing::info!(
             evicted = report.evicted,
             freed_bytes = report.freed_bytes,

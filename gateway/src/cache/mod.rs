@@ -167,6 +167,8 @@ pub struct CacheStats {
     pub reserved_bytes: u64,
     /// Blobs held that some pin names.
     pub pinned_blobs: usize,
+    /// Their total size in bytes.
+    pub pinned_bytes: u64,
     pub fills_in_progress: usize,
 }
 
@@ -242,12 +244,18 @@ impl Cache {
     pub fn stats(&self) -> CacheStats {
         let state = self.inner.state();
         let pinned = state.pinned();
+        let (pinned_blobs, pinned_bytes) = state
+            .blobs
+            .iter()
+            .filter(|(d, _)| pinned.contains(d))
+            .fold((0, 0), |(n, b), (_, m)| (n + 1, b + m.size));
         CacheStats {
             blobs: state.blobs.len(),
             bytes: state.bytes,
             max_bytes: self.inner.limits.max_size,
             reserved_bytes: state.reserved,
-            pinned_blobs: state.blobs.keys().filter(|d| pinned.contains(d)).count(),
+            pinned_blobs,
+            pinned_bytes,
             fills_in_progress: state.fills.len(),
         }
     }

@@ -4,7 +4,8 @@ use super::{Config, ConfigError};
 
 impl Config {
     /// Checks what only the running host can tell: every device-facing
-    /// interface exists in this network namespace.
+    /// interface exists in this network namespace, and the admin listener
+    /// is not on one of their addresses.
     pub fn check_host(&self) -> Result<(), ConfigError> {
         for (i, name) in self.devices.interfaces.iter().enumerate() {
             if nix::net::if_::if_nametoindex(name.as_str()).is_err() {
@@ -16,6 +17,7 @@ impl Config {
                 });
             }
         }
-        Ok(())
+        self.admin
+            .check_not_on_devices(&crate::dns::interface_addresses(&self.devices.interfaces))
     }
 }

@@ -5,6 +5,7 @@
 //! validates; nothing is bound or attached before it returns `Ok`. The
 //! documented example lives in `config/gateway.yaml` at the repository root.
 
+mod admin;
 mod host;
 mod services;
 mod sites;
@@ -18,6 +19,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use admin::{Admin, DEFAULT_ADMIN_LISTEN};
 pub use services::{Dns, PassthroughService, Service, Time};
 pub use sites::{Cache, Credentials, Site, SiteKind, Tls};
 pub use upstream::Upstream;
@@ -61,6 +63,9 @@ pub struct Config {
     pub sites: Vec<Site>,
     #[serde(default)]
     pub cache: Cache,
+    /// The admin listener (metrics and health probes).
+    #[serde(default)]
+    pub admin: Admin,
 }
 
 /// The device-facing side.

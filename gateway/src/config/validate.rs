@@ -55,6 +55,7 @@ impl Config {
         self.validate_upstream()?;
         self.validate_paths()?;
         self.validate_kernel()?;
+        self.admin.validate(self.proxy.port)?;
         self.validate_sites()
     }
 

@@ -80,9 +80,10 @@ async fn through_daemon(stream: UnixStream, req: &Request) -> anyhow::Result<ser
 async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Value> {
     let serving = crate::sites::build_content(config).await?;
     let control = server::Control {
-        cache: serving.cache,
+        cache: Some(serving.cache),
         oci: serving.oci,
         audit: None,
+        daemon: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
@@ -93,9 +94,10 @@ async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Va
     let result = server::execute(&control, req, &tx).await;
     drop(tx);
     let _ = printer.await;
-    let cache = control.cache;
     drop(control.oci);
-    if let Err(e) = cache.close().await {
+    if let Some(cache) = control.cache
+        && let Err(e) = cache.close().await
+    {
         tracing::warn!(error = %e, "closing the cache");
     }
     result

@@ -8,13 +8,15 @@
 //! root and the daemon's own user (`SO_PEERCRED`). The client writes one
 //! JSON request line (at most [`REQUEST_MAX`] bytes), `{"cmd":"ls"}` or
 //! `{"cmd":"seed","reference":"host/repo:tag"}` or `{"cmd":"stats"}` (what
-//! `gateway status` adds about the daemon); the server answers with
-//! `{"progress":"..."}` lines and ends with `{"ok":...}` or
-//! `{"error":"..."}`.
+//! `gateway status` adds about the daemon: see `stats.rs`); the server
+//! answers with `{"progress":"..."}` lines and ends with `{"ok":...}` or
+//! `{"error":"..."}`. The daemon always serves the socket, with or
+//! without sites.
 
 pub mod client;
 mod listing;
 pub mod server;
+mod stats;
 
 use std::path::{Path, PathBuf};
 

@@ -11,16 +11,39 @@ use tokio::{
 use super::{
     REQUEST_MAX, Reply, Request, listing, parse_reference, peer_allowed, socket_dir, socket_path,
 };
-use crate::{audit::AuditCounter, cache::Cache, registry::oci::OciSite};
+use crate::{
+    audit::AuditCounter, cache::Cache, config::Service, proxy::limits::Limits,
+    registry::oci::OciSite,
+};
 
 /// What the control socket can act on.
 pub struct Control {
-    pub cache: Cache,
+    /// `None` when the daemon serves no sites (and so opened no cache).
+    pub cache: Option<Cache>,
     pub oci: HashMap<String, Arc<OciSite>>,
     /// The daemon's audit counts; `None` when a command works on the
     /// cache without a daemon. (Not the log itself: the daemon closes the
     /// log while this lives on.)
     pub audit: Option<AuditCounter>,
+    /// What `gateway status` shows of the running daemon; `None` without
+    /// one.
+    pub daemon: Option<DaemonInfo>,
+}
+
+/// The running daemon's configuration and live state, for `stats`.
+pub struct DaemonInfo {
+    pub limits: Arc<Limits>,
+    pub services: Vec<Service>,
+    pub sites: Vec<String>,
+    pub generation: u64,
+}
+
+impl Control {
+    fn cache(&self) -> anyhow::Result<&Cache> {
+        self.cache.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("the running gateway serves no sites, so it has no cache open")
+        })
+    }
 }
 
 /// Listens until `stop`; removes the socket file afterwards.
@@ -112,7 +135,7 @@ pub async fn execute(
     progress: &mpsc::UnboundedSender<Reply>,
 ) -> anyhow::Result<serde_json::Value> {
     match req {
-        Request::Ls => listing::listing(&control.cache).await,
+        Request::Ls => listing::listing(control.cache()?).await,
         Request::Seed { reference } => {
             let (host, repo, reference) = parse_reference(&reference)?;
             let site = control
@@ -126,9 +149,14 @@ pub async fn execute(
             .await?;
             Ok(serde_json::to_value(report)?)
         }
-        Request::Stats => match &control.audit {
-            Some(audit) => Ok(serde_json::json!({ "audit": audit.stats() })),
-            None => anyhow::bail!("no gateway daemon is running"),
+        Request::Stats => match (&control.audit, &control.daemon) {
+            (Some(audit), Some(daemon)) => Ok(super::stats::stats(
+                audit,
+                daemon,
+                control.cache.as_ref(),
+                crate::metrics::global(),
+            )),
+            _ => anyhow::bail!("no gateway daemon is running"),
         },
     }
 }
@@ -144,9 +172,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = Cache::open(dir.path(), 1 << 20).await.expect("cache");
         let control = Arc::new(Control {
-            cache,
+            cache: Some(cache),
             oci: HashMap::new(),
             audit: None,
+            daemon: None,
         });
         let (mut client, server) = UnixStream::pair().expect("pair");
         let task = tokio::spawn(handle(control, server));
@@ -162,9 +191,10 @@ mod tests {
         // A normal request still works.
         let dir2 = tempfile::tempdir().expect("tempdir");
         let control = Arc::new(Control {
-            cache: Cache::open(dir2.path(), 1 << 20).await.expect("cache"),
+            cache: Some(Cache::open(dir2.path(), 1 << 20).await.expect("cache")),
             oci: HashMap::new(),
             audit: None,
+            daemon: None,
         });
         let (mut client, server) = UnixStream::pair().expect("pair");
         let task = tokio::spawn(handle(control, server));

@@ -74,6 +74,19 @@ impl Responder {
     pub async fn handle(&self, q: Query<'_>) -> Option<Vec<u8>> {
         let local = self.interfaces.for_device(q.ifindex, q.device.ip());
         let outcome = answer::answer(&self.zone, q.bytes, &local, q.transport);
+        // Counted here, not from the audit: answers are audited once a
+        // minute per device and name, refusals within a budget.
+        crate::metrics::global().dns_query(
+            match outcome.verdict {
+                Verdict::Answered { .. } => "answered",
+                Verdict::Refused { .. } => "refused",
+                Verdict::Malformed { .. } => "malformed",
+            },
+            match q.transport {
+                Transport::Udp => "udp",
+                Transport::Tcp => "tcp",
+            },
+        );
         if let Some(record) = self.record(&q, &outcome.verdict) {
             self.audit.log(record).await;
         }

@@ -147,7 +147,15 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
             .tcp(device, original_dst)
             .reason(reason)
     };
-    match proxy.policy.decide(original_dst) {
+    let decision = proxy.policy.decide(original_dst);
+    let metrics = crate::metrics::global();
+    match &decision {
+        Decision::Passthrough { service, .. } => metrics.connection("passthrough", Some(service)),
+        Decision::Dns => metrics.connection("dns", None),
+        Decision::Deny { .. } => metrics.connection("denied", None),
+        Decision::Inspect => metrics.connection("inspect", None),
+    }
+    match decision {
         Decision::Passthrough { upstream, service } => {
             let record = passthrough::splice(
                 stream,
@@ -198,14 +206,19 @@ async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, d
             };
             let stream = IdleIo::new(stream, proxy.inspect_timeout, proxy.idle_timeout);
             match tokio::time::timeout(proxy.inspect_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => http::serve(tls, device, Some(host), proxy.http.clone()).await,
+                Ok(Ok(tls)) => {
+                    crate::metrics::global().tls_handshake("ok");
+                    http::serve(tls, device, Some(host), proxy.http.clone()).await;
+                }
                 Ok(Err(e)) => {
+                    crate::metrics::global().tls_handshake("failed");
                     let mut r = denied("tls_handshake_failed").detail(e.to_string());
                     r.host = Some(host);
                     r.fault = Some(Fault::Device);
                     proxy.audit.log(r).await;
                 }
                 Err(_) => {
+                    crate::metrics::global().tls_handshake("timeout");
                     let mut r = denied("tls_handshake_timeout");
                     r.host = Some(host);
                     r.fault = Some(Fault::Device);

@@ -211,6 +211,7 @@ impl LeafResolver {
         match leaf::mint(&self.ca, host, self.validity) {
             Ok(leaf) => {
                 self.minted.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().leaves_minted.inc();
                 tracing::debug!(host, "leaf certificate minted");
                 Some(leaf)
             }

@@ -140,6 +140,9 @@ impl Stream for BodyStream {
                             }
                             meter.record(data.len());
                         }
+                        crate::metrics::global()
+                            .upstream_bytes
+                            .inc_by(data.len() as u64);
                         return Poll::Ready(Some(Ok(data)));
                     }
                     _ => continue,
