@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod ebpf;
+pub mod flows;
 /// Fuzz target entry points (`fuzz/`, `cargo xtask fuzz`); not an API.
 #[doc(hidden)]
 pub mod fuzzing;

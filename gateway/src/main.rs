@@ -58,6 +58,9 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Per device: what it reached and what it was refused, from the
+    /// audit log and its rotated files.
+    Flows(gateway::flows::FlowsArgs),
 }
 
 #[derive(Subcommand)]
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Run { config } | Command::CheckConfig { config } => (config, true),
         Command::Status { config, .. }
         | Command::Uninstall { config }
+        | Command::Flows(gateway::flows::FlowsArgs { config, .. })
         | Command::Ca {
             action: CaAction::Init { config, .. } | CaAction::Export { config },
         }
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Run { .. } => run(config),
+        Command::Flows(args) => gateway::flows::run(&config, &args),
         Command::Uninstall { .. } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
