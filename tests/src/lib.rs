@@ -28,6 +28,8 @@ pub mod hub;
 pub mod kernel;
 pub mod netns;
 pub mod oci;
+/// Prometheus and promtool from target/tools (issue 12).
+pub mod prometheus;
 pub mod registry;
 pub mod servers;
 pub mod site;

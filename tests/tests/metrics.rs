@@ -1,0 +1,241 @@
+//! Metrics and status (issue 12 items 1 and 5): a running gateway serves
+//! `/metrics` on its admin listener, promtool finds the exposition clean,
+//! a real Prometheus scrapes it and answers queries over the gateway's
+//! series, devices cannot reach the listener, and `gateway status` shows
+//! the running daemon's state (the last refusals among it).
+//!
+//! The admin listener is put on the gateway's upstream-side address (a
+//! "management interface") rather than loopback, so that the device check
+//! means something: that address is routable from the device, and only
+//! the kernel path keeps the device from it.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::{net::IpAddr, process::Command, time::Duration};
+
+use gateway_tests::{
+    Gateway, GatewayConfig, Site, device, dns, gateway, prometheus, require_root,
+    site::{addr, v4},
+};
+
+const ADMIN_PORT: u16 = 9747;
+const PROMETHEUS_PORT: u16 = 9090;
+/// Prometheus starts, scrapes every second and answers: generous for a
+/// TCG VM, and only ever waited out when something is wrong.
+const SCRAPE_WAIT: Duration = Duration::from_secs(90);
+const AUDIT_WAIT: Duration = Duration::from_secs(10);
+
+/// `curl` in the gateway namespace: (HTTP status, body).
+fn curl_in_gw(site: &Site, url: &str) -> (u16, String) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &site.gw_ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+/// The value of the one sample line starting with `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(series))
+        .unwrap_or_else(|| panic!("no sample `{series}` in:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() {
+    require_root();
+    let site = Site::new("metrics").unwrap();
+    let admin = v4(addr::GW_UP_V4, ADMIN_PORT);
+
+    // check-config refuses an admin address on the device interface.
+    let mut on_device = GatewayConfig::for_site(&site);
+    on_device.extra_yaml = format!("admin:\n  listen: \"{}:{ADMIN_PORT}\"\n", addr::GW_DEV_V4);
+    let bad = site.tmp_dir().join("admin-on-device.yaml");
+    std::fs::write(&bad, on_device.to_yaml()).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &site.gw_ns])
+        .arg(gateway::binary().unwrap())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("admin.listen") && stderr.contains("device interface"),
+        "{stderr}"
+    );
+
+    let mut config = GatewayConfig::for_site(&site);
+    config.extra_yaml = format!("admin:\n  listen: \"{admin}\"\n");
+    let mut gw = Gateway::start(&site, config).unwrap();
+
+    // Device traffic: a name refused, a name answered.
+    let refused = gw.must(dns::dig(
+        &site,
+        IpAddr::V4(addr::UP_V4),
+        "example.com",
+        "A",
+        false,
+    ));
+    assert_eq!(refused.status, "NXDOMAIN", "{}", refused.raw);
+    let answered = gw.must(dns::dig(
+        &site,
+        IpAddr::V4(addr::UP_V4),
+        "wfm.site.example",
+        "A",
+        false,
+    ));
+    assert_eq!(answered.status, "NOERROR", "{}", answered.raw);
+
+    // The device cannot reach the admin listener: not at the address it
+    // listens on (routable from the device), not at the gateway's
+    // device-side address. Both SYNs are dropped by the kernel path.
+    let dropped = gw.must(device::expect_connect_timeout(&site, admin));
+    gw.must(device::expect_connect_timeout(
+        &site,
+        v4(addr::GW_DEV_V4, ADMIN_PORT),
+    ));
+    let admin_text = admin.to_string();
+    let dropped_record = gw.must(gw.wait_audit(
+        |r| r["event"] == "flow.dropped" && r["dst"] == admin_text.as_str(),
+        AUDIT_WAIT,
+    ));
+    assert_eq!(
+        dropped_record["reason"], "port_not_intercepted",
+        "{dropped_record}"
+    );
+    assert_eq!(
+        dropped_record["device"],
+        dropped.device.to_string(),
+        "{dropped_record}"
+    );
+
+    // Scraped from the gateway namespace.
+    let (code, text) = curl_in_gw(&site, &format!("http://{admin}/metrics"));
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        sample(
+            &text,
+            "margo_gateway_dns_queries_total{result=\"refused\",transport=\"udp\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "margo_gateway_dns_queries_total{result=\"answered\",transport=\"udp\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "margo_gateway_kernel_packets_total{verdict=\"drop\",counter=\"drop_not_intercepted\"}"
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "margo_gateway_audit_records_total{outcome=\"written\"}"
+        ) >= 1.0
+    );
+    assert_eq!(sample(&text, "margo_gateway_config_generation"), 1.0);
+    for never in [addr::DEV_V4.to_string(), "example.com".to_owned()] {
+        assert!(
+            !text.contains(&never),
+            "`{never}` is in the metrics:\n{text}"
+        );
+    }
+    gateway_tests::prometheus::check_metrics(&text)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- exposition ---\n{text}"));
+    assert_eq!(curl_in_gw(&site, &format!("http://{admin}/healthz")).0, 200);
+    assert_eq!(curl_in_gw(&site, &format!("http://{admin}/readyz")).0, 200);
+    assert_eq!(curl_in_gw(&site, &format!("http://{admin}/other")).0, 404);
+
+    // `gateway status` shows the running daemon, its refusals among it.
+    let status = gw.must(gw.status());
+    let d = &status["daemon"];
+    assert_eq!(d["config_generation"], 1, "{status}");
+    assert!(d["uptime_secs"].is_u64(), "{status}");
+    assert!(d["open_connections"].is_u64(), "{status}");
+    assert_eq!(d["passthrough"][0]["name"], "wfm.site.example", "{status}");
+    let refusals = d["recent_refusals"].as_array().unwrap();
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["destination"] == admin_text.as_str()
+                && r["reason"] == "port_not_intercepted"),
+        "{status}"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["event"] == "dns.refused" && r["destination"] == "example.com"),
+        "{status}"
+    );
+    let config = gw.config_path().to_string_lossy().into_owned();
+    let human = gw
+        .command(&["status", "--config", &config])
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("config generation 1"), "{human}");
+    assert!(human.contains("recent refusals (newest first"), "{human}");
+
+    // A real Prometheus in the gateway namespace scrapes it.
+    let dir = site.tmp_dir().join("prometheus");
+    let mut prom = gw.must(prometheus::Prometheus::start(
+        &site.gw_ns,
+        &admin_text,
+        PROMETHEUS_PORT,
+        &dir,
+    ));
+    let up = gw.must(prom.wait_for("up{job=\"gateway\"} == 1", SCRAPE_WAIT));
+    assert_eq!(up[0]["metric"]["instance"], admin_text.as_str(), "{up:?}");
+    let dns = gw.must(prom.wait_for(
+        "margo_gateway_dns_queries_total{result=\"refused\"} > 0",
+        SCRAPE_WAIT,
+    ));
+    assert_eq!(dns[0]["metric"]["transport"], "udp", "{dns:?}");
+    drop(prom);
+
+    // Stopped: status says there is no daemon and still shows the kernel.
+    let stopped = gw.sigterm(Duration::from_secs(10));
+    assert!(stopped.is_ok(), "{stopped:?}\n{}", gw.diagnostics());
+    let status = gw.must(gw.status());
+    assert!(status["daemon"].is_null(), "{status}");
+    assert_eq!(status["installed"], true, "{status}");
+    assert!(status["counters"]["drop_not_intercepted"].as_u64().unwrap() >= 2);
+    let human = gw
+        .command(&["status", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("daemon: not running"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
+}
