@@ -80,15 +80,17 @@ pub fn page(view: &View<'_>) -> String {
     out.push_str("</style></head><body>\n<h1>Gateway flow report</h1>\n");
     let _ = writeln!(
         out,
-        "<p class=\"note\">Records from {} to {}; window {} to {}{}{}.</p>",
+        "<p class=\"note\">Records from {} to {}{}{}{}.</p>",
         when(r.span.first),
         when(r.span.last),
-        view.filter
-            .since
-            .map_or("the start".into(), |t| when(Some(t))),
-        view.filter
-            .until
-            .map_or("the end".into(), |t| when(Some(t))),
+        match (view.filter.since, view.filter.until) {
+            (None, None) => String::new(),
+            (since, until) => format!(
+                "; window {} to {}",
+                since.map_or("the start".into(), |t| when(Some(t))),
+                until.map_or("the end".into(), |t| when(Some(t))),
+            ),
+        },
         if view.filter.prefixes.is_empty() {
             String::new()
         } else {
