@@ -203,3 +203,128 @@ fn refusals_are_kept_newest_first_and_bounded() {
     let t = m.site_tallies()["reg.test"];
     assert_eq!((t.requests, t.hits, t.lookups), (1, 1, 1));
 }
+
+/// Every metric the code exports, with its type, from a full exposition
+/// (histograms by their base name).
+async fn exported() -> std::collections::BTreeMap<String, String> {
+    let m = exercised();
+    m.errors
+        .get_or_create(&vec![
+            ("fault", "upstream".to_owned()),
+            ("event", "request".to_owned()),
+        ])
+        .inc();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = crate::cache::Cache::open(&dir.path().join("cache"), 1 << 20)
+        .await
+        .expect("cache");
+    let (audit, writer) = crate::audit::Audit::open(&dir.path().join("audit.jsonl"))
+        .await
+        .expect("audit");
+    let counter = audit.counter();
+    drop(audit);
+    writer.close().await;
+    let registry = m.registry(Sources {
+        limits: Some(crate::proxy::limits::Limits::new(10, 5)),
+        cache: Some(cache),
+        kernel: None,
+        audit: Some(counter),
+        generation: 1,
+    });
+    let (_, text) = scrape(&Admin::new(registry)).await;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').expect("TYPE line");
+            (name.to_owned(), kind.to_owned())
+        })
+        .collect()
+}
+
+fn docs_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs")
+}
+
+/// `margo_gateway_*` names in `text`, histogram series by their base name.
+fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("margo_gateway_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| b.ends_with("_seconds")))
+            .unwrap_or(name);
+        names.insert(base.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn docs_list_every_metric_with_its_type_and_the_dashboard_and_alerts_use_only_those() {
+    let code = exported().await;
+    let doc = std::fs::read_to_string(docs_dir().join("METRICS.md")).expect("docs/METRICS.md");
+    let documented: std::collections::BTreeMap<String, String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `margo_gateway_"))
+        .map(|l| {
+            let (name, rest) = l.split_once('`').expect("name cell");
+            let kind = rest.split('|').nth(1).expect("type cell").trim();
+            (format!("margo_gateway_{name}"), kind.to_owned())
+        })
+        .collect();
+    // Read from the pinned maps: no kernel in a unit test.
+    let kernel_only = ["margo_gateway_kernel_packets_total"];
+    for (name, kind) in &code {
+        assert_eq!(
+            documented.get(name),
+            Some(kind),
+            "{name} ({kind}) is exported but not documented so in docs/METRICS.md"
+        );
+    }
+    for (name, kind) in &documented {
+        assert!(
+            code.get(name) == Some(kind) || kernel_only.contains(&name.as_str()),
+            "docs/METRICS.md lists {name} ({kind}), which the code does not export so"
+        );
+    }
+    for file in ["grafana-dashboard.json", "prometheus-alerts.yml"] {
+        let text = std::fs::read_to_string(docs_dir().join(file)).expect(file);
+        if file.ends_with(".json") {
+            serde_json::from_str::<serde_json::Value>(&text).expect("the dashboard is JSON");
+        }
+        for name in names_in(&text) {
+            assert!(
+                documented.contains_key(&name),
+                "{file} uses {name}, which is not a metric"
+            );
+        }
+    }
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let promtool = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/tools/prometheus/usr/bin/promtool");
+    assert!(
+        promtool.is_file(),
+        "{} is missing: run `cargo xtask setup` (it unpacks Debian's prometheus package there)",
+        promtool.display()
+    );
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(docs_dir().join("prometheus-alerts.yml"))
+        .output()
+        .expect("running promtool");
+    assert!(
+        out.status.success(),
+        "promtool check rules docs/prometheus-alerts.yml: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
