@@ -41,6 +41,14 @@ pub use gateway::Gateway;
 pub use netns::{in_ns, spawn_in_ns};
 pub use site::Site;
 
+/// Whether the tests run on an emulated CPU: a TCG guest of `cargo xtask
+/// vm`, which says so in `MARGO_VM_ACCEL`. Such a CPU is tens of times
+/// slower, so tests shrink sizes, counts and the time windows they need
+/// for their own steps; never which tests run or what they check.
+pub fn emulated() -> bool {
+    std::env::var("MARGO_VM_ACCEL").is_ok_and(|a| a == "tcg")
+}
+
 /// Fails loudly unless running as root: a silent pass of a test that never
 /// touched the kernel would be a defect (the xtask runner never runs these
 /// tests as non-root).

@@ -28,6 +28,7 @@ pub mod oci_gateway;
 
 /// The test PKI (also the hub's, [`crate::hub`]).
 pub(crate) mod certs;
+mod http1;
 mod push;
 
 use std::{

@@ -13,26 +13,32 @@ use std::{
 };
 
 use gateway_tests::{
-    Site,
+    Site, emulated,
     oci::{LINUX_AMD64, LayerSpec, Layout, sha256_file},
     registry::{self, Client, RegistryOptions, start_world},
     require_root,
 };
 
 const MIB: u64 = 1024 * 1024;
-const CLIENTS: usize = 8;
 
 #[test]
-fn eight_concurrent_pulls_of_a_cold_blob_fetch_it_once() {
+fn concurrent_pulls_of_a_cold_blob_fetch_it_once() {
     require_root();
+    // Eight clients on a 64 MiB layer; on an emulated CPU (VM runs) four on
+    // 16 MiB, which still overlap the fill there.
+    let (clients, size) = if emulated() {
+        (4, 16 * MIB)
+    } else {
+        (8, 64 * MIB)
+    };
     let site = Site::new("oci-single-flight").unwrap();
     let w = start_world(&site, RegistryOptions::default(), "5m").unwrap();
     let layout = Layout::create(&site.tmp_dir().join("src")).unwrap();
     let t = Instant::now();
     let img = layout
-        .image(LINUX_AMD64, &[LayerSpec::tar(64 * MIB, 51)], "big")
+        .image(LINUX_AMD64, &[LayerSpec::tar(size, 51)], "big")
         .unwrap();
-    eprintln!("64 MiB layer generated in {:?}", t.elapsed());
+    eprintln!("{} MiB layer generated in {:?}", size / MIB, t.elapsed());
     w.registry
         .push(&layout, "big", &img.manifest, "v1")
         .unwrap();
@@ -42,7 +48,7 @@ fn eight_concurrent_pulls_of_a_cold_blob_fetch_it_once() {
 
     let t = Instant::now();
     let responses = thread::scope(|s| {
-        let handles: Vec<_> = (0..CLIENTS)
+        let handles: Vec<_> = (0..clients)
             .map(|_| s.spawn(|| w.device.get(&path)))
             .collect();
         handles
@@ -50,7 +56,7 @@ fn eight_concurrent_pulls_of_a_cold_blob_fetch_it_once() {
             .map(|h| h.join().unwrap())
             .collect::<Vec<_>>()
     });
-    eprintln!("{CLIENTS} concurrent pulls took {:?}", t.elapsed());
+    eprintln!("{clients} concurrent pulls took {:?}", t.elapsed());
     for r in responses {
         let r = gw.must(r);
         assert!(r.complete() && r.code == 200, "{}", r.describe());
@@ -62,10 +68,10 @@ fn eight_concurrent_pulls_of_a_cold_blob_fetch_it_once() {
     assert_eq!(
         upstream.len(),
         1,
-        "upstream GETs of the blob for {CLIENTS} clients: {upstream:?}"
+        "upstream GETs of the blob for {clients} clients: {upstream:?}"
     );
-    let records = gw.must(gw.wait_requests("GET", &path, CLIENTS));
-    assert_eq!(records.len(), CLIENTS, "{records:?}");
+    let records = gw.must(gw.wait_requests("GET", &path, clients));
+    assert_eq!(records.len(), clients, "{records:?}");
     for r in &records {
         assert_eq!(r["status"], 200, "{r}");
         assert_eq!(r["bytes"], layer.size, "{r}");

@@ -409,15 +409,9 @@ fn push_image(
     let payload = size.saturating_sub(3 * 512).max(1);
     let image = layout.image(LINUX_AMD64, &[LayerSpec::tar(payload, seed)], repo)?;
     let t = Instant::now();
-    // The harness's push sends blobs with `--data-binary @file`, which curl
-    // holds in memory and refuses past a few hundred MiB: the big layer is
-    // streamed with `-T` instead.
-    registry.push_blob(layout, repo, &image.config)?;
-    for layer in &image.layers {
-        push_big_blob(registry, layout, repo, &layer.digest)?;
-    }
+    // The harness's push streams blobs from their files: fine for GiBs.
     registry
-        .put_manifest(layout, repo, &image.manifest, "v1")
+        .push(layout, repo, &image.manifest, "v1")
         .with_context(|| format!("pushing {repo}:v1"))?;
     let layer = image.layers[0].clone();
     progress(format!(
@@ -432,41 +426,6 @@ fn push_image(
         size: layer.size,
         tag: "v1".to_owned(),
     })
-}
-
-/// Uploads one blob with a streamed `PUT` (`curl -T`), unless the
-/// registry has it already.
-fn push_big_blob(registry: &Registry<'_>, layout: &Layout, repo: &str, digest: &str) -> Result<()> {
-    let base = format!("{}/v2/{repo}/blobs", registry.url());
-    if registry.api(&["-I", &format!("{base}/{digest}")])?.code == 200 {
-        return Ok(());
-    }
-    let start = registry.api(&["-X", "POST", &format!("{base}/uploads/")])?;
-    if start.code != 202 {
-        bail!("starting an upload to {repo}: {}", start.describe());
-    }
-    let location = start
-        .header("location")
-        .context("upload start without Location")?;
-    let location = if location.starts_with('/') {
-        format!("{}{location}", registry.url())
-    } else {
-        location.to_owned()
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let url = format!("{location}{sep}digest={digest}");
-    let file = layout.blob_path(digest).to_string_lossy().into_owned();
-    let put = registry.api(&[
-        "-T",
-        &file,
-        "-H",
-        "Content-Type: application/octet-stream",
-        &url,
-    ])?;
-    if put.code != 201 {
-        bail!("uploading {digest} to {repo}: {}", put.describe());
-    }
-    Ok(())
 }
 
 /// Generous bound on one transfer of `size` bytes by `clients` at once.

@@ -3,11 +3,21 @@
 //! gateway): `HEAD` a blob, else `POST` an upload and `PUT` it whole with
 //! its digest; then `PUT` the manifest under its reference. Children of an
 //! index go first, by digest. What is pushed is exactly the layout's bytes.
+//!
+//! The requests go in-process over one keep-alive TLS connection
+//! ([`super::http1`]) on a thread inside the upstream namespace.
 
 use anyhow::{Context as _, Result, ensure};
+use base64::Engine as _;
 
-use super::{HOST, Registry};
-use crate::oci::{Descriptor, Layout, MT_INDEX};
+use super::{
+    ADDR_V4, HOST, PORT, Registry,
+    http1::{Body, Conn},
+};
+use crate::{
+    netns,
+    oci::{Descriptor, Layout, MT_INDEX},
+};
 
 /// The distribution's name for a Docker manifest list (an index too).
 const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -22,62 +32,12 @@ impl Registry<'_> {
         desc: &Descriptor,
         reference: &str,
     ) -> Result<()> {
-        let doc = layout.manifest_json(desc)?;
-        if desc.media_type == MT_INDEX || desc.media_type == MT_DOCKER_LIST {
-            for child in doc["manifests"].as_array().into_iter().flatten() {
-                let child = Descriptor::from_json(child)?;
-                self.push(layout, repo, &child, &child.digest)?;
-            }
-        } else {
-            let config = Descriptor::from_json(&doc["config"])?;
-            self.push_blob(layout, repo, &config)?;
-            for layer in doc["layers"].as_array().into_iter().flatten() {
-                self.push_blob(layout, repo, &Descriptor::from_json(layer)?)?;
-            }
-        }
-        self.put_manifest(layout, repo, desc, reference)
+        self.with_conn(|conn| self.push_on(conn, layout, repo, desc, reference))
     }
 
     /// Uploads one blob unless the repository already has it.
     pub fn push_blob(&self, layout: &Layout, repo: &str, desc: &Descriptor) -> Result<()> {
-        let base = format!("{}/v2/{repo}/blobs", self.url());
-        let head = self.api(&["-I", &format!("{base}/{}", desc.digest)])?;
-        if head.code == 200 {
-            return Ok(());
-        }
-        let start = self.api(&["-X", "POST", &format!("{base}/uploads/")])?;
-        ensure!(
-            start.code == 202,
-            "starting an upload to {repo}: {}",
-            start.describe()
-        );
-        let location = start
-            .header("location")
-            .context("upload start without Location")?;
-        let location = if location.starts_with('/') {
-            format!("https://{HOST}{location}")
-        } else {
-            location.to_owned()
-        };
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let url = format!("{location}{sep}digest={}", desc.digest);
-        let data = format!("@{}", layout.blob_path(&desc.digest).display());
-        let put = self.api(&[
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &data,
-            &url,
-        ])?;
-        ensure!(
-            put.code == 201,
-            "uploading {} to {repo}: {}",
-            desc.digest,
-            put.describe()
-        );
-        Ok(())
+        self.with_conn(|conn| self.push_blob_on(conn, layout, repo, &desc.digest))
     }
 
     /// `PUT /v2/<repo>/manifests/<reference>` with the layout's bytes of
@@ -89,17 +49,105 @@ impl Registry<'_> {
         desc: &Descriptor,
         reference: &str,
     ) -> Result<()> {
-        let data = format!("@{}", layout.blob_path(&desc.digest).display());
-        let url = format!("{}/v2/{repo}/manifests/{reference}", self.url());
-        let put = self.api(&[
-            "-X",
+        self.with_conn(|conn| self.put_manifest_on(conn, layout, repo, desc, reference))
+    }
+
+    /// Runs `f` with a connection from the upstream namespace, trusting the
+    /// registry's CA and sending its credentials, if any.
+    fn with_conn<T: Send>(&self, f: impl FnOnce(&mut Conn) -> Result<T> + Send) -> Result<T> {
+        let auth = self.credentials.as_ref().map(|c| {
+            let raw = format!("{}:{}", c.username, c.password);
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )
+        });
+        let mut conn = Conn::new((ADDR_V4, PORT).into(), HOST, &self.ca_pem, auth)?;
+        netns::in_ns(&self.site.up_ns, || f(&mut conn))?
+    }
+
+    fn push_on(
+        &self,
+        conn: &mut Conn,
+        layout: &Layout,
+        repo: &str,
+        desc: &Descriptor,
+        reference: &str,
+    ) -> Result<()> {
+        let doc = layout.manifest_json(desc)?;
+        if desc.media_type == MT_INDEX || desc.media_type == MT_DOCKER_LIST {
+            for child in doc["manifests"].as_array().into_iter().flatten() {
+                let child = Descriptor::from_json(child)?;
+                self.push_on(conn, layout, repo, &child, &child.digest)?;
+            }
+        } else {
+            let config = Descriptor::from_json(&doc["config"])?;
+            self.push_blob_on(conn, layout, repo, &config.digest)?;
+            for layer in doc["layers"].as_array().into_iter().flatten() {
+                let layer = Descriptor::from_json(layer)?;
+                self.push_blob_on(conn, layout, repo, &layer.digest)?;
+            }
+        }
+        self.put_manifest_on(conn, layout, repo, desc, reference)
+    }
+
+    fn push_blob_on(
+        &self,
+        conn: &mut Conn,
+        layout: &Layout,
+        repo: &str,
+        digest: &str,
+    ) -> Result<()> {
+        let base = format!("/v2/{repo}/blobs");
+        let head = conn.send("HEAD", &format!("{base}/{digest}"), &[], Body::None)?;
+        if head.code == 200 {
+            return Ok(());
+        }
+        let start = conn.send("POST", &format!("{base}/uploads/"), &[], Body::None)?;
+        ensure!(
+            start.code == 202,
+            "starting an upload to {repo}: {}",
+            start.describe()
+        );
+        let location = start
+            .header("location")
+            .context("upload start without Location")?;
+        // The registry answers with an absolute URL or a path; the request
+        // needs the path and query.
+        let target = match location.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+            None => location,
+        };
+        let sep = if target.contains('?') { '&' } else { '?' };
+        let put = conn.send(
             "PUT",
-            "-H",
-            &format!("Content-Type: {}", desc.media_type),
-            "--data-binary",
-            &data,
-            &url,
-        ])?;
+            &format!("{target}{sep}digest={digest}"),
+            &[("Content-Type", "application/octet-stream")],
+            Body::File(&layout.blob_path(digest)),
+        )?;
+        ensure!(
+            put.code == 201,
+            "uploading {digest} to {repo}: {}",
+            put.describe()
+        );
+        Ok(())
+    }
+
+    fn put_manifest_on(
+        &self,
+        conn: &mut Conn,
+        layout: &Layout,
+        repo: &str,
+        desc: &Descriptor,
+        reference: &str,
+    ) -> Result<()> {
+        let bytes = layout.read_blob(&desc.digest)?;
+        let put = conn.send(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("Content-Type", &desc.media_type)],
+            Body::Bytes(&bytes),
+        )?;
         ensure!(
             put.code == 201,
             "putting manifest {} as {repo}:{reference}: {}\nregistry log:\n{}",
