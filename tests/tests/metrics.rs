@@ -1,5 +1,7 @@
-//! Metrics and status (issue 12 items 1 and 5): a running gateway serves
-//! `/metrics` on its admin listener, promtool finds the exposition clean,
+//! Metrics and status (issue 12 items 1 and 5): a running gateway with an
+//! OCI site serves `/metrics` on its admin listener (requests by site and
+//! cache status after a device pulled a manifest twice), promtool finds
+//! the exposition clean,
 //! a real Prometheus scrapes it and answers queries over the gateway's
 //! series, devices cannot reach the listener, and `gateway status` shows
 //! the running daemon's state (the last refusals among it).
@@ -17,7 +19,11 @@
 use std::{net::IpAddr, process::Command, time::Duration};
 
 use gateway_tests::{
-    Gateway, GatewayConfig, Site, device, dns, gateway, prometheus, require_root,
+    GatewayConfig, Site, device, dns, gateway,
+    oci::{LINUX_AMD64, LayerSpec, Layout},
+    prometheus,
+    registry::{HOST, OciKeys, Registry, RegistryOptions, oci_gateway::start_oci_gateway_with},
+    require_root,
     site::{addr, v4},
 };
 
@@ -87,9 +93,28 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
         "{stderr}"
     );
 
-    let mut config = GatewayConfig::for_site(&site);
-    config.extra_yaml = format!("admin:\n  listen: \"{admin}\"\n");
-    let mut gw = Gateway::start(&site, config).unwrap();
+    let registry = Registry::start(&site, RegistryOptions::default()).unwrap();
+    let layout = Layout::create(&site.tmp_dir().join("src")).unwrap();
+    let image = layout
+        .image(LINUX_AMD64, &[LayerSpec::gzip(4 * 1024, 81)], "A")
+        .unwrap();
+    registry
+        .push(&layout, "app", &image.manifest, "v1")
+        .unwrap();
+    let keys = OciKeys::for_registry(&registry, "5m");
+    let mut config = keys.config(&site);
+    config
+        .extra_yaml
+        .push_str(&format!("admin:\n  listen: \"{admin}\"\n"));
+    let oci = start_oci_gateway_with(&site, keys, config).unwrap();
+    let client = oci.device().unwrap();
+    let mut gw = oci.gw;
+
+    // A device pulls a manifest twice: a miss, then a hit (tag TTL 5m).
+    for _ in 0..2 {
+        let r = gw.must(client.get("/v2/app/manifests/v1"));
+        assert_eq!(r.code, 200, "{}", r.describe());
+    }
 
     // Device traffic: a name refused, a name answered.
     let refused = gw.must(dns::dig(
@@ -163,7 +188,26 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
         ) >= 1.0
     );
     assert_eq!(sample(&text, "margo_gateway_config_generation"), 1.0);
-    for never in [addr::DEV_V4.to_string(), "example.com".to_owned()] {
+    for cache in ["miss", "hit"] {
+        let series = format!(
+            "margo_gateway_http_requests_total{{site=\"{HOST}\",method=\"GET\",status=\"2xx\",cache=\"{cache}\"}}"
+        );
+        assert!(sample(&text, &series) >= 1.0, "{text}");
+    }
+    assert!(sample(&text, "margo_gateway_tls_handshakes_total{result=\"ok\"}") >= 1.0);
+    assert!(sample(&text, "margo_gateway_tls_leaves_minted_total") >= 1.0);
+    assert!(sample(&text, "margo_gateway_upstream_received_bytes_total") > 0.0);
+    assert!(sample(&text, "margo_gateway_cache_blobs") >= 1.0, "{text}");
+    assert!(
+        sample(&text, "margo_gateway_cache_size_bytes") > 0.0,
+        "{text}"
+    );
+    for never in [
+        addr::DEV_V4.to_string(),
+        "example.com".to_owned(),
+        "/v2/".to_owned(),
+        "sha256:".to_owned(),
+    ] {
         assert!(
             !text.contains(&never),
             "`{never}` is in the metrics:\n{text}"
@@ -182,6 +226,11 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
     assert!(d["uptime_secs"].is_u64(), "{status}");
     assert!(d["open_connections"].is_u64(), "{status}");
     assert_eq!(d["passthrough"][0]["name"], "wfm.site.example", "{status}");
+    assert_eq!(d["sites"][0]["host"], HOST, "{status}");
+    assert_eq!(d["sites"][0]["requests"], 2, "{status}");
+    assert_eq!(d["sites"][0]["hit_ratio"], 0.5, "{status}");
+    assert!(d["cache"]["bytes"].as_u64().unwrap() > 0, "{status}");
+    assert!(d["cache"]["max_bytes"].as_u64().unwrap() > 0, "{status}");
     let refusals = d["recent_refusals"].as_array().unwrap();
     assert!(
         refusals
@@ -203,6 +252,10 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
         .unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(human.contains("config generation 1"), "{human}");
+    assert!(
+        human.contains(&format!("site {HOST}: 2 requests, hit ratio 50%")),
+        "{human}"
+    );
     assert!(human.contains("recent refusals (newest first"), "{human}");
 
     // A real Prometheus in the gateway namespace scrapes it.
