@@ -134,6 +134,52 @@ fn names_are_answered_by_the_gateway_over_udp_and_tcp_v4_and_v6() {
         AUDIT_WAIT,
     ));
     assert_eq!(answered["detail"], "1 record(s)", "{answered}");
+    // `gateway flows` reads this real log: per device, the refused name
+    // with its count and the answered site host.
+    let config = gw.config_path().to_string_lossy().into_owned();
+    let out = gw
+        .command(&["flows", "--config", &config, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let device = flows["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == addr::DEV_V4.to_string())
+        .unwrap_or_else(|| panic!("no {} in {flows:#}", addr::DEV_V4));
+    let row = |side: &str, name: &str| {
+        device[side]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "dns" && r["name"] == name && r["qtype"] == "A")
+            .cloned()
+            .unwrap_or_else(|| panic!("no {side} dns {name} A in {device:#}"))
+    };
+    // As many as the log holds for this address (suppressed included).
+    let logged: u64 = gw
+        .must(gw.audit())
+        .iter()
+        .filter(|r| r["event"] == "dns.refused" && r["name"] == "example.com")
+        .filter(|r| {
+            r["device"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}:", addr::DEV_V4))
+        })
+        .map(|r| 1 + r["suppressed"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(logged >= 4, "two servers, UDP and TCP: {logged}");
+    assert_eq!(row("refused", "example.com")["count"], logged, "{device:#}");
+    assert_eq!(row("refused", "example.com")["reason"], "name_not_allowed");
+    assert!(row("reached", HOST)["count"].as_u64().unwrap() >= 1);
+    assert_eq!(flows["lines"]["not_understood"], 0, "{flows:#}");
     // UDP went through the kernel's DNS assignment; TCP through the
     // listener like any intercepted port.
     let assigned = gw.must(gw.counter("assign_dns"));
