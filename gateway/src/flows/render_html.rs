@@ -332,6 +332,17 @@ fn node_label(k: &Key) -> String {
 
 fn footer(out: &mut String, view: &View<'_>) {
     let r = view.report;
+    if r.overflow_devices.records > 0 {
+        let _ = writeln!(
+            out,
+            "<p class=\"note overflow\">{} records of devices past the first {} are summed, not shown: {} attempts, up {}, down {}.</p>",
+            r.overflow_devices.records,
+            r.limits.devices,
+            r.overflow_devices.amount.count,
+            bytes(r.overflow_devices.amount.bytes_up),
+            bytes(r.overflow_devices.amount.bytes_down),
+        );
+    }
     let l = &r.lines;
     let _ = writeln!(
         out,

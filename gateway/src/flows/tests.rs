@@ -419,6 +419,11 @@ fn keys_per_device_are_capped_with_an_other_row() {
         text.contains("6 records of devices past the first 3"),
         "{text}"
     );
+    let page = render_html::page(&view(&r, &Filter::default()));
+    assert!(
+        page.contains("6 records of devices past the first 3"),
+        "{page}"
+    );
     let doc = json::document(&view(&r, &Filter::default()));
     assert_eq!(doc["devices"][0]["refused_other"]["count"], 490);
 
