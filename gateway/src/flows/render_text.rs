@@ -18,12 +18,17 @@ use super::{
 /// reports carry it whole.
 const DESTINATION_WIDTH: usize = 64;
 
-/// Control characters shown as escapes (`\x1b`), so the text is inert.
+/// Control characters shown as escapes (`\x1b`), and the invisible
+/// characters that reorder or hide text (bidi overrides, zero-width) as
+/// `\u{202e}`, so the text is inert and reads as it is.
 pub fn clean(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() {
             let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else if matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+        {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
         } else {
             out.push(c);
         }

@@ -518,6 +518,10 @@ fn text_report_has_aligned_tables_and_totals() {
     let text = render_text::render(&view(&r, &f));
     assert!(!text.contains('\u{1b}'), "{text:?}");
     assert!(text.contains(r"\x1b[31mred"), "{text}");
+    assert_eq!(
+        render_text::clean("a\u{202e}b\u{200b}c\td"),
+        r"a\u{202e}b\u{200b}c\x09d"
+    );
 }
 
 #[test]
