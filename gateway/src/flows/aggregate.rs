@@ -186,6 +186,12 @@ impl Report {
             }
             d.totals = totals;
         }
+        // The span is of what is shown.
+        let mut span = Stats::default();
+        for d in self.devices.values() {
+            merge(&mut span, &d.totals);
+        }
+        self.span = span;
     }
 }
 

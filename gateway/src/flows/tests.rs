@@ -511,6 +511,12 @@ fn text_report_has_aligned_tables_and_totals() {
         "a device with no refusal is left out: {text}"
     );
     assert!(text.contains("no_rule_for_destination"), "{text}");
+    // The span is of refusals: DROPPED first, DNS_REFUSED last (TIME,
+    // a second later, is not a refusal).
+    assert!(
+        text.contains("records from 2026-11-27 17:33:07Z to 2026-11-29 23:44:34Z"),
+        "{text}"
+    );
 
     // A name with terminal escapes is shown inert.
     let evil = DNS_REFUSED.replace("example.com", r"\u001b[31mred\u001b[0m");
