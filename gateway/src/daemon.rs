@@ -225,6 +225,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .ready
             .store(true, std::sync::atomic::Ordering::Release);
     }
+    // systemd (Type=notify) counts the service started here, where
+    // /readyz turns 200, not at exec; the watchdog pings from here on.
+    let notifier = crate::notify::Notifier::from_env();
+    notifier.ready(&format!("guarding {}", interfaces.join(", ")));
+    notifier.spawn_watchdog();
     audit
         .log(
             Record::new(Event::GatewayStart)
@@ -251,6 +256,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigusr1.recv() => audit.reopen(),
         }
     }
+    notifier.stopping();
     let _ = stop_tx.send(true);
     let _ = serve_task.await;
     for t in udp_tasks {
