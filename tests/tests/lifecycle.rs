@@ -151,6 +151,31 @@ fn clean_stop(name: &str, attach: Option<&'static str>) {
         !kernel::files_under(&site.pin_path()).unwrap().is_empty(),
         "no pins while running"
     );
+    // With no site configured the daemon still answers on its control
+    // socket (`gateway status`), and on the default admin listener
+    // (loopback of its namespace) it is ready.
+    let running = gw.must(gw.status());
+    assert_eq!(running["daemon"]["config_generation"], 1, "{running}");
+    let ready = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &site.gw_ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("http://127.0.0.1:9747/readyz")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout),
+        "200",
+        "/readyz: {}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
 
     // A routine stop (every `systemctl restart` and upgrade) must not open
     // the site: the program stays attached and drops what it would hand to

@@ -64,3 +64,58 @@ pub fn stats(
         "recent_refusals": metrics.refused.list(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        audit::{CacheStatus, Event, Record},
+        config::Service,
+        proxy::limits::Limits,
+    };
+
+    #[tokio::test]
+    async fn stats_carry_what_status_shows() {
+        let metrics = Metrics::new();
+        metrics.set_names(&["reg.test".to_owned()], &["wfm.test".to_owned()]);
+        for cache in [CacheStatus::Miss, CacheStatus::Hit, CacheStatus::Bypass] {
+            let mut r = Record::new(Event::Request);
+            r.host = Some("reg.test".into());
+            r.cache = Some(cache);
+            metrics.observe(&r);
+        }
+        metrics.observe(&Record::new(Event::FlowDenied).reason("no_rule"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path(), 1000).await.expect("cache");
+        let (audit, writer) = crate::audit::Audit::open(&dir.path().join("a.jsonl"))
+            .await
+            .expect("audit");
+        let counter = audit.counter();
+        drop(audit);
+        writer.close().await;
+        let limits = Limits::new(10, 5);
+        let _held = limits
+            .acquire("10.0.3.2".parse().expect("ip"))
+            .expect("slot");
+        let daemon = DaemonInfo {
+            limits,
+            services: vec![Service {
+                name: "wfm.test".into(),
+                addresses: vec!["10.0.9.1:443".parse().expect("addr")],
+            }],
+            sites: vec!["reg.test".into(), "idle.test".into()],
+            generation: 1,
+        };
+        let v = stats(&counter, &daemon, Some(&cache), &metrics);
+        assert_eq!(v["config_generation"], 1, "{v}");
+        assert_eq!(v["open_connections"], 1, "{v}");
+        assert_eq!(v["passthrough"][0]["addresses"][0], "10.0.9.1:443", "{v}");
+        // A bypass is no cache lookup: one hit of two lookups.
+        assert_eq!(v["sites"][0]["requests"], 3, "{v}");
+        assert_eq!(v["sites"][0]["hit_ratio"], 0.5, "{v}");
+        assert!(v["sites"][1]["hit_ratio"].is_null(), "{v}");
+        assert_eq!(v["cache"]["max_bytes"], 1000, "{v}");
+        assert_eq!(v["recent_refusals"][0]["reason"], "no_rule", "{v}");
+        assert!(v["uptime_secs"].is_u64(), "{v}");
+    }
+}
