@@ -1,5 +1,7 @@
 //! `gateway run`: install (or adopt) the kernel path and serve until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT. SIGHUP (`systemctl reload`) and `gateway reload`
+//! re-read the config and apply it live (see `reload`); SIGHUP and
+//! SIGUSR1 also reopen the audit log.
 //!
 //! Stopping never opens the site: SIGTERM (every `systemctl restart` and
 //! upgrade), SIGKILL and a crash all leave the pinned program guarding the
@@ -9,7 +11,8 @@
 //! `gateway uninstall` removes the kernel path.
 
 use std::{
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -29,20 +32,26 @@ use crate::{
     config::Config,
     dns::Responder,
     ebpf::{KernelPath, events, routing::Routing},
-    pidfile,
-    policy::Policy,
-    proxy::{self, Proxy, http::HttpContext},
+    pidfile, proxy,
+    reload::{
+        Shared,
+        apply::{Live, Trigger, build_proxy},
+    },
     time::TimeServer,
     udp,
 };
 
-/// The configuration generation: 1 until configs can be reloaded.
+/// The configuration generation at start; each applied reload adds one.
 const CONFIG_GENERATION: u64 = 1;
+/// `gateway reload` requests waiting for the main loop.
+const RELOAD_QUEUE: usize = 4;
 
 /// How often the gateway's own addresses are re-read into the kernel.
 const LOCAL_REFRESH: Duration = Duration::from_secs(10);
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// `path` is the file `config` was read from: SIGHUP and `gateway reload`
+/// read it again.
+pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     raise_nofile(&config);
     let (audit, audit_writer) = Audit::open(&config.audit.path).await?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -50,6 +59,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before anything else: SIGUSR1's default action would end the daemon.
     let mut sigusr1 =
         signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    // SIGHUP's default action would end the daemon too.
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     // Everything that can fail on the config's content before the kernel
     // is touched: the CA, the cache, the upstream clients.
@@ -140,14 +151,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
     // Addresses change (DHCP on the gateway host, an admin's `ip addr`):
     // the program's view of the gateway's own follows within seconds.
+    // The config a reload replaces: the refresh reads the current one.
+    let current = Arc::new(Shared::new(config.clone()));
     let local_task = {
-        let (maps, config, mut stop) = (maps.clone(), config.clone(), stop_rx.clone());
+        let (maps, current, mut stop) = (maps.clone(), current.clone(), stop_rx.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(LOCAL_REFRESH) => {}
                     _ = stop.changed() => return,
                 }
+                let config = current.load();
                 let mut m = maps.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = sync_local(&config, &mut m) {
                     tracing::warn!(error = %e, "refreshing the gateway's own addresses in the kernel");
@@ -163,13 +177,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(content) => (Some(content.cache), content.oci),
         None => (None, Default::default()),
     };
+    let generation = Arc::new(AtomicU64::new(CONFIG_GENERATION));
     let admin = admin_listener.map(|listener| {
         let registry = metrics.registry(crate::metrics::collector::Sources {
             limits: Some(limits.clone()),
             cache: cache.clone(),
             kernel: Some(maps.clone()),
             audit: Some(audit.counter()),
-            generation: CONFIG_GENERATION,
+            generation: generation.clone(),
         });
         let admin = Arc::new(crate::metrics::admin::Admin::new(registry));
         let task = tokio::spawn(crate::metrics::admin::serve(
@@ -179,36 +194,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
         (admin, task)
     });
-    let proxy = Arc::new(Proxy {
-        policy: Policy::new(&config),
-        limits: limits.clone(),
-        refused: std::sync::Mutex::new(crate::dns::Budget::new(10, Duration::from_secs(2))),
-        idle_timeout: Duration::from_secs(config.proxy.idle_timeout_secs),
-        passthrough_idle: Duration::from_secs(config.proxy.passthrough_idle_secs),
-        dns,
-        audit: audit.clone(),
-        connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
-        inspect_timeout: Duration::from_secs(config.proxy.first_bytes_timeout_secs),
-        tls: serving.tls,
-        http: Arc::new(HttpContext {
-            sites: Arc::new(serving.sites),
-            audit: audit.clone(),
-        }),
-    });
-    let serve_task = tokio::spawn(proxy::serve(proxy, listeners, stop_rx.clone()));
+    let proxy = Arc::new(Shared::new(build_proxy(
+        &config,
+        crate::sites::Serving {
+            content: None,
+            ..serving
+        },
+        limits.clone(),
+        dns.clone(),
+        &audit,
+    )));
+    let serve_task = tokio::spawn(proxy::serve(proxy.clone(), listeners, stop_rx.clone()));
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
     // The control socket exists whenever the daemon runs: `gateway
     // status` asks it, with or without sites.
     let control = Arc::new(crate::control::server::Control {
-        cache,
-        oci,
+        cache: cache.clone(),
+        oci: Shared::new(oci),
         audit: Some(audit.counter()),
-        daemon: Some(crate::control::server::DaemonInfo {
-            limits,
+        daemon: Some(Shared::new(crate::control::server::DaemonInfo {
+            limits: limits.clone(),
             services: passthrough,
             sites: site_hosts,
             generation: CONFIG_GENERATION,
-        }),
+        })),
+        reload: Some(reload_tx),
     });
+    let live = Live {
+        path: std::fs::canonicalize(&path).unwrap_or(path),
+        config: current,
+        proxy,
+        dns,
+        cache,
+        control: control.clone(),
+        maps: maps.clone(),
+        limits,
+        audit: audit.clone(),
+        generation,
+    };
     let control_task = {
         let state_dir = config.state_dir.clone();
         let task_control = control.clone();
@@ -254,8 +277,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             // logrotate's postrotate: the log was moved away.
             _ = sigusr1.recv() => audit.reopen(),
+            // `systemctl reload`: a rotated log is reopened too, as most
+            // daemons do on SIGHUP.
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reopening the audit log and reloading the config");
+                audit.reopen();
+                // Refused or applied, it is logged and audited there.
+                let _ = live.reload(Trigger::Signal, None, sync_local).await;
+            }
+            Some(ask) = reload_rx.recv() => {
+                let result = live.reload(Trigger::Control, Some(&ask.path), sync_local).await;
+                let _ = ask.answer.send(result.map_err(|e| e.to_string()));
+            }
         }
     }
+    // The live state holds the proxy, the cache, the maps and an audit
+    // handle: let them go before the teardown below waits on them.
+    drop(live);
     notifier.stopping();
     let _ = stop_tx.send(true);
     let _ = serve_task.await;
@@ -351,7 +389,7 @@ fn socket_slots<'a>(
 /// servers into the program's `LOCAL` table.
 /// Also writes the prefixes devices may send from: `devices.prefixes`, or
 /// the device interfaces' subnets.
-fn sync_local(config: &Config, maps: &mut crate::ebpf::Maps) -> anyhow::Result<()> {
+pub(crate) fn sync_local(config: &Config, maps: &mut crate::ebpf::Maps) -> anyhow::Result<()> {
     let own = crate::dns::interface_addresses(&config.devices.interfaces);
     let entries = crate::ebpf::local_entries(&own, &config.devices.dhcp_server_addresses());
     maps.sync_local(&entries)

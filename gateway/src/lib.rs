@@ -19,6 +19,7 @@ pub mod pidfile;
 pub mod policy;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod sites;
 pub mod status;
 pub mod time;

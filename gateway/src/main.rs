@@ -61,6 +61,15 @@ enum Command {
     /// Per device: what it reached and what it was refused, from the
     /// audit log and its rotated files.
     Flows(gateway::flows::FlowsArgs),
+    /// Ask the running daemon to re-read its config file and apply it
+    /// (as SIGHUP / `systemctl reload` does). A bad config, or a setting
+    /// that needs a restart, is refused (exit 64) and the old one keeps
+    /// running.
+    Reload {
+        /// The file the daemon was started with.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,7 +118,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let (path, host_checks) = match &cli.command {
-        Command::Run { config } | Command::CheckConfig { config } => (config, true),
+        Command::Run { config } | Command::CheckConfig { config } | Command::Reload { config } => {
+            (config, true)
+        }
         Command::Status { config, .. }
         | Command::Uninstall { config }
         | Command::Flows(gateway::flows::FlowsArgs { config, .. })
@@ -146,7 +157,8 @@ fn main() -> ExitCode {
                 print!("{}", gateway::status::render(&v));
             }
         }),
-        Command::Run { .. } => run(config),
+        Command::Run { config: file } => run(config, file),
+        Command::Reload { config: file } => return reload(&config, &file),
         Command::Flows(args) => gateway::flows::run(&config, &args),
         Command::Uninstall { .. } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -191,9 +203,40 @@ fn load(path: &std::path::Path, host_checks: bool) -> Result<Config, gateway::co
     Ok(config)
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(gateway::daemon::run(config))
+    runtime.block_on(gateway::daemon::run(config, path))
+}
+
+/// `gateway reload`: the file was validated above (exit 64 on a bad one,
+/// as `check-config`); the daemon checks it again and applies it.
+fn reload(config: &Config, path: &std::path::Path) -> ExitCode {
+    use gateway::control::client::{ReloadOutcome, reload};
+    let outcome = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(reload(config, path)),
+        Err(e) => ReloadOutcome::NoDaemon(e.to_string()),
+    };
+    match outcome {
+        ReloadOutcome::Applied(v) => {
+            println!(
+                "reloaded: generation {}, {}",
+                v["generation"],
+                v["changes"].as_str().unwrap_or("")
+            );
+            ExitCode::SUCCESS
+        }
+        ReloadOutcome::Refused(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_CONFIG)
+        }
+        ReloadOutcome::NoDaemon(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -32,6 +32,12 @@ pub async fn build_content(config: &Config) -> anyhow::Result<Content> {
     let cache = Cache::open_with(&config.cache.dir, config.cache.limits())
         .await
         .with_context(|| format!("opening the cache in {}", config.cache.dir.display()))?;
+    content_with(config, cache)
+}
+
+/// The site handlers on an open cache (a config reload keeps the cache
+/// and builds these anew: upstreams, credentials, tag TTLs).
+fn content_with(config: &Config, cache: Cache) -> anyhow::Result<Content> {
     let mut oci = HashMap::new();
     for site in &config.sites {
         let upstream =
@@ -53,6 +59,12 @@ pub async fn build_content(config: &Config) -> anyhow::Result<Content> {
 /// sites configured nothing is loaded and every non-manager connection is
 /// refused.
 pub async fn build(config: &Config) -> anyhow::Result<Serving> {
+    build_with(config, None).await
+}
+
+/// [`build`] for a config reload: the CA and site handlers anew, on the
+/// daemon's open cache when it has one.
+pub async fn build_with(config: &Config, cache: Option<Cache>) -> anyhow::Result<Serving> {
     if config.sites.is_empty() {
         return Ok(Serving {
             sites: Sites::default(),
@@ -74,7 +86,10 @@ pub async fn build(config: &Config) -> anyhow::Result<Serving> {
         config.tls.leaf_cache,
     ));
     let server_config = tls::server_config(resolver)?;
-    let content = build_content(config).await?;
+    let content = match cache {
+        Some(cache) => content_with(config, cache)?,
+        None => build_content(config).await?,
+    };
     let mut sites = Sites::default();
     for (host, site) in &content.oci {
         sites.insert(host, site.clone());

@@ -40,6 +40,14 @@ pub enum Event {
     /// record per device per ten minutes.
     #[serde(rename = "time.served")]
     TimeServed,
+    /// A config reload applied (SIGHUP, `gateway reload`); `detail` says
+    /// what changed.
+    #[serde(rename = "config.reloaded")]
+    ConfigReloaded,
+    /// A config reload refused: the old configuration keeps running;
+    /// `detail` says why.
+    #[serde(rename = "config.reload_failed")]
+    ConfigReloadFailed,
 }
 
 /// Whose fault it was when a flow or request ended in error.

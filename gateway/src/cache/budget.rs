@@ -30,7 +30,7 @@ impl Cache {
     /// releases it.
     pub(super) async fn reserve(&self, shared: &FillShared, target: u64) -> Result<(), CacheError> {
         let digest = shared.digest;
-        let max = self.inner.limits.max_size;
+        let max = self.inner.limits().max_size;
         let must_evict = {
             let mut state = self.inner.state();
             let have = shared.reserved.load(Ordering::SeqCst);

@@ -70,7 +70,7 @@ impl Cache {
 pub(super) async fn pass(inner: &Arc<Inner>, flush: bool) -> Result<EvictReport, CacheError> {
     let (victims, dirty, still_over) = {
         let mut state = inner.state();
-        let max = inner.limits.max_size;
+        let max = inner.limits().max_size;
         // Fills' reservations count: a pass a fill asked for makes room
         // for it (budget.rs).
         let mut excess = state.used().saturating_sub(max);
@@ -101,7 +101,7 @@ pub(super) async fn pass(inner: &Arc<Inner>, flush: bool) -> Result<EvictReport,
     };
     if still_over {
         tracing::warn!(
-            max_bytes = inner.limits.max_size,
+            max_bytes = inner.limits().max_size,
             reserved_bytes = inner.state().reserved,
             "cache: over its size limit with only pinned blobs and fills in progress left"
         );

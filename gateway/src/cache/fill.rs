@@ -179,9 +179,9 @@ impl Cache {
                     Next::Follow(FillReader::new(Arc::clone(shared)))
                 } else if state.evicting.contains(digest) {
                     Next::WaitForEviction
-                } else if state.fills.len() >= self.inner.limits.max_concurrent_fills {
+                } else if state.fills.len() >= self.inner.limits().max_concurrent_fills {
                     return Err(CacheError::TooManyFills {
-                        limit: self.inner.limits.max_concurrent_fills,
+                        limit: self.inner.limits().max_concurrent_fills,
                     });
                 } else {
                     let shared = Arc::new(FillShared::new(*digest, expected_size));
@@ -250,7 +250,7 @@ impl FillWriter {
     /// anyone follows. Holds the cache open until it resolves or is dropped.
     pub fn unfollowed(&self) -> impl Future<Output = ()> + Send + 'static {
         let inner = Arc::clone(&self.cache.inner);
-        let grace = inner.limits.abandon_grace;
+        let grace = inner.limits().abandon_grace;
         super::readers::unfollowed(inner, Arc::clone(&self.shared), grace)
     }
 
@@ -286,7 +286,7 @@ impl FillWriter {
     /// Checks an announced size against `max_blob_size` and reserves it;
     /// fails the fill if either refuses.
     async fn claim(&mut self, size: u64) -> Result<(), CacheError> {
-        let limit = self.cache.inner.limits.max_blob_size;
+        let limit = self.cache.inner.limits().max_blob_size;
         if size > limit {
             let e = CacheError::TooLarge {
                 digest: self.shared.digest,
@@ -357,7 +357,7 @@ impl FillWriter {
             self.abort_with(&e);
             return Err(e);
         }
-        let limit = self.cache.inner.limits.max_blob_size;
+        let limit = self.cache.inner.limits().max_blob_size;
         if end > limit {
             let e = CacheError::TooLarge {
                 digest,

@@ -139,7 +139,8 @@ impl Limits {
 struct Inner {
     layout: Layout,
     index: Index,
-    limits: Limits,
+    /// Replaced by a config reload (`Cache::set_limits`); read per use.
+    limits: Mutex<Limits>,
     state: Mutex<State>,
     /// Serialises maintenance passes (eviction, access-time flushes). An
     /// async mutex because a pass does I/O; it guards no data.
@@ -203,7 +204,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 layout,
                 index,
-                limits,
+                limits: Mutex::new(limits),
                 state: Mutex::new(State::new(loaded.blobs, loaded.pins)),
                 maintenance: Arc::new(tokio::sync::Mutex::new(())),
                 maintenance_queued: AtomicBool::new(false),
@@ -252,11 +253,25 @@ impl Cache {
         CacheStats {
             blobs: state.blobs.len(),
             bytes: state.bytes,
-            max_bytes: self.inner.limits.max_size,
+            max_bytes: self.inner.limits().max_size,
             reserved_bytes: state.reserved,
             pinned_blobs,
             pinned_bytes,
             fills_in_progress: state.fills.len(),
+        }
+    }
+
+    /// New bounds from a config reload. Fills already running keep the
+    /// blob bound they started with; a lowered `max_size` starts an
+    /// eviction pass in the background, as at open.
+    pub fn set_limits(&self, limits: Limits) {
+        *self
+            .inner
+            .limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limits;
+        if self.stats().bytes > limits.max_size {
+            self.schedule_maintenance();
         }
     }
 
@@ -314,6 +329,10 @@ impl Cache {
 }
 
 impl Inner {
+    fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic: every update is a
         // single map operation plus its byte count.
@@ -325,7 +344,7 @@ impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("dir", &self.inner.layout.root)
-            .field("limits", &self.inner.limits)
+            .field("limits", &self.inner.limits())
             .finish_non_exhaustive()
     }
 }

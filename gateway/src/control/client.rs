@@ -38,6 +38,39 @@ pub async fn seed(config: &Config, reference: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `gateway reload` exits with.
+pub enum ReloadOutcome {
+    /// Applied: the daemon's summary.
+    Applied(serde_json::Value),
+    /// The daemon refused the config (it keeps the old one): why.
+    Refused(String),
+    /// No daemon answered on the control socket.
+    NoDaemon(String),
+}
+
+/// Asks the running daemon to re-read its config file (`path`, as the
+/// client named it) and apply it.
+pub async fn reload(config: &Config, path: &std::path::Path) -> ReloadOutcome {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let socket = socket_path(&config.state_dir);
+    let stream = match UnixStream::connect(&socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            return ReloadOutcome::NoDaemon(format!(
+                "no gateway daemon answers on {} ({e}): nothing to reload",
+                socket.display()
+            ));
+        }
+    };
+    let req = Request::Reload {
+        path: path.to_string_lossy().into_owned(),
+    };
+    match through_daemon(stream, &req).await {
+        Ok(v) => ReloadOutcome::Applied(v),
+        Err(e) => ReloadOutcome::Refused(format!("{e:#}")),
+    }
+}
+
 /// The running daemon's own counts, or `None` when no daemon answers on
 /// the control socket within a second or two (never the offline path).
 pub async fn daemon_stats(config: &Config) -> Option<serde_json::Value> {
@@ -81,9 +114,10 @@ async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Va
     let serving = crate::sites::build_content(config).await?;
     let control = server::Control {
         cache: Some(serving.cache),
-        oci: serving.oci,
+        oci: crate::reload::Shared::new(serving.oci),
         audit: None,
         daemon: None,
+        reload: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {

@@ -8,7 +8,8 @@
 //! root and the daemon's own user (`SO_PEERCRED`). The client writes one
 //! JSON request line (at most [`REQUEST_MAX`] bytes), `{"cmd":"ls"}` or
 //! `{"cmd":"seed","reference":"host/repo:tag"}` or `{"cmd":"stats"}` (what
-//! `gateway status` adds about the daemon: see `stats.rs`); the server
+//! `gateway status` adds about the daemon: see `stats.rs`) or
+//! `{"cmd":"reload","path":"/etc/gateway/gateway.yaml"}`; the server
 //! answers with `{"progress":"..."}` lines and ends with `{"ok":...}` or
 //! `{"error":"..."}`. The daemon always serves the socket, with or
 //! without sites.
@@ -51,6 +52,12 @@ pub enum Request {
     },
     /// The running daemon's own counts (the audit log's).
     Stats,
+    /// Re-read the daemon's config file and apply it (`gateway reload`).
+    /// `path` is the file the client named, absolute: the daemon refuses
+    /// when it runs with another one.
+    Reload {
+        path: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -13,24 +13,36 @@ use super::{
 };
 use crate::{
     audit::AuditCounter, cache::Cache, config::Service, proxy::limits::Limits,
-    registry::oci::OciSite,
+    registry::oci::OciSite, reload::Shared,
 };
 
 /// What the control socket can act on.
 pub struct Control {
     /// `None` when the daemon serves no sites (and so opened no cache).
     pub cache: Option<Cache>,
-    pub oci: HashMap<String, Arc<OciSite>>,
+    /// Replaced by a config reload.
+    pub oci: Shared<HashMap<String, Arc<OciSite>>>,
     /// The daemon's audit counts; `None` when a command works on the
     /// cache without a daemon. (Not the log itself: the daemon closes the
     /// log while this lives on.)
     pub audit: Option<AuditCounter>,
     /// What `gateway status` shows of the running daemon; `None` without
     /// one.
-    pub daemon: Option<DaemonInfo>,
+    pub daemon: Option<Shared<DaemonInfo>>,
+    /// Where `reload` requests go: the daemon's main loop, which applies
+    /// them one at a time (as it does SIGHUP). `None` without a daemon.
+    pub reload: Option<mpsc::Sender<ReloadAsk>>,
+}
+
+/// A `reload` request handed to the daemon's main loop; the answer is the
+/// reload's summary or why it was refused.
+pub struct ReloadAsk {
+    pub path: std::path::PathBuf,
+    pub answer: tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>,
 }
 
 /// The running daemon's configuration and live state, for `stats`.
+#[derive(Clone)]
 pub struct DaemonInfo {
     pub limits: Arc<Limits>,
     pub services: Vec<Service>,
@@ -140,10 +152,12 @@ pub async fn execute(
             let (host, repo, reference) = parse_reference(&reference)?;
             let site = control
                 .oci
+                .load()
                 .get(&host)
+                .cloned()
                 .ok_or_else(|| anyhow::anyhow!("{host} is not a configured oci site"))?;
             let tx = progress.clone();
-            let report = crate::registry::oci::seed::seed(site, &repo, &reference, &move |line| {
+            let report = crate::registry::oci::seed::seed(&site, &repo, &reference, &move |line| {
                 let _ = tx.send(Reply::Progress(line));
             })
             .await?;
@@ -152,12 +166,30 @@ pub async fn execute(
         Request::Stats => match (&control.audit, &control.daemon) {
             (Some(audit), Some(daemon)) => Ok(super::stats::stats(
                 audit,
-                daemon,
+                &daemon.load(),
                 control.cache.as_ref(),
                 crate::metrics::global(),
             )),
             _ => anyhow::bail!("no gateway daemon is running"),
         },
+        Request::Reload { path } => {
+            let Some(reload) = &control.reload else {
+                anyhow::bail!("no gateway daemon is running: nothing to reload");
+            };
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            reload
+                .send(ReloadAsk {
+                    path: path.into(),
+                    answer,
+                })
+                .await
+                .map_err(|_| anyhow::anyhow!("the gateway is stopping"))?;
+            match answered.await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(refused)) => Err(anyhow::anyhow!("{refused}")),
+                Err(_) => anyhow::bail!("the gateway is stopping"),
+            }
+        }
     }
 }
 
@@ -173,9 +205,10 @@ mod tests {
         let cache = Cache::open(dir.path(), 1 << 20).await.expect("cache");
         let control = Arc::new(Control {
             cache: Some(cache),
-            oci: HashMap::new(),
+            oci: Shared::new(HashMap::new()),
             audit: None,
             daemon: None,
+            reload: None,
         });
         let (mut client, server) = UnixStream::pair().expect("pair");
         let task = tokio::spawn(handle(control, server));
@@ -192,9 +225,10 @@ mod tests {
         let dir2 = tempfile::tempdir().expect("tempdir");
         let control = Arc::new(Control {
             cache: Some(Cache::open(dir2.path(), 1 << 20).await.expect("cache")),
-            oci: HashMap::new(),
+            oci: Shared::new(HashMap::new()),
             audit: None,
             daemon: None,
+            reload: None,
         });
         let (mut client, server) = UnixStream::pair().expect("pair");
         let task = tokio::spawn(handle(control, server));

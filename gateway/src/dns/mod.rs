@@ -40,7 +40,8 @@ const REFUSED_EVERY: Duration = Duration::from_secs(2);
 const ANSWERED_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct Responder {
-    zone: Zone,
+    /// Replaced by a config reload; each query reads the current one.
+    zone: crate::reload::Shared<Zone>,
     interfaces: local::Interfaces,
     audit: Audit,
     refused: Mutex<Budget>,
@@ -62,7 +63,7 @@ pub struct Query<'a> {
 impl Responder {
     pub fn new(config: &Config, audit: Audit) -> Self {
         Self {
-            zone: Zone::new(config),
+            zone: crate::reload::Shared::new(Zone::new(config)),
             interfaces: local::Interfaces::new(&config.devices.interfaces),
             audit,
             refused: Mutex::new(Budget::new(REFUSED_BURST, REFUSED_EVERY)),
@@ -70,10 +71,16 @@ impl Responder {
         }
     }
 
+    /// The names and answers of a reloaded config (sites, passthrough
+    /// services, `dns.answer`, `dns.ttl`). The audit budgets carry over.
+    pub fn set_zone(&self, config: &Config) {
+        self.zone.store(std::sync::Arc::new(Zone::new(config)));
+    }
+
     /// The answer to send back, if any; audits the decision.
     pub async fn handle(&self, q: Query<'_>) -> Option<Vec<u8>> {
         let local = self.interfaces.for_device(q.ifindex, q.device.ip());
-        let outcome = answer::answer(&self.zone, q.bytes, &local, q.transport);
+        let outcome = answer::answer(&self.zone.load(), q.bytes, &local, q.transport);
         // Counted here, not from the audit: answers are audited once a
         // minute per device and name, refusals within a budget.
         crate::metrics::global().dns_query(

@@ -198,7 +198,8 @@ pub struct Observation {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
     Device(Box<Observation>),
-    /// `gateway.start`, `gateway.stop`: about the gateway, not a device.
+    /// `gateway.start`, `gateway.stop`, `config.reloaded`,
+    /// `config.reload_failed`: about the gateway, not a device.
     Gateway(OffsetDateTime),
     /// A device record whose `device` is missing or not an address.
     NoDevice,
@@ -216,7 +217,9 @@ pub fn parse(line: &[u8]) -> Parsed {
         return Parsed::NotUnderstood;
     };
     let (side, mut key) = match &*raw.event {
-        "gateway.start" | "gateway.stop" => return Parsed::Gateway(ts),
+        "gateway.start" | "gateway.stop" | "config.reloaded" | "config.reload_failed" => {
+            return Parsed::Gateway(ts);
+        }
         "flow.passthrough" => (Side::Reached, Key::new(Kind::Passthrough)),
         "request" if raw.reason.is_some() => (Side::Refused, Key::new(Kind::Site)),
         "request" => (Side::Reached, Key::new(Kind::Site)),

@@ -22,8 +22,8 @@ pub struct Sources {
     /// The daemon's handles on the pinned maps.
     pub kernel: Option<Arc<Mutex<Maps>>>,
     pub audit: Option<AuditCounter>,
-    /// 1 until configs can be reloaded.
-    pub generation: u64,
+    /// 1 at start, one more per applied config reload.
+    pub generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct StateCollector {
@@ -82,9 +82,13 @@ impl Collector for StateCollector {
         gauge(
             &mut e,
             "config_generation",
-            "The configuration generation the daemon serves (1 at start)",
+            "The configuration generation the daemon serves (1 at start, one more per applied reload)",
             None,
-            to_i64(self.sources.generation),
+            to_i64(
+                self.sources
+                    .generation
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
         )?;
         {
             let version = [("version", env!("CARGO_PKG_VERSION"))];

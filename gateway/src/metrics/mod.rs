@@ -391,6 +391,8 @@ fn event_label(e: Event) -> &'static str {
         Event::DnsAnswered => "dns.answered",
         Event::DnsRefused => "dns.refused",
         Event::TimeServed => "time.served",
+        Event::ConfigReloaded => "config.reloaded",
+        Event::ConfigReloadFailed => "config.reload_failed",
     }
 }
 

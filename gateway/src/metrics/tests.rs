@@ -79,7 +79,7 @@ async fn the_exposition_has_the_documented_names_and_bounded_labels() {
         .expect("slot");
     let registry = m.registry(Sources {
         limits: Some(limits.clone()),
-        generation: 1,
+        generation: Arc::new(1.into()),
         ..Sources::default()
     });
     let (status, text) = scrape(&Admin::new(registry)).await;
@@ -229,7 +229,7 @@ async fn exported() -> std::collections::BTreeMap<String, String> {
         cache: Some(cache),
         kernel: None,
         audit: Some(counter),
-        generation: 1,
+        generation: Arc::new(1.into()),
     });
     let (_, text) = scrape(&Admin::new(registry)).await;
     text.lines()

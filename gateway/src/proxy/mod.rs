@@ -57,8 +57,14 @@ pub struct Proxy {
     pub http: Arc<http::HttpContext>,
 }
 
-/// Accepts on every listener until `stop` turns true.
-pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, stop: watch::Receiver<bool>) {
+/// Accepts on every listener until `stop` turns true. Each connection
+/// takes the proxy current when it was accepted: a config reload replaces
+/// it for new connections while established ones keep theirs.
+pub async fn serve(
+    proxy: Arc<crate::reload::Shared<Proxy>>,
+    listeners: Vec<TcpListener>,
+    stop: watch::Receiver<bool>,
+) {
     let mut tasks = JoinSet::new();
     for listener in listeners {
         tasks.spawn(accept_loop(proxy.clone(), listener, stop.clone()));
@@ -66,7 +72,11 @@ pub async fn serve(proxy: Arc<Proxy>, listeners: Vec<TcpListener>, stop: watch::
     while tasks.join_next().await.is_some() {}
 }
 
-async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    current: Arc<crate::reload::Shared<Proxy>>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -81,6 +91,7 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::
                 continue;
             }
         };
+        let proxy = current.load();
         let permit = match proxy.limits.acquire(device.ip()) {
             Ok(p) => p,
             Err(refusal) => {
@@ -91,7 +102,6 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::
                 continue;
             }
         };
-        let proxy = proxy.clone();
         tokio::spawn(async move {
             handle(proxy, stream, device).await;
             drop(permit);

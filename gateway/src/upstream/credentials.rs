@@ -3,7 +3,8 @@
 //! and is never printed.
 //!
 //! Errors name the file or the variable, never the content. A password
-//! that changes on disk is picked up only when the gateway restarts.
+//! that changes on disk is picked up when the gateway restarts or reloads
+//! its config (every reload builds the sites anew).
 
 use std::{fmt, io, path::PathBuf};
 
