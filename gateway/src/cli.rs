@@ -4,31 +4,119 @@ use anyhow::Context as _;
 
 use crate::{config::Config, tls};
 
-pub fn ca_init(config: &Config, force: bool) -> anyhow::Result<()> {
-    let hosts: Vec<String> = config
+fn site_hosts(config: &Config) -> Vec<String> {
+    config
         .sites
         .iter()
         .map(|s| s.host.to_ascii_lowercase())
-        .collect();
-    if hosts.is_empty() {
+        .collect()
+}
+
+/// `gateway ca init [--permit DOMAIN…]`: the CA covers the permitted
+/// domains and every configured site host they do not cover.
+pub fn ca_init(config: &Config, permits: &[String], force: bool) -> anyhow::Result<()> {
+    let permits = tls::permit::parse(permits)?;
+    let hosts = site_hosts(config);
+    if hosts.is_empty() && permits.is_empty() {
         anyhow::bail!(
-            "no sites are configured: the CA would be constrained to no name; add sites first"
+            "no sites are configured and no --permit given: the CA would be constrained to no \
+             name; add sites or name the domains with --permit"
         );
     }
-    let summary = tls::ca::init(&config.tls.ca_dir, &hosts, force)?;
+    let names = tls::permit::constraints(&permits, &hosts)?;
+    let summary = tls::ca::init(&config.tls.ca_dir, &names, force)?;
     println!("site CA created");
-    println!("  certificate: {}", summary.cert_path.display());
-    println!("  key:         {} (mode 0600)", summary.key_path.display());
-    println!("  sha256:      {}", summary.fingerprint_sha256);
-    println!("  valid for:   {}", summary.permitted.join(", "));
+    print_summary(&summary);
     println!("devices must trust it: `gateway ca export --config FILE > site-ca.pem`");
     Ok(())
 }
 
-pub fn ca_export(config: &Config) -> anyhow::Result<()> {
-    let pem = tls::ca::export(&config.tls.ca_dir)
-        .with_context(|| format!("reading the site CA in {}", config.tls.ca_dir.display()))?;
-    print!("{pem}");
+/// `gateway ca rotate [--permit DOMAIN…]`: a successor beside the active CA.
+pub fn ca_rotate(config: &Config, permits: &[String], force: bool) -> anyhow::Result<()> {
+    let permits = tls::permit::parse(permits)?;
+    let ca_dir = &config.tls.ca_dir;
+    let active = tls::ca::read_cert(&ca_dir.join(tls::ca::CERT_FILE))?;
+    let summary = tls::rotation::rotate(ca_dir, &permits, &site_hosts(config), force)?;
+    println!("successor CA created (pending; the active CA still signs the leaves)");
+    print_summary(&summary);
+    let dropped: Vec<&str> = active
+        .permitted()
+        .iter()
+        .filter(|p| !summary.permitted.iter().any(|s| s == *p))
+        .map(String::as_str)
+        .collect();
+    if !dropped.is_empty() {
+        // Not an error (narrowing is allowed), but worth a second look.
+        println!("  no longer permitted (by name): {}", dropped.join(", "));
+    }
+    println!("next steps:");
+    println!(
+        "  1. give every device both CAs: `gateway ca export --all --config FILE > site-ca.pem`"
+    );
+    println!("  2. then switch the leaves to it: `gateway ca activate --config FILE`");
+    Ok(())
+}
+
+/// `gateway ca activate`: the successor signs from the next start on.
+pub fn ca_activate(config: &Config) -> anyhow::Result<()> {
+    let done = tls::rotation::activate(&config.tls.ca_dir, &site_hosts(config))?;
+    println!("successor CA activated");
+    println!(
+        "  certificate: {}",
+        config.tls.ca_dir.join(tls::ca::CERT_FILE).display()
+    );
+    println!("  sha256:      {}", done.active.fingerprint_sha256());
+    println!("  valid for:   {}", done.active.permitted().join(", "));
+    if let Some(retired) = &done.retired {
+        println!(
+            "  old CA kept in {} (delete it once no device needs it)",
+            retired.display()
+        );
+    }
+    println!(
+        "restart the gateway (`systemctl restart gateway`) to mint leaves with the new CA: \
+         a running gateway keeps signing with the old one until then"
+    );
+    Ok(())
+}
+
+fn print_summary(summary: &tls::CaSummary) {
+    println!("  certificate: {}", summary.cert_path.display());
+    println!("  key:         {} (mode 0600)", summary.key_path.display());
+    println!("  sha256:      {}", summary.fingerprint_sha256);
+    println!(
+        "  valid for:   {} and their subdomains",
+        summary.permitted.join(", ")
+    );
+}
+
+/// `gateway ca export [--all]`: the active CA, and with `all` the pending
+/// successor after it.
+pub fn ca_export(config: &Config, all: bool) -> anyhow::Result<()> {
+    let ca_dir = &config.tls.ca_dir;
+    let context = || format!("reading the site CA in {}", ca_dir.display());
+    let pems = if all {
+        tls::rotation::export_all(ca_dir).with_context(context)?
+    } else {
+        vec![tls::ca::export(ca_dir).with_context(context)?]
+    };
+    if all {
+        // stderr, so the bundle on stdout stays plain PEM.
+        eprintln!(
+            "{}",
+            if pems.len() > 1 {
+                "exported the active CA and the pending successor"
+            } else {
+                "exported the active CA (no successor is pending)"
+            }
+        );
+    }
+    for pem in pems {
+        print!("{pem}");
+        if !pem.ends_with('\n') {
+            println!();
+        }
+    }
     Ok(())
 }
 

@@ -74,17 +74,43 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CaAction {
-    /// Create the site CA in tls.ca_dir, constrained to the configured site
-    /// hosts.
+    /// Create the site CA in tls.ca_dir, constrained to the --permit
+    /// domains and the configured site hosts they do not cover.
     Init {
         #[arg(long, short)]
         config: PathBuf,
+        /// A domain the CA may cover, with every name under it (repeat, or
+        /// a comma list), e.g. `--permit docker.io,corp.example`.
+        #[arg(long, value_name = "DOMAIN")]
+        permit: Vec<String>,
         /// Replace an existing CA (devices must then trust the new one).
         #[arg(long)]
         force: bool,
     },
     /// Print the CA certificate (PEM) for devices' trust stores.
     Export {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also print the pending successor (after the active CA).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Create a successor CA in tls.ca_dir/next (the active CA keeps
+    /// signing until `activate`).
+    Rotate {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The successor's domains (default: the active CA's), plus the
+        /// site hosts they do not cover.
+        #[arg(long, value_name = "DOMAIN")]
+        permit: Vec<String>,
+        /// Replace a pending successor.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the pending successor the active CA; the old one moves to
+    /// tls.ca_dir/retired. Takes effect when the gateway restarts.
+    Activate {
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -125,7 +151,11 @@ fn main() -> ExitCode {
         | Command::Uninstall { config }
         | Command::Flows(gateway::flows::FlowsArgs { config, .. })
         | Command::Ca {
-            action: CaAction::Init { config, .. } | CaAction::Export { config },
+            action:
+                CaAction::Init { config, .. }
+                | CaAction::Export { config, .. }
+                | CaAction::Rotate { config, .. }
+                | CaAction::Activate { config },
         }
         | Command::Cache {
             action: CacheAction::Ls { config, .. } | CacheAction::Seed { config, .. },
@@ -166,8 +196,12 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(gateway::daemon::uninstall(&config))),
         Command::Ca { action } => match action {
-            CaAction::Init { force, .. } => gateway::cli::ca_init(&config, force),
-            CaAction::Export { .. } => gateway::cli::ca_export(&config),
+            CaAction::Init { permit, force, .. } => gateway::cli::ca_init(&config, &permit, force),
+            CaAction::Export { all, .. } => gateway::cli::ca_export(&config, all),
+            CaAction::Rotate { permit, force, .. } => {
+                gateway::cli::ca_rotate(&config, &permit, force)
+            }
+            CaAction::Activate { .. } => gateway::cli::ca_activate(&config),
         },
         Command::Cache { action } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -190,7 +224,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A bad --permit is a usage error, as a bad config is.
+            match e.downcast_ref() {
+                Some(gateway::tls::TlsError::InvalidPermit { .. }) => ExitCode::from(EX_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The site CA: created once per site by `gateway ca init`, exported to the
 //! devices' trust stores, and loaded by the daemon to sign leaves.
 //!
-//! The CA is name-constrained (RFC 5280 section 4.2.1.10) to the site
-//! hosts it was created for, and excludes every IPv4 and IPv6 address, so
-//! devices that install it trust it for those names only.
+//! The CA is name-constrained (RFC 5280 section 4.2.1.10) to the domains
+//! it was created for (`--permit`, plus the site hosts they do not cover),
+//! and excludes every IPv4 and IPv6 address, so devices that install it
+//! trust it for those names only. Successors and retirement: `rotation`.
 
 use std::path::{Path, PathBuf};
 
@@ -44,10 +45,12 @@ pub struct CaSummary {
     pub not_after: OffsetDateTime,
 }
 
-/// Creates the site CA in `ca_dir` for the site `hosts`. Refuses to replace
-/// an existing CA unless `force`.
-pub fn init(ca_dir: &Path, hosts: &[String], force: bool) -> Result<CaSummary, TlsError> {
-    let permitted = permitted_names(hosts)?;
+/// Creates the site CA in `ca_dir`, constrained to `names` (site hosts or
+/// permitted domains, see [`super::permit::constraints`]). Refuses to
+/// replace an existing CA unless `force`; a forced init also drops a
+/// pending successor (`next/`), which was made for the CA it replaces.
+pub fn init(ca_dir: &Path, names: &[String], force: bool) -> Result<CaSummary, TlsError> {
+    let permitted = permitted_names(names)?;
     let cert_path = ca_dir.join(CERT_FILE);
     let key_path = ca_dir.join(KEY_FILE);
     if !force {
@@ -60,44 +63,71 @@ pub fn init(ca_dir: &Path, hosts: &[String], force: bool) -> Result<CaSummary, T
             }
         }
     }
-    let key =
-        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| TlsError::Generate {
-            what: "the CA key",
-            source,
-        })?;
-    let cert = ca_params(&permitted)
-        .self_signed(&key)
-        .map_err(|source| TlsError::Generate {
-            what: "the CA certificate",
-            source,
-        })?;
-    // Read back what was written, so the summary shows the certificate itself.
-    let facts = Facts::parse(cert.der(), &cert_path)?;
-
+    let generated = Generated::new(&permitted, &cert_path)?;
     files::create_private_dir(ca_dir)?;
-    // Key first: a crash between the renames leaves a pair that `load`
-    // reports as mismatched rather than an old key under a new certificate.
-    files::write_atomic(
-        ca_dir,
-        KEY_FILE,
-        key.serialize_pem().as_bytes(),
-        Visibility::Private,
-    )?;
-    files::write_atomic(ca_dir, CERT_FILE, cert.pem().as_bytes(), Visibility::Public)?;
-    files::sync_dir(ca_dir)?;
+    generated.write(ca_dir)?;
+    if force {
+        super::rotation::drop_successor(ca_dir)?;
+    }
     tracing::info!(
         cert = %cert_path.display(),
-        fingerprint_sha256 = %facts.fingerprint,
-        permitted = ?facts.permitted,
+        fingerprint_sha256 = %generated.facts.fingerprint,
+        permitted = ?generated.facts.permitted,
         "site CA created"
     );
-    Ok(CaSummary {
-        cert_path,
-        key_path,
-        fingerprint_sha256: facts.fingerprint,
-        permitted: facts.permitted,
-        not_after: facts.not_after,
-    })
+    Ok(generated.summary(ca_dir))
+}
+
+/// A freshly generated CA pair, not yet on disk.
+pub(super) struct Generated {
+    key_pem: String,
+    cert_pem: String,
+    facts: Facts,
+}
+
+impl Generated {
+    /// A new key and a self-signed certificate constrained to `permitted`
+    /// (canonical, non-empty). `path` names the certificate in errors.
+    pub(super) fn new(permitted: &[String], path: &Path) -> Result<Self, TlsError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
+            TlsError::Generate {
+                what: "the CA key",
+                source,
+            }
+        })?;
+        let cert = ca_params(permitted)
+            .self_signed(&key)
+            .map_err(|source| TlsError::Generate {
+                what: "the CA certificate",
+                source,
+            })?;
+        // Read back what was written, so the summary shows the certificate itself.
+        let facts = Facts::parse(cert.der(), path)?;
+        Ok(Self {
+            key_pem: key.serialize_pem(),
+            cert_pem: cert.pem(),
+            facts,
+        })
+    }
+
+    /// Writes the pair into `dir` (which exists), each file atomically.
+    pub(super) fn write(&self, dir: &Path) -> Result<(), TlsError> {
+        // Key first: a crash between the renames leaves a pair that `load`
+        // reports as mismatched rather than an old key under a new certificate.
+        files::write_atomic(dir, KEY_FILE, self.key_pem.as_bytes(), Visibility::Private)?;
+        files::write_atomic(dir, CERT_FILE, self.cert_pem.as_bytes(), Visibility::Public)?;
+        files::sync_dir(dir)
+    }
+
+    pub(super) fn summary(&self, dir: &Path) -> CaSummary {
+        CaSummary {
+            cert_path: dir.join(CERT_FILE),
+            key_path: dir.join(KEY_FILE),
+            fingerprint_sha256: self.facts.fingerprint.clone(),
+            permitted: self.facts.permitted.clone(),
+            not_after: self.facts.not_after,
+        }
+    }
 }
 
 /// The CA certificate PEM, as devices should install it.
@@ -105,22 +135,8 @@ pub fn export(ca_dir: &Path) -> Result<String, TlsError> {
     files::read_text(&ca_dir.join(CERT_FILE))
 }
 
-fn permitted_names(hosts: &[String]) -> Result<Vec<String>, TlsError> {
-    let mut permitted: Vec<String> = Vec::with_capacity(hosts.len());
-    for host in hosts {
-        let name = names::site_host(host).map_err(|reason| TlsError::InvalidHost {
-            host: host.clone(),
-            reason,
-        })?;
-        if !permitted.contains(&name) {
-            permitted.push(name);
-        }
-    }
-    if permitted.is_empty() {
-        // No permitted subtree would leave every DNS name permitted.
-        return Err(TlsError::NoHosts);
-    }
-    Ok(permitted)
+fn permitted_names(names: &[String]) -> Result<Vec<String>, TlsError> {
+    super::permit::constraints(&[], names)
 }
 
 fn ca_params(permitted: &[String]) -> CertificateParams {
@@ -177,6 +193,11 @@ impl SiteCa {
             source,
         })?;
         if key.public_key_raw() != facts.public_key.as_slice() {
+            if super::rotation::activation_interrupted(ca_dir) {
+                return Err(TlsError::ActivateInterrupted {
+                    dir: ca_dir.to_owned(),
+                });
+            }
             return Err(TlsError::KeyMismatch {
                 key: key_path,
                 cert: cert_path,
@@ -196,9 +217,7 @@ impl SiteCa {
     /// Whether a leaf for `host` verifies under the CA's name constraints
     /// (equal to, or a subdomain of, a permitted name and not excluded).
     pub fn permits(&self, host: &str) -> bool {
-        let host = names::normalize(host);
-        self.facts.permitted.iter().any(|c| names::within(&host, c))
-            && !self.facts.excluded.iter().any(|c| names::within(&host, c))
+        self.facts.permits(host)
     }
 
     /// The permitted dNSName subtrees the CA was created for.
@@ -245,6 +264,40 @@ fn first_certificate(pem: &str, path: &Path) -> Result<CertificateDer<'static>, 
     }
 }
 
+/// Reads the certificate at `path` (no key needed): what it permits, for
+/// `check-config`, `ca rotate` and the operator.
+pub fn read_cert(path: &Path) -> Result<CertFacts, TlsError> {
+    let der = first_certificate(&files::read_text(path)?, path)?;
+    Ok(CertFacts(Facts::parse(&der, path)?))
+}
+
+/// A CA certificate's name constraints and identity.
+#[derive(Debug)]
+pub struct CertFacts(Facts);
+
+impl CertFacts {
+    /// As [`SiteCa::permits`].
+    pub fn permits(&self, host: &str) -> bool {
+        self.0.permits(host)
+    }
+
+    pub fn permitted(&self) -> &[String] {
+        &self.0.permitted
+    }
+
+    pub fn fingerprint_sha256(&self) -> &str {
+        &self.0.fingerprint
+    }
+
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.0.not_after
+    }
+
+    pub(super) fn public_key(&self) -> &[u8] {
+        &self.0.public_key
+    }
+}
+
 /// What the daemon needs to know from the CA certificate.
 #[derive(Debug)]
 struct Facts {
@@ -257,6 +310,12 @@ struct Facts {
 }
 
 impl Facts {
+    fn permits(&self, host: &str) -> bool {
+        let host = names::normalize(host);
+        self.permitted.iter().any(|c| names::within(&host, c))
+            && !self.excluded.iter().any(|c| names::within(&host, c))
+    }
+
     fn parse(der: &[u8], path: &Path) -> Result<Self, TlsError> {
         let problem = |problem| TlsError::CaCertificate {
             path: path.to_owned(),

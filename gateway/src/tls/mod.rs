@@ -22,7 +22,9 @@ mod leaf;
 mod limit;
 mod lru;
 mod names;
+pub mod permit;
 pub mod resolver;
+pub mod rotation;
 pub mod sni;
 
 #[cfg(test)]
@@ -59,6 +61,46 @@ pub enum TlsError {
     NoHosts,
     #[error("site host `{host}` cannot be named in the CA: {reason}")]
     InvalidHost { host: String, reason: &'static str },
+    #[error("--permit `{domain}`: {reason}")]
+    InvalidPermit {
+        domain: String,
+        reason: &'static str,
+    },
+    #[error(
+        "a successor CA is already pending in {}: devices may already trust it; \
+         activate it with `gateway ca activate`, or pass --force to replace it",
+        path.display()
+    )]
+    SuccessorExists { path: PathBuf },
+    #[error(
+        "no successor CA is pending in {}: create one with `gateway ca rotate --config FILE` \
+         and have every device trust `gateway ca export --all` first",
+        path.display()
+    )]
+    NoSuccessor { path: PathBuf },
+    #[error(
+        "{} holds a certificate without its key, and the active key is not that \
+         certificate's: create a new successor with `gateway ca rotate --force`",
+        path.display()
+    )]
+    SuccessorIncomplete { path: PathBuf },
+    #[error(
+        "the successor CA in {} does not cover site host `{host}` (it permits {permitted}), \
+         so the gateway could not serve it: re-create the successor with \
+         `gateway ca rotate --force --permit …` naming a domain that covers it",
+        path.display()
+    )]
+    SuccessorOmits {
+        host: String,
+        permitted: String,
+        path: PathBuf,
+    },
+    #[error(
+        "the site CA in {} is half activated (a `gateway ca activate` was interrupted): \
+         run `gateway ca activate` again to finish it",
+        dir.display()
+    )]
+    ActivateInterrupted { dir: PathBuf },
     #[error("could not generate {what}")]
     Generate {
         what: &'static str,

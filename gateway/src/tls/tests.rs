@@ -15,7 +15,9 @@ use super::{SiteCa, init, provider};
 mod ca;
 mod client;
 mod handshake;
+mod permit;
 mod resolver;
+mod rotation;
 mod sni;
 
 pub(super) const HOST: &str = "registry.example.test";
