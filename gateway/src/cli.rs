@@ -74,8 +74,9 @@ pub fn ca_activate(config: &Config) -> anyhow::Result<()> {
         );
     }
     println!(
-        "restart the gateway (`systemctl restart gateway`) to mint leaves with the new CA: \
-         a running gateway keeps signing with the old one until then"
+        "reload the gateway (`gateway reload --config FILE` or `systemctl reload gateway`) or \
+         restart it to serve leaves from the new CA: a running gateway keeps signing with the \
+         old one until then"
     );
     Ok(())
 }

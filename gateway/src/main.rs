@@ -109,7 +109,7 @@ enum CaAction {
         force: bool,
     },
     /// Make the pending successor the active CA; the old one moves to
-    /// tls.ca_dir/retired. Takes effect when the gateway restarts.
+    /// tls.ca_dir/retired. Takes effect when the gateway reloads or restarts.
     Activate {
         #[arg(long, short)]
         config: PathBuf,

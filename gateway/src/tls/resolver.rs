@@ -86,7 +86,8 @@ impl LeafResolver {
                 host,
                 permitted = ?ca.permitted(),
                 "site host is outside the site CA's name constraints, so devices will \
-                 reject its certificate: re-create the CA with `gateway ca init --force`"
+                 reject its certificate: cover it with `gateway ca rotate --permit …` and \
+                 `gateway ca activate` (see `gateway check-config`)"
             );
         }
         Self {

@@ -183,13 +183,14 @@ pub fn check_hosts(ca_dir: &Path, hosts: &[String]) -> Result<(), HostCheck> {
                 Some(n) if n.permits(&host) => format!(
                     "the pending successor CA ({}) covers it: once every device trusts it \
                      (`gateway ca export --all --config FILE`), run `gateway ca activate \
-                     --config FILE` and restart the gateway",
+                     --config FILE`, then reload or restart the gateway",
                     ca_dir.join(NEXT_DIR).join(CERT_FILE).display()
                 ),
                 _ => format!(
                     "create a successor CA that covers it with `gateway ca rotate{} --config \
                      FILE --permit {}`, have every device trust `gateway ca export --all --config \
-                     FILE`, then run `gateway ca activate --config FILE` and restart the gateway \
+                     FILE`, then run `gateway ca activate --config FILE` and reload or restart \
+                     the gateway \
                      (or re-create the CA with `gateway ca init --force --permit …`, after which \
                      every device must trust the new CA)",
                     if next.is_some() { " --force" } else { "" },
