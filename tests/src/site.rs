@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use tempfile::TempDir;
 
 use crate::{
-    netns::{in_ns, ip, ip_in, ip_json, ns_path},
+    netns::{in_ns, ip, ip_batch_in, ip_in, ip_json, ns_path},
     servers::Servers,
 };
 
@@ -178,26 +178,30 @@ impl Site {
             (&self.gw_ns, &self.gw_up_if, "10.77.2.1/24", "fd77:2::1/64"),
             (&self.up_ns, &self.up_if, "10.77.2.2/24", "fd77:2::2/64"),
         ];
-        for (ns, dev, v4, v6) in plan {
-            ip_in(ns, &["addr", "add", v4, "dev", dev])?;
-            ip_in(ns, &["addr", "add", v6, "dev", dev, "nodad"])?;
-            ip_in(ns, &["link", "set", dev, "up"])?;
-        }
+        // One `ip` process per namespace (see `ip_batch_in`).
         for ns in [&self.dev_ns, &self.gw_ns, &self.up_ns] {
-            ip_in(ns, &["link", "set", "lo", "up"])?;
+            let mut commands: Vec<Vec<&str>> = vec![vec!["link", "set", "lo", "up"]];
+            for (_, dev, v4, v6) in plan.iter().filter(|(n, ..)| n == ns) {
+                commands.push(vec!["addr", "add", v4, "dev", dev]);
+                commands.push(vec!["addr", "add", v6, "dev", dev, "nodad"]);
+                commands.push(vec!["link", "set", dev, "up"]);
+            }
+            if ns == &self.up_ns {
+                commands.push(vec!["addr", "add", "10.77.9.9/32", "dev", "lo"]);
+            }
+            let refs: Vec<&[&str]> = commands.iter().map(Vec::as_slice).collect();
+            ip_batch_in(ns, &refs)?;
         }
-        ip_in(&self.up_ns, &["addr", "add", "10.77.9.9/32", "dev", "lo"])?;
         for (ns, dev) in plan.iter().map(|(ns, dev, _, _)| (*ns, *dev)) {
             wait_link_ready(ns, dev)?;
         }
         // Only the device has default routes; the gateway must have none.
-        ip_in(
+        ip_batch_in(
             &self.dev_ns,
-            &["route", "add", "default", "via", "10.77.1.1"],
-        )?;
-        ip_in(
-            &self.dev_ns,
-            &["-6", "route", "add", "default", "via", "fd77:1::1"],
+            &[
+                &["route", "add", "default", "via", "10.77.1.1"],
+                &["route", "add", "default", "via", "fd77:1::1"],
+            ],
         )?;
         Ok(())
     }

@@ -89,10 +89,6 @@ pub struct Options {
     /// the others are reported as skipped.
     #[arg(long, value_name = "TARGET")]
     pub only: Vec<String>,
-    /// Also run, under TCG, the suites skipped there for the test run's
-    /// time budget (see [`over_budget_under_tcg`]).
-    #[arg(long)]
-    pub all: bool,
     /// Seconds the runner inside may stay silent (it reports every 10 s)
     /// before the kernel counts as hung.
     #[arg(long, value_name = "SECS", default_value_t = 120, hide = true)]
@@ -126,7 +122,9 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
 
     let gateway = match std::env::var_os("GATEWAY_BIN").map(PathBuf::from) {
         Some(p) if p.is_file() => p,
-        _ => build::gateway(false)?,
+        // The release build, as `cargo xtask test` passes it: the binary a
+        // site runs, and several times faster than the debug build under TCG.
+        _ => build::gateway(true)?,
     };
     let binaries = stage::test_binaries()?;
     let target = build::target_dir()?;
@@ -193,59 +191,6 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Suites not run in a TCG guest unless `--all` (the report gives
-/// [`OVER_BUDGET_REASON`]); under KVM every suite runs.
-///
-/// Not because they fail there: with the clients' storage on the guest's
-/// tmpfs they run, but measured on the 2-core machine (both kernels side
-/// by side, one vCPU each, 2026-11-30) all suites took 2184 s on 6.1 and
-/// 2357 s on 6.12, of which these took about 1,600 s per kernel (`oci`
-/// 390-444 s, `oci_fill` 390-450 s, `oci_margo` 245-275 s, `oci_harness`
-/// 210 s, `hub_harness` 143-157 s, `real_site` 91-111 s, `oci_tags` 88-96
-/// s): with them `cargo xtask test` takes past its 45-minute budget. Their
-/// time goes into starting Go clients (skopeo, podman, containerd) and the
-/// registry under emulation, not into bytes, so smaller images do not
-/// shorten them. `oci_tls` and `oci_smuggling` (TLS and HTTP framing over
-/// the kernel path) do run everywhere.
-fn over_budget_under_tcg(binary: &str) -> bool {
-    matches!(
-        binary,
-        "oci"
-            | "oci_fill"
-            | "oci_harness"
-            | "oci_margo"
-            | "oci_tags"
-            | "oci_bounds"
-            | "hub_harness"
-            | "real_site"
-            | "faults"
-            | "ssrf"
-    )
-}
-const OVER_BUDGET_REASON: &str = "registry-client suites run on the host kernel only: under TCG they take about 27 min per kernel, past the test run's 45-min budget (`cargo xtask vm --all` runs them)";
-
-/// Adds the skips that depend on the accelerator.
-fn skips_for(expected: &[Expected], accel: Accel, all: bool) -> Vec<Expected> {
-    expected
-        .iter()
-        .map(|e| {
-            let mut skipped = e.skipped.clone();
-            if accel == Accel::Tcg && !all && over_budget_under_tcg(&e.binary) {
-                for t in &e.tests {
-                    skipped
-                        .entry(t.clone())
-                        .or_insert_with(|| OVER_BUDGET_REASON.to_owned());
-                }
-            }
-            Expected {
-                binary: e.binary.clone(),
-                tests: e.tests.clone(),
-                skipped,
-            }
-        })
-        .collect()
 }
 
 /// The binaries the guest is to run: every one with a test left to run
@@ -320,7 +265,6 @@ fn run_kernel(
                 .join(".cache/margo-gateway/vm/accel"),
         ),
     });
-    let expected = skips_for(expected, accel, opts.all);
     let plan = Plan {
         kernel: kernel.name.clone(),
         gateway_bin: staged.gateway.clone(),
@@ -328,7 +272,7 @@ fn run_kernel(
         test_threads: opts.test_threads,
         accel: accel.label().to_ascii_lowercase(),
         binary_timeout_secs: opts.binary_timeout,
-        binaries: planned_binaries(&staged.binaries, &expected),
+        binaries: planned_binaries(&staged.binaries, expected),
         probe_attach: true,
         inject: opts.inject,
     };
@@ -376,7 +320,7 @@ fn run_kernel(
     share::remove_scratch(&scratch);
     keep_run_logs(&run_dir, &log_dir);
     let outcome = outcome?;
-    let tests = collector.outcomes(&expected, &outcome.ending);
+    let tests = collector.outcomes(expected, &outcome.ending);
     let vm_failure = match &outcome.ending {
         Ending::Finished => None,
         other => Some(report::describe(other)),
@@ -477,27 +421,6 @@ mod tests {
         assert!(!run.exists());
         fs::remove_dir_all(&dir)?;
         Ok(())
-    }
-
-    #[test]
-    fn registry_client_suites_are_skipped_only_under_tcg_without_all() {
-        let expected: Vec<Expected> = ["oci", "oci_fill", "oci_tls", "passthrough"]
-            .into_iter()
-            .map(|b| Expected {
-                binary: b.into(),
-                tests: vec!["t".into()],
-                skipped: BTreeMap::new(),
-            })
-            .collect();
-        let skipped = |accel, all| -> Vec<bool> {
-            skips_for(&expected, accel, all)
-                .iter()
-                .map(|e| e.skipped.get("t").is_some_and(|r| r == OVER_BUDGET_REASON))
-                .collect()
-        };
-        assert_eq!(skipped(Accel::Tcg, false), [true, true, false, false]);
-        assert_eq!(skipped(Accel::Kvm, false), [false; 4]);
-        assert_eq!(skipped(Accel::Tcg, true), [false; 4]);
     }
 
     #[test]
