@@ -73,12 +73,13 @@ pub fn rotate(
         let _ = fs::remove_dir_all(&tmp);
     }
     written?;
+    let summary = generated.summary(&next);
     tracing::info!(
-        cert = %next.join(CERT_FILE).display(),
-        fingerprint_sha256 = %generated.summary(&next).fingerprint_sha256,
+        cert = %summary.cert_path.display(),
+        fingerprint_sha256 = %summary.fingerprint_sha256,
         "site CA successor created"
     );
-    Ok(generated.summary(&next))
+    Ok(summary)
 }
 
 /// What `activate` did.
