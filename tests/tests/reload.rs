@@ -10,7 +10,9 @@
 //! 3. a bad config (a key that does not validate, a setting that needs a
 //!    restart) is refused with exit 64 naming the key, and the daemon
 //!    keeps serving the old one;
-//! 4. SIGHUP does what `gateway reload` does.
+//! 4. SIGHUP does what `gateway reload` does;
+//! 5. a rotated password file is read again by a reload that changes no
+//!    key (the registry requires credentials only the gateway holds).
 
 #![expect(
     clippy::unwrap_used,
@@ -25,7 +27,7 @@ use std::{
 use gateway_tests::{
     Site, audit, device,
     oci::{LINUX_AMD64, LayerSpec, Layout},
-    registry::{self, RegistryOptions, oci_gateway::cli, start_world},
+    registry::{self, Credentials, RegistryOptions, oci_gateway::cli, start_world},
     require_root,
     site::{addr, v4},
 };
@@ -37,7 +39,14 @@ const AUDIT_WAIT: Duration = Duration::from_secs(10);
 fn reload_applies_live_and_refuses_bad_configs() {
     require_root();
     let site = Site::new("reload").unwrap();
-    let w = start_world(&site, RegistryOptions::default(), "5m").unwrap();
+    let w = start_world(
+        &site,
+        RegistryOptions {
+            credentials: Some(Credentials::random()),
+        },
+        "5m",
+    )
+    .unwrap();
     let gw = &w.gw;
     let layout = Layout::create(&site.tmp_dir().join("src")).unwrap();
     let img = layout
@@ -171,6 +180,36 @@ fn reload_applies_live_and_refuses_bad_configs() {
     gw.must(device::expect_connect_timeout(&site, port8080));
     let again = gw.must(w.device.get(&path));
     assert_eq!(again.code, 200, "{}", again.describe());
+
+    // (5) The password file rotated to a wrong password: after a reload
+    // the gateway's upstream requests carry it and fail; rotated back,
+    // the next reload makes them succeed. The config blob was never
+    // fetched, so each GET goes upstream.
+    let password_file = gw.keys.credentials.as_ref().unwrap().1.clone();
+    let right = std::fs::read_to_string(&password_file).unwrap();
+    let config_blob = format!("/v2/app/blobs/{}", img.config.digest);
+    std::fs::write(&password_file, "not-the-password\n").unwrap();
+    let out = reload();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.success(), "{} {}", out.status, out.stderr);
+    assert!(stdout.contains("generation 4, no key changed"), "{stdout}");
+    let refused = gw.must(w.device.get(&config_blob));
+    assert_ne!(refused.code, 200, "{}", refused.describe());
+    let upstream = w
+        .registry
+        .requests_from_gateway("GET", &config_blob)
+        .unwrap();
+    assert!(
+        !upstream.is_empty() && upstream.iter().all(|l| l.status == 401),
+        "upstream GETs with the wrong password: {upstream:?}"
+    );
+    std::fs::write(&password_file, right).unwrap();
+    let out = reload();
+    assert!(out.success(), "{} {}", out.status, out.stderr);
+    let fetched = gw.must(w.device.get(&config_blob));
+    assert_eq!(fetched.code, 200, "{}", fetched.describe());
+    assert_eq!(gw.must(fetched.body_digest()), img.config.digest);
+    assert_eq!(generation(gw), 5);
 }
 
 fn generation(gw: &registry::OciGateway<'_>) -> u64 {
