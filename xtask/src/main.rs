@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod cmd;
+mod deb;
 mod demo;
 mod fuzz;
 mod setup;
@@ -67,6 +68,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build the gateway (release, with its eBPF object), then the Debian package
+    /// (cargo-deb): the binary, the margo-gateway systemd unit, the config, logrotate, man page.
+    Deb(deb::Options),
     /// Set up, build the gateway (release), then measure it beside its peers (needs root);
     /// writes docs/BENCHMARKS.md and docs/benchmarks.json.
     Bench(bench::Args),
@@ -101,6 +105,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Fuzz(opts) => return fuzz::run(&opts),
         Command::Demo { args } => demo::run(&args)?,
         Command::Bench(args) => bench::run(&args)?,
+        Command::Deb(opts) => deb::run(&opts)?,
     }
     Ok(ExitCode::SUCCESS)
 }

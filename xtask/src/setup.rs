@@ -50,11 +50,19 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // `gateway flows --html`: the page is opened in headless Chromium to
     // check what it shows.
     "chromium",
+    // The Debian package (`cargo xtask deb`): lintian checks it,
+    // `systemd-analyze verify` its unit, and the service test boots a
+    // systemd-nspawn container to install and run it in.
+    "lintian",
+    "systemd",
+    "systemd-container",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz, for `cargo xtask fuzz` (it builds with the nightly).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// cargo-deb, for `cargo xtask deb` (3.8 builds with stable 1.95).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// The nightly's LLVM major version; bpf-linker's cargo feature matches it.
 const LLVM_MAJOR: &str = "22";
 
@@ -66,6 +74,7 @@ pub fn run() -> Result<()> {
     cargo_fuzz()?;
     vm_kernels()?;
     prometheus_tools()?;
+    cargo_deb()?;
     Ok(())
 }
 
@@ -113,6 +122,50 @@ fn cargo_fuzz() -> Result<()> {
         }
         other => bail!(
             "cargo-fuzz was built but `cargo fuzz --version` gives {other:?}: check that {} is on PATH",
+            cmd::cargo_home()?.join("bin").display()
+        ),
+    }
+}
+
+/// The installed cargo-deb's version (`cargo deb --version` prints `3.8.0`).
+fn cargo_deb_version() -> Option<String> {
+    let out = cmd::output(cmd::new("cargo").args(["deb", "--version"])).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn is_wanted_cargo_deb(version_output: &str) -> bool {
+    version_output
+        .split_whitespace()
+        .any(|w| w.trim_start_matches('v') == CARGO_DEB_VERSION)
+}
+
+/// cargo-deb, pinned: `cargo xtask deb` packs the gateway with it.
+fn cargo_deb() -> Result<()> {
+    let current = cargo_deb_version();
+    if let Some(v) = current.as_deref().filter(|v| is_wanted_cargo_deb(v)) {
+        println!("setup: cargo-deb ok ({v})");
+        return Ok(());
+    }
+    println!(
+        "setup: building cargo-deb {CARGO_DEB_VERSION} (found: {}); this takes about 4 minutes",
+        current.as_deref().unwrap_or("none")
+    );
+    cmd::run(cmd::new("cargo").args([
+        "install",
+        "--locked",
+        "--force",
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+    ]))
+    .context("building cargo-deb failed: check the cargo output above (crates.io reachable?)")?;
+    match cargo_deb_version() {
+        Some(v) if is_wanted_cargo_deb(&v) => {
+            println!("setup: cargo-deb installed ({v})");
+            Ok(())
+        }
+        other => bail!(
+            "cargo-deb was built but `cargo deb --version` gives {other:?}: check that {} is on PATH",
             cmd::cargo_home()?.join("bin").display()
         ),
     }

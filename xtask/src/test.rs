@@ -654,7 +654,10 @@ pub fn run() -> Result<ExitCode> {
         // binary a site runs, and under TCG the debug build's start alone
         // took 10 s of every test (3 s released), its requests a third
         // longer.
-        let started = r.announce("build gateway (release)", "cargo build -p gateway --release");
+        let started = r.announce(
+            "build gateway (release)",
+            "cargo build -p gateway --release",
+        );
         r.steps += 1;
         let vm_gateway_bin = match build::gateway(true) {
             Ok(bin) => {
@@ -757,6 +760,9 @@ pub fn run() -> Result<ExitCode> {
 
         // g. The benchmark's smoke run (issue 5).
         bench_smoke(&mut r, gateway_bin.as_deref(), is_root);
+
+        // h. The Debian package (issue 12 item 4).
+        package(&mut r, is_root);
     }
 
     r.summary.total_secs = Some(run_started.elapsed().as_secs_f64());
@@ -805,6 +811,47 @@ fn bench_smoke(r: &mut Runner, gateway_bin: Option<&std::path::Path>, is_root: b
     }
 }
 // ---- end of bench smoke step ---------------------------------------------
+
+// ---- package step (issue 12 item 4) ----------------------------------------
+
+/// Step h: `cargo xtask deb` (release build), then three tests: lintian
+/// finds no error, `systemd-analyze verify` accepts the unit, and (as root)
+/// the service test installs, starts, reloads, stops and purges it under
+/// systemd in a container (xtask/src/deb/service_test.rs).
+fn package(r: &mut Runner, is_root: bool) {
+    const NAME: &str = "package";
+    r.steps += 1;
+    let started = r.announce(NAME, "cargo xtask deb --check --service-test");
+    let mut counts = Counts::default();
+    let mut failures = Vec::new();
+    let mut tally = |what: &str, result: Result<()>| match result {
+        Ok(()) => counts.passed += 1,
+        Err(e) => {
+            counts.failed += 1;
+            failures.push(format!("{what}: {e:#}"));
+        }
+    };
+    match crate::deb::build() {
+        Err(e) => tally("building the package", Err(e)),
+        Ok(deb) => {
+            tally("lintian", crate::deb::lintian(&deb));
+            tally("systemd-analyze verify", crate::deb::verify_unit(&deb));
+            if is_root {
+                tally("service test", crate::deb::service_test::run(&deb));
+            } else {
+                r.summary.skip(ROOT_SKIP_REASON, 1);
+            }
+        }
+    }
+    if is_root {
+        r.summary.root_suites.push(NAME.into());
+    }
+    r.summary
+        .add_suite(NAME, counts, None, Some(started.elapsed().as_secs_f64()));
+    let failure = (!failures.is_empty()).then(|| failures.join("; "));
+    r.done(NAME, started, failure);
+}
+// ---- end of package step ---------------------------------------------------
 
 #[cfg(test)]
 mod tests {
