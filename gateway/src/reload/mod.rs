@@ -367,6 +367,56 @@ mod tests {
         }
     }
 
+    async fn rcode(dns: &crate::dns::Responder, bytes: &[u8]) -> hickory_proto::op::ResponseCode {
+        let query = crate::dns::Query {
+            bytes,
+            device: "10.0.3.7:5353".parse().expect("device"),
+            dst: "10.0.3.1:53".parse().expect("dst"),
+            ifindex: None,
+            transport: crate::dns::Transport::Udp,
+        };
+        let answer = dns.handle(query).await.expect("an answer");
+        hickory_proto::op::Message::from_vec(&answer)
+            .expect("answer")
+            .metadata
+            .response_code
+    }
+
+    /// A reload swaps the DNS responder's zone: a removed site's name is
+    /// refused from then on, an added one answered.
+    #[tokio::test]
+    async fn a_reloaded_zone_answers_the_new_names_only() {
+        use hickory_proto::{
+            op::{Message, MessageType, OpCode, Query, ResponseCode},
+            rr::{Name, RecordType},
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audit, writer) = crate::audit::Audit::open(&dir.path().join("audit.jsonl"))
+            .await
+            .expect("audit");
+        let with_answer = |c: &str| parse(&format!("{c}dns: {{answer: [\"10.0.0.1\"]}}\n"));
+        let old = with_answer(BASE);
+        let new = with_answer(&BASE.replace("Quay.example", "ghcr.example"));
+        let dns = crate::dns::Responder::new(&old, audit);
+        let ask = |name: &str| {
+            let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+            m.metadata.recursion_desired = true;
+            m.add_query(Query::query(
+                Name::from_ascii(name).expect("name"),
+                RecordType::A,
+            ));
+            m.to_vec().expect("query")
+        };
+        let (quay, ghcr) = (ask("quay.example."), ask("ghcr.example."));
+        assert_eq!(rcode(&dns, &quay).await, ResponseCode::NoError);
+        assert_eq!(rcode(&dns, &ghcr).await, ResponseCode::NXDomain);
+        dns.set_zone(&new);
+        assert_eq!(rcode(&dns, &quay).await, ResponseCode::NXDomain);
+        assert_eq!(rcode(&dns, &ghcr).await, ResponseCode::NoError);
+        drop(dns);
+        writer.close().await;
+    }
+
     #[test]
     fn a_shared_value_keeps_old_snapshots() {
         let shared = Shared::new(1);

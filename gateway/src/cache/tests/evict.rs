@@ -208,3 +208,28 @@ async fn a_blob_evicted_and_filled_again_is_whole() {
         .expect("refilled");
     assert_eq!(read_all(blob.stream(None)).await, x);
 }
+
+/// A config reload lowers `cache.max_size`: the cache evicts down to the
+/// new bound in the background, as it does at open, and reports it.
+#[tokio::test]
+async fn a_lowered_max_size_from_a_reload_evicts_down_to_it() {
+    let dir = tempdir();
+    let cache = open(dir.path(), 5 * KIB100 as u64).await;
+    for seed in 0..4 {
+        fill(&cache, &data(KIB100, 60 + seed)).await;
+    }
+    assert_eq!(cache.stats().blobs, 4);
+    let lowered = 2 * KIB100 as u64;
+    cache.set_limits(super::super::Limits::new(lowered));
+    assert_eq!(cache.stats().max_bytes, lowered);
+    // No explicit pass: wait (bounded) for the background one.
+    for _ in 0..1000 {
+        if cache.stats().bytes <= lowered {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(cache.stats().bytes <= lowered, "{:?}", cache.stats());
+    assert!(on_disk(dir.path(), &data(KIB100, 63)), "the newest stays");
+    assert!(!on_disk(dir.path(), &data(KIB100, 60)), "the oldest goes");
+}
