@@ -339,7 +339,7 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
 pub async fn uninstall(config: &Config) -> anyhow::Result<()> {
     if let Some(pid) = pidfile::running(&config.state_dir) {
         anyhow::bail!(
-            "a gateway daemon (pid {pid}) is running with this state_dir: stop it first (systemctl stop gateway), then uninstall"
+            "a gateway daemon (pid {pid}) is running with this state_dir: stop it first (systemctl stop margo-gateway), then uninstall"
         );
     }
     let removed = KernelPath::uninstall(config)?;

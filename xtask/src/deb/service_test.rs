@@ -165,6 +165,21 @@ fn steps(c: &mut Container, deb: &Path) -> Result<()> {
         bail!("after systemctl stop the pins are gone");
     }
 
+    // The sandbox refused nothing the daemon needed: it logged no
+    // warning or error from start to stop.
+    let journal = c.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", UNIT])?;
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    let complaints: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.starts_with("error:"))
+        .collect();
+    if !complaints.is_empty() {
+        bail!(
+            "the daemon complained under the unit's sandbox:\n{}",
+            complaints.join("\n")
+        );
+    }
+
     // Purge: every file, the state and logs, and (prerm's `gateway
     // uninstall`) the pins and the policy routing.
     c.ok(&["dpkg", "--purge", "margo-gateway"])?;
