@@ -126,6 +126,13 @@ mod tests {
         let req: Request =
             serde_json::from_str(r#"{"cmd":"seed","reference":"r/a:b"}"#).expect("seed");
         assert!(matches!(req, Request::Seed { .. }));
+        let req: Request =
+            serde_json::from_str(r#"{"cmd":"reload","path":"/etc/gateway/gateway.yaml"}"#)
+                .expect("reload");
+        assert!(
+            matches!(&req, Request::Reload { path } if path == "/etc/gateway/gateway.yaml"),
+            "{req:?}"
+        );
         assert_eq!(
             serde_json::to_string(&Request::Ls).expect("ls"),
             r#"{"cmd":"ls"}"#

@@ -199,6 +199,49 @@ mod tests {
 
     use super::*;
 
+    /// `reload` goes to the daemon's main loop and comes back with its
+    /// answer; without a daemon (the offline cache commands) it is refused.
+    #[tokio::test]
+    async fn reload_requests_reach_the_main_loop_and_carry_its_answer() {
+        let (tx, mut rx) = mpsc::channel::<ReloadAsk>(1);
+        let control = Control {
+            cache: None,
+            oci: Shared::new(HashMap::new()),
+            audit: None,
+            daemon: None,
+            reload: Some(tx),
+        };
+        let main_loop = tokio::spawn(async move {
+            let ask = rx.recv().await.expect("a request");
+            assert_eq!(ask.path, std::path::Path::new("/etc/gateway/gateway.yaml"));
+            let _ = ask
+                .answer
+                .send(Err("proxy.port cannot change without a restart".into()));
+        });
+        let (progress, _) = mpsc::unbounded_channel();
+        let req = Request::Reload {
+            path: "/etc/gateway/gateway.yaml".into(),
+        };
+        let e = execute(&control, req, &progress)
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().starts_with("proxy.port cannot change"), "{e}");
+        main_loop.await.expect("main loop");
+
+        let offline = Control {
+            reload: None,
+            ..control
+        };
+        let req = Request::Reload { path: "/x".into() };
+        let e = execute(&offline, req, &progress)
+            .await
+            .expect_err("no daemon");
+        assert!(
+            e.to_string().contains("no gateway daemon is running"),
+            "{e}"
+        );
+    }
+
     #[tokio::test]
     async fn an_endless_request_line_is_cut_off() {
         let dir = tempfile::tempdir().expect("tempdir");
