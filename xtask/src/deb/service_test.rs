@@ -12,7 +12,8 @@
 //! Steps: `dpkg -i` (the unit is neither enabled nor started), the test's
 //! config in /etc/margo-gateway, `systemctl start` (returns once READY=1
 //! came: active, /readyz 200), watchdog pings keep it alive past a short
-//! WatchdogSec, `systemctl reload` keeps the same process, `systemctl stop`
+//! WatchdogSec, `systemctl reload` applies the config (generation 2) in the
+//! same process, `systemctl stop`
 //! leaves the kernel path guarding (`gateway status`), `dpkg --purge`
 //! removes the files and, through `gateway uninstall` in prerm, the pins
 //! and the policy routing.
@@ -128,9 +129,9 @@ fn steps(c: &mut Container, deb: &Path) -> Result<()> {
     // listener already answers ready.
     c.ok(&["systemctl", "start", UNIT])?;
     expect_output(c, &["systemctl", "is-active", UNIT], "active")?;
-    let status = show(c, "StatusText")?;
-    if !status.contains(DEVICE_IF) {
-        bail!("the unit's status text does not name {DEVICE_IF}: {status:?}");
+    let status_text = show(c, "StatusText")?;
+    if !status_text.contains(DEVICE_IF) {
+        bail!("the unit's status text does not name {DEVICE_IF}: {status_text:?}");
     }
     c.ok(&["curl", "-sf", "http://127.0.0.1:9747/readyz"])?;
     let pid = show(c, "MainPID")?;
@@ -140,22 +141,30 @@ fn steps(c: &mut Container, deb: &Path) -> Result<()> {
     expect_output(c, &["systemctl", "is-active", UNIT], "active")?;
     same_process(c, &pid, "after three watchdog periods")?;
 
+    // ExecReload sends SIGHUP and returns: the daemon applies the config
+    // after, and says so in its generation.
     c.ok(&["systemctl", "reload", UNIT])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = gateway_status(c)?;
+        if v["daemon"]["config_generation"] == serde_json::json!(2) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "30 s after systemctl reload the daemon's config generation is still not 2: {}",
+                v["daemon"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     expect_output(c, &["systemctl", "is-active", UNIT], "active")?;
     same_process(c, &pid, "after systemctl reload")?;
 
     // Stop: the kernel path stays guarding.
     c.ok(&["systemctl", "stop", UNIT])?;
     expect_output(c, &["systemctl", "is-active", UNIT], "inactive")?;
-    let status = c.ok(&[
-        "gateway",
-        "status",
-        "--json",
-        "--config",
-        "/etc/margo-gateway/gateway.yaml",
-    ])?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&status.stdout).context("gateway status --json")?;
+    let v = gateway_status(c)?;
     if v["installed"] != serde_json::json!(true) || v["interfaces"].get(DEVICE_IF).is_none() {
         bail!(
             "after systemctl stop the kernel path should stay attached to {DEVICE_IF}; gateway status: {v}"
@@ -215,6 +224,18 @@ fn steps(c: &mut Container, deb: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `gateway status --json` in the container.
+fn gateway_status(c: &Container) -> Result<serde_json::Value> {
+    let out = c.ok(&[
+        "gateway",
+        "status",
+        "--json",
+        "--config",
+        "/etc/margo-gateway/gateway.yaml",
+    ])?;
+    serde_json::from_slice(&out.stdout).context("reading gateway status --json")
 }
 
 fn show(c: &Container, property: &str) -> Result<String> {
