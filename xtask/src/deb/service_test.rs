@@ -13,10 +13,10 @@
 //! config in /etc/margo-gateway, `systemctl start` (returns once READY=1
 //! came: active, /readyz 200), watchdog pings keep it alive past a short
 //! WatchdogSec, `systemctl reload` applies the config (generation 2) in the
-//! same process, `systemctl stop`
-//! leaves the kernel path guarding (`gateway status`), `dpkg --purge`
-//! removes the files and, through `gateway uninstall` in prerm, the pins
-//! and the policy routing.
+//! same process, `systemctl stop` leaves the kernel path guarding (`gateway
+//! status`), the daemon logged no warning or error, `dpkg --purge` removes
+//! the files and, through `gateway uninstall` in prerm, the pins and the
+//! policy routing.
 use std::{
     collections::HashMap,
     fs,
