@@ -132,7 +132,8 @@ fn render(version: &str, about: &str, top: &str, sections: &[(String, String)]) 
          SIGTERM and SIGINT stop the daemon; the kernel path stays and keeps guarding. \
          SIGHUP reloads the configuration and reopens the audit log; SIGUSR1 reopens the audit log.\n\
          .SH EXIT STATUS\n\
-         64 when the configuration or the command line is wrong, 1 on other errors, 0 otherwise.\n\
+         64 when the configuration is wrong (the message names the key), 2 when the command line \
+         is, 1 on other errors, 0 otherwise.\n\
          .SH SEE ALSO\n\
          .BR systemctl (1),\n.BR journalctl (1),\n.BR logrotate (8)\n",
     );
