@@ -341,9 +341,16 @@ impl Container {
             &bpf,
         )?;
         let log = fs::File::create(base.join("rw/console.log"))?;
-        let child = cmd::new("systemd-nspawn")
-            .arg(format!("--directory={}", root.display()))
-            .args(["--boot", "--private-network", "--register=no", "--keep-unit"])
+        let mut nspawn = cmd::new("systemd-nspawn");
+        nspawn.arg(format!("--directory={}", root.display()));
+        nspawn.args(["--boot", "--private-network"]);
+        // Without systemd as the host's init there is no machined to
+        // register with nor a bus to ask for a scope: nspawn stays in the
+        // caller's cgroup. Under systemd, its default (a scope of its own).
+        if !host_runs_systemd() {
+            nspawn.args(["--register=no", "--keep-unit"]);
+        }
+        let child = nspawn
             .arg(format!("--machine={NAME}"))
             // CAP_SYS_ADMIN and CAP_NET_ADMIN are in nspawn's default set;
             // the gateway's other two (README) are not.
@@ -491,6 +498,10 @@ impl Container {
         }
         Ok(())
     }
+}
+
+fn host_runs_systemd() -> bool {
+    fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
 }
 
 /// The container's init: the first `systemd` below nspawn's pid.
