@@ -339,7 +339,9 @@ fn extra_suites() -> Result<Vec<Suite>> {
         .iter()
         .map(|k| {
             let mut run = cmd::new(&xtask);
-            run.args(["vm", "--kernel", k.name]);
+            // Each registry-client suite on one kernel under TCG, for the
+            // run's time budget (xtask/src/vm/split.rs).
+            run.args(["vm", "--split", "--kernel", k.name]);
             Suite {
                 label: format!("vm-{}", k.name),
                 run,

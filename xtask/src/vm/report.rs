@@ -39,6 +39,7 @@ pub struct BinaryRun {
 }
 
 /// What a binary's tests are, and which of them the VM is not to run.
+#[derive(Clone)]
 pub struct Expected {
     pub binary: String,
     pub tests: Vec<String>,
