@@ -79,8 +79,9 @@ pub struct Options {
     /// Bound on one kernel's whole run, in seconds (boot, tests, probe):
     /// a last resort (a hung kernel is caught by `--silence`, a hung binary
     /// by `--binary-timeout`), well above a run's time under TCG on a busy
-    /// 2-core machine.
-    #[arg(long, value_name = "SECS", default_value_t = 2700)]
+    /// 2-core machine (every suite: about 35 minutes per kernel, both
+    /// kernels side by side).
+    #[arg(long, value_name = "SECS", default_value_t = 4500)]
     pub timeout: u64,
     /// Bound on one test binary inside the VM, in seconds (`oci`, the
     /// longest, takes about four minutes under TCG).
