@@ -64,13 +64,18 @@ fn moved_tag_is_seen_after_the_ttl_and_not_before() {
         digest
     };
 
-    let filled = Instant::now();
+    // The fill happens between these two instants: `filling` bounds the
+    // tag's age from above (the too-slow check below), `filled` from below
+    // (the wait for it to expire: under emulation the first pull alone can
+    // take longer than any fixed margin).
+    let filling = Instant::now();
     assert_eq!(pull(), a.manifest.digest);
+    let filled = Instant::now();
     w.registry
         .put_manifest(&layout, "app", &b.manifest, "v1")
         .unwrap();
     assert_eq!(pull(), a.manifest.digest, "tag revalidated before its TTL");
-    let early = filled.elapsed();
+    let early = filling.elapsed();
     let upstream_asked = || {
         ["GET", "HEAD"]
             .iter()
