@@ -83,6 +83,37 @@ impl Table {
         });
         rows
     }
+
+    /// The rows as a report shows them: kind, destination, reason (both
+    /// passed through `show`, the renderer's escaping) and stats, sorted,
+    /// with the "other" row last when keys ran out at `limit`.
+    pub fn display_rows(
+        &self,
+        limit: usize,
+        show: impl Fn(&str) -> String,
+    ) -> Vec<(String, String, String, &Stats)> {
+        let mut rows: Vec<_> = self
+            .sorted()
+            .into_iter()
+            .map(|(k, s)| {
+                (
+                    k.kind.as_str().to_owned(),
+                    show(&k.destination()),
+                    show(k.reason.as_deref().unwrap_or("-")),
+                    s,
+                )
+            })
+            .collect();
+        if self.other.records > 0 {
+            rows.push((
+                "other".into(),
+                format!("(past {limit} destinations)"),
+                "-".into(),
+                &self.other,
+            ));
+        }
+        rows
+    }
 }
 
 /// Everything about one device address.

@@ -10,7 +10,7 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use super::{
-    aggregate::{Stats, Table},
+    aggregate::Table,
     json::View,
     record::{Key, Side},
     render_text::{bytes, clean, when},
@@ -185,26 +185,7 @@ fn table(out: &mut String, side: Side, t: &Table, limit: usize) {
         out,
         "<table class=\"{class}\"><thead><tr>{heads}</tr></thead><tbody>"
     );
-    let mut rows: Vec<(String, String, String, &Stats)> = t
-        .sorted()
-        .into_iter()
-        .map(|(k, s)| {
-            (
-                k.kind.as_str().to_owned(),
-                text(&k.destination()),
-                text(k.reason.as_deref().unwrap_or("-")),
-                s,
-            )
-        })
-        .collect();
-    if t.other.records > 0 {
-        rows.push((
-            "other".into(),
-            format!("(past {limit} destinations)"),
-            "-".into(),
-            &t.other,
-        ));
-    }
+    let rows = t.display_rows(limit, text);
     for (kind, dest, reason, s) in rows {
         let a = &s.amount;
         let middle = match side {

@@ -8,11 +8,7 @@ use std::fmt::Write as _;
 
 use time::{OffsetDateTime, macros::format_description};
 
-use super::{
-    aggregate::{Stats, Table},
-    json::View,
-    record::Side,
-};
+use super::{aggregate::Table, json::View, record::Side};
 
 /// Widest destination shown in a table, in characters; the JSON and HTML
 /// reports carry it whole.
@@ -128,27 +124,10 @@ fn side_table(out: &mut String, side: Side, t: &Table, limit: usize) {
             ("LAST SEEN", false),
         ]),
     };
-    let mut rows: Vec<(String, String, String, &Stats)> = t
-        .sorted()
-        .into_iter()
-        .map(|(k, s)| {
-            (
-                k.kind.as_str().to_owned(),
-                shorten(clean(&k.destination()), DESTINATION_WIDTH),
-                clean(k.reason.as_deref().unwrap_or("-")),
-                s,
-            )
-        })
-        .collect();
-    if t.other.records > 0 {
-        rows.push((
-            "other".into(),
-            format!("(past {limit} destinations)"),
-            "-".into(),
-            &t.other,
-        ));
-    }
+    // The destination is cut to the column; the reason is shown whole.
+    let rows = t.display_rows(limit, clean);
     for (kind, dest, reason, s) in rows {
+        let dest = shorten(dest, DESTINATION_WIDTH);
         let a = &s.amount;
         c.push(match side {
             Side::Reached => vec![
