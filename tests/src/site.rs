@@ -212,6 +212,36 @@ impl Site {
         self.bpffs_dir.join("gw")
     }
 
+    /// `curl` of an HTTP `url` from the gateway namespace (the admin
+    /// listener): (status, body). Panics if curl fails, as a test would.
+    pub fn curl_in_gw(&self, url: &str) -> (u16, String) {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.gw_ns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
+            .args(["-w", "\n%{http_code}", url])
+            .output()
+            .unwrap_or_else(|e| panic!("running curl {url}: {e}"));
+        assert!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let code = code
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl {url}: no status in {text:?}"));
+        (code, body.to_owned())
+    }
+
     /// The site's scratch directory (configs, audit logs, state).
     pub fn tmp_dir(&self) -> &Path {
         self.tmp.path()

@@ -156,26 +156,8 @@ fn clean_stop(name: &str, attach: Option<&'static str>) {
     // (loopback of its namespace) it is ready.
     let running = gw.must(gw.status());
     assert_eq!(running["daemon"]["config_generation"], 1, "{running}");
-    let ready = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &site.gw_ns,
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-        ])
-        .args(["-o", "/dev/null", "-w", "%{http_code}"])
-        .arg("http://127.0.0.1:9747/readyz")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&ready.stdout),
-        "200",
-        "/readyz: {}",
-        String::from_utf8_lossy(&ready.stderr)
-    );
+    let (code, body) = site.curl_in_gw("http://127.0.0.1:9747/readyz");
+    assert_eq!(code, 200, "/readyz: {body}");
 
     // A routine stop (every `systemctl restart` and upgrade) must not open
     // the site: the program stays attached and drops what it would hand to

@@ -34,31 +34,6 @@ const PROMETHEUS_PORT: u16 = 9090;
 const SCRAPE_WAIT: Duration = Duration::from_secs(90);
 const AUDIT_WAIT: Duration = Duration::from_secs(10);
 
-/// `curl` in the gateway namespace: (HTTP status, body).
-fn curl_in_gw(site: &Site, url: &str) -> (u16, String) {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &site.gw_ns,
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-        ])
-        .args(["-w", "\n%{http_code}", url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_owned())
-}
-
 /// The value of the one sample line starting with `series`.
 fn sample(text: &str, series: &str) -> f64 {
     let line = text
@@ -158,7 +133,7 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
     );
 
     // Scraped from the gateway namespace.
-    let (code, text) = curl_in_gw(&site, &format!("http://{admin}/metrics"));
+    let (code, text) = site.curl_in_gw(&format!("http://{admin}/metrics"));
     assert_eq!(code, 200, "{text}");
     assert!(
         sample(
@@ -215,9 +190,9 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
     }
     gateway_tests::prometheus::check_metrics(&text)
         .unwrap_or_else(|e| panic!("{e:#}\n--- exposition ---\n{text}"));
-    assert_eq!(curl_in_gw(&site, &format!("http://{admin}/healthz")).0, 200);
-    assert_eq!(curl_in_gw(&site, &format!("http://{admin}/readyz")).0, 200);
-    assert_eq!(curl_in_gw(&site, &format!("http://{admin}/other")).0, 404);
+    assert_eq!(site.curl_in_gw(&format!("http://{admin}/healthz")).0, 200);
+    assert_eq!(site.curl_in_gw(&format!("http://{admin}/readyz")).0, 200);
+    assert_eq!(site.curl_in_gw(&format!("http://{admin}/other")).0, 404);
 
     // `gateway status` shows the running daemon, its refusals among it.
     let status = gw.must(gw.status());
