@@ -12,7 +12,7 @@
 ///
 /// The daemon stores it beside its pins; a daemon that finds pins of another
 /// version replaces them rather than adopting them.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Name of the TC ingress program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_ingress";
@@ -27,7 +27,9 @@ pub mod maps {
     /// `Array<u64>` of [`crate::PORT_WORDS`] words per [`crate::PortKind`]:
     /// one bit per TCP port.
     pub const PORTS: &str = "PORTS";
-    /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
+    /// `PerCpuHashMap<u32, IfCounters>`: the verdict counters of each
+    /// device interface, keyed by its ifindex, plus the
+    /// [`crate::COUNTERS_FALLBACK`] entry (see [`crate::IfCounters`]).
     pub const COUNTERS: &str = "COUNTERS";
     /// `LruHashMap<FlowKey, FlowState>`: per-flow event rate limiting.
     pub const FLOWS: &str = "FLOWS";
@@ -98,6 +100,28 @@ impl PortKind {
         )
     }
 }
+/// Key of the `COUNTERS` entry that takes counts the program cannot give
+/// to an interface's own entry. No interface has ifindex 0.
+pub const COUNTERS_FALLBACK: u32 = 0;
+/// Capacity of the `COUNTERS` map: the fallback and this many less one
+/// device interfaces (the daemon refuses more).
+pub const COUNTERS_MAX_ENTRIES: u32 = 256;
+
+/// One interface's verdict counters, indexed by [`Counter`]: the value of
+/// the per-CPU `COUNTERS` map. The daemon creates an interface's entry
+/// before it attaches the program there and removes it when it detaches,
+/// so the program only ever looks entries up (never inserts: an insert
+/// per packet would cost a hash-table write and could fill the map). The
+/// lookup misses only when the entry is gone while the program still
+/// runs on the interface (a pin removed by hand, an interface re-created
+/// under an adopted installation until the daemon reconciles it); those
+/// counts go to the [`COUNTERS_FALLBACK`] entry, so none is lost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfCounters {
+    pub packets: [u64; Counter::COUNT as usize],
+}
+
 /// Capacity of the per-flow rate-limit table; least recently used flows are
 /// evicted, so a flood of new flows cannot fill it.
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
@@ -354,7 +378,7 @@ impl DropReason {
     }
 }
 
-/// Indices of the per-CPU verdict counters.
+/// The verdict counters: indices into [`IfCounters::packets`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -600,6 +624,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::IfCounters {}
 }
 
 #[cfg(test)]
@@ -617,6 +642,7 @@ mod tests {
         assert_eq!(size_of::<FlowState>(), 16);
         assert_eq!(size_of::<DropEvent>(), 64);
         assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<IfCounters>(), 8 * Counter::COUNT as usize);
     }
 
     #[test]

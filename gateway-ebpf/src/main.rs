@@ -48,17 +48,17 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
     },
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf, SockMap, lpm_trie::Key},
     programs::TcContext,
 };
 use gateway_common::{
-    AddrKey, Counter, DropEvent, DropReason, EVENTS_BYTES, FAMILY_ANY, FAMILY_V4, FAMILY_V6,
-    FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLOWS_MAX_ENTRIES, FlowKey, FlowState, INTERCEPT_MANAGER,
-    INTERCEPT_MAX_ENTRIES, InterceptKey, LISTENER_V4, LISTENER_V6, LISTENERS_MAX_ENTRIES,
-    LOCAL_MAX_ENTRIES, PORTS_MAX_ENTRIES, PortKind, SOURCES_MAX_ENTRIES, Settings, UDP_V4, UDP_V6,
-    dhcp_destination_allowed, is_dhcp, is_icmp4_error, is_icmp6_error, is_link_local_v6,
-    is_neighbor_discovery, is_unspecified, neighbor_discovery_allowed, opens_connection,
-    udp_service, unspecified_source_allowed,
+    AddrKey, COUNTERS_FALLBACK, COUNTERS_MAX_ENTRIES, Counter, DropEvent, DropReason, EVENTS_BYTES,
+    FAMILY_ANY, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLOWS_MAX_ENTRIES, FlowKey,
+    FlowState, INTERCEPT_MANAGER, INTERCEPT_MAX_ENTRIES, IfCounters, InterceptKey, LISTENER_V4,
+    LISTENER_V6, LISTENERS_MAX_ENTRIES, LOCAL_MAX_ENTRIES, PORTS_MAX_ENTRIES, PortKind,
+    SOURCES_MAX_ENTRIES, Settings, UDP_V4, UDP_V6, dhcp_destination_allowed, is_dhcp,
+    is_icmp4_error, is_icmp6_error, is_link_local_v6, is_neighbor_discovery, is_unspecified,
+    neighbor_discovery_allowed, opens_connection, udp_service, unspecified_source_allowed,
 };
 
 #[map(name = "SETTINGS")]
@@ -74,7 +74,8 @@ static PORTS: Array<u64> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
 static LISTENERS: SockMap = SockMap::with_max_entries(LISTENERS_MAX_ENTRIES, 0);
 
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+static COUNTERS: PerCpuHashMap<u32, IfCounters> =
+    PerCpuHashMap::with_max_entries(COUNTERS_MAX_ENTRIES, 0);
 
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
@@ -120,7 +121,8 @@ pub fn gateway_ingress(ctx: TcContext) -> i32 {
     match try_ingress(&ctx) {
         Ok(action) => action,
         Err(()) => {
-            count(Counter::DropMalformed);
+            // SAFETY: the kernel hands the program a valid `__sk_buff` for its whole run.
+            count(unsafe { (*ctx.skb.skb).ifindex }, Counter::DropMalformed);
             TC_ACT_SHOT
         }
     }
@@ -154,7 +156,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, ()> {
     let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
     match ethertype {
         ETH_P_ARP => {
-            count(Counter::PassArp);
+            count(ifindex, Counter::PassArp);
             Ok(TC_ACT_OK)
         }
         ETH_P_IP => ipv4(ctx, ifindex),
@@ -302,7 +304,7 @@ fn ipv6(ctx: &TcContext, ifindex: u32) -> Result<i32, ()> {
                 local_flags(FAMILY_V6, &flow.daddr)
             };
             if neighbor_discovery_allowed(icmp_type, hop_limit, &flow.daddr, local) {
-                count(Counter::PassNeighbor);
+                count(ifindex, Counter::PassNeighbor);
                 Ok(TC_ACT_OK)
             } else {
                 Ok(drop_packet(&flow, DropReason::NeighborDiscovery))
@@ -346,7 +348,7 @@ fn udp(ctx: &TcContext, l4: usize, mut flow: FlowKey) -> Result<i32, ()> {
         if !dhcp_destination_allowed(flow.family, &flow.daddr, local) {
             return Ok(drop_packet(&flow, DropReason::DhcpDestination));
         }
-        count(Counter::PassDhcp);
+        count(flow.ifindex, Counter::PassDhcp);
         return Ok(TC_ACT_OK);
     }
     Ok(drop_packet(&flow, DropReason::Protocol))
@@ -371,7 +373,7 @@ fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
         // a socket only if the stack has the connection its SYN opened
         // (whose source was checked then), else it gets a reset.
         ctx.set_mark(settings.mark);
-        count(Counter::MarkSegment);
+        count(flow.ifindex, Counter::MarkSegment);
         return TC_ACT_OK;
     }
     if opens && !source_allowed(flow) {
@@ -399,7 +401,7 @@ fn tcp(ctx: &TcContext, seg: Segment) -> i32 {
             return drop_packet(flow, DropReason::SourceNotAllowed);
         }
         ctx.set_mark(settings.mark);
-        count(Counter::MarkSegment);
+        count(flow.ifindex, Counter::MarkSegment);
         return TC_ACT_OK;
     }
     if !sk.is_null() {
@@ -517,7 +519,7 @@ fn icmp_error(
         return Err(DropReason::Protocol);
     }
     ctx.set_mark(settings.mark);
-    count(Counter::PassIcmpError);
+    count(flow.ifindex, Counter::PassIcmpError);
     Ok(())
 }
 
@@ -651,7 +653,7 @@ fn assign(
     // The policy-routing rule delivers marked packets locally, whatever
     // their destination address.
     ctx.set_mark(settings.mark);
-    count(counter);
+    count(flow.ifindex, counter);
     TC_ACT_OK
 }
 
@@ -674,7 +676,7 @@ fn settings() -> Option<&'static Settings> {
 /// returns the drop verdict.
 #[inline(always)]
 fn drop_packet(flow: &FlowKey, reason: DropReason) -> i32 {
-    count(reason.counter());
+    count(flow.ifindex, reason.counter());
     let mut key = *flow;
     key.reason = reason as u8;
     let interval = settings().map_or(DEFAULT_EVENT_INTERVAL_NS, |s| s.event_interval_ns);
@@ -688,7 +690,7 @@ fn drop_packet(flow: &FlowKey, reason: DropReason) -> i32 {
             if now.wrapping_sub(last) >= interval {
                 // Take the suppressed count and report it with this packet.
                 // Plain loads and stores: two CPUs racing on one flow may
-                // lose an increment here; the exact totals are in COUNTERS.
+                // lose an increment here; the exact counts are in COUNTERS.
                 // SAFETY: as above.
                 let pending = unsafe { (*state).pending };
                 // SAFETY: as above.
@@ -708,7 +710,7 @@ fn drop_packet(flow: &FlowKey, reason: DropReason) -> i32 {
                 pending: 0,
             };
             if FLOWS.insert(&key, &state, BPF_NOEXIST as u64).is_err() {
-                count(Counter::FlowTableFull);
+                count(key.ifindex, Counter::FlowTableFull);
             }
             emit(&key, 1, now);
         }
@@ -725,16 +727,26 @@ fn emit(flow: &FlowKey, packets: u64, ts_ns: u64) {
         ts_ns,
     };
     if EVENTS.output::<DropEvent>(&event, 0).is_err() {
-        count(Counter::EventsLost);
+        count(flow.ifindex, Counter::EventsLost);
     }
 }
 
+/// Counts a packet on the interface it arrived on (`ifindex`), or on the
+/// fallback entry when that interface has none (see `IfCounters`).
 #[inline(always)]
-fn count(counter: Counter) {
-    if let Some(v) = COUNTERS.get_ptr_mut(counter as u32) {
-        // Per-CPU slot: no other CPU writes it.
-        // SAFETY: this CPU's slot of a per-CPU array, valid for this run.
-        unsafe { *v += 1 };
+fn count(ifindex: u32, counter: Counter) {
+    let block = match COUNTERS.get_ptr_mut(&ifindex) {
+        Some(block) => block,
+        None => match COUNTERS.get_ptr_mut(&COUNTERS_FALLBACK) {
+            Some(block) => block,
+            None => return,
+        },
+    };
+    // Per-CPU value: no other CPU writes it.
+    // SAFETY: this CPU's copy of a map value, valid for this run; the
+    // reference lives only for the increment.
+    if let Some(v) = unsafe { (*block).packets.get_mut(counter as usize) } {
+        *v += 1;
     }
 }
 

@@ -3,7 +3,29 @@
 
 use serde_json::{Value, json};
 
+use gateway_common::Counter;
+
 use crate::{config::Config, ebpf};
+
+/// Counters as a JSON object by name.
+fn counter_map(counts: impl Iterator<Item = (Counter, u64)>) -> Value {
+    Value::Object(
+        counts
+            .map(|(c, v)| (c.name().to_owned(), json!(v)))
+            .collect(),
+    )
+}
+
+/// Packets the program dropped, from a JSON object of counters.
+fn dropped(counters: &Value) -> u64 {
+    counters
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| name.starts_with("drop_"))
+        .filter_map(|(_, v)| v.as_u64())
+        .sum()
+}
 
 pub fn status(config: &Config) -> anyhow::Result<Value> {
     let Some(state) = ebpf::State::read(&config.state_dir)? else {
@@ -14,19 +36,25 @@ pub fn status(config: &Config) -> anyhow::Result<Value> {
             "counters": {},
         }));
     };
-    let maps = ebpf::Maps::open(&state.pin_path)?;
-    let counters: serde_json::Map<String, Value> = maps
-        .counters()?
-        .into_iter()
-        .map(|(c, v)| (c.name().to_owned(), json!(v)))
-        .collect();
+    let mut maps = ebpf::Maps::open(&state.pin_path)?;
+    maps.name_interfaces(&state.attachments);
+    let kernel = maps.counters()?;
+    let by_name = |name: &str| -> Value {
+        kernel
+            .interfaces
+            .iter()
+            .find(|i| i.interface == name)
+            .map_or(Value::Null, |i| {
+                counter_map(Counter::ALL.iter().map(|c| (*c, i.get(*c))))
+            })
+    };
     let interfaces: serde_json::Map<String, Value> = state
         .attachments
         .iter()
         .map(|a| {
             (
                 a.interface.clone(),
-                json!({ "ifindex": a.ifindex, "mode": a.mode }),
+                json!({ "ifindex": a.ifindex, "mode": a.mode, "counters": by_name(&a.interface) }),
             )
         })
         .collect();
@@ -35,7 +63,10 @@ pub fn status(config: &Config) -> anyhow::Result<Value> {
         "abi_version": state.abi_version,
         "pin_path": state.pin_path,
         "interfaces": interfaces,
-        "counters": counters,
+        // Every interface together, and what the program counted on no
+        // recorded interface (see `ebpf::counters`).
+        "counters": counter_map(kernel.totals().into_iter()),
+        "counters_other": by_name(ebpf::counters::FALLBACK_INTERFACE),
     }))
 }
 
@@ -53,8 +84,9 @@ pub fn render(v: &Value) -> String {
     if let Some(ifaces) = v["interfaces"].as_object() {
         for (name, a) in ifaces {
             out.push_str(&format!(
-                "interface {name}: {}\n",
-                a["mode"].as_str().unwrap_or("?")
+                "interface {name}: {}, {} packets dropped\n",
+                a["mode"].as_str().unwrap_or("?"),
+                dropped(&a["counters"]),
             ));
         }
     }
@@ -160,9 +192,14 @@ mod tests {
         let mut v = json!({
             "installed": true,
             "pin_path": "/sys/fs/bpf/margo-gateway",
-            "interfaces": { "eth1": { "ifindex": 3, "mode": "tcx" } },
+            "interfaces": { "eth1": { "ifindex": 3, "mode": "tcx", "counters": { "drop_protocol": 7, "drop_fragment": 2, "pass_arp": 5 } } },
             "counters": { "drop_protocol": 7 },
         });
+        assert!(
+            render(&v).contains("interface eth1: tcx, 9 packets dropped"),
+            "{}",
+            render(&v)
+        );
         v["daemon"] = json!({ "audit": { "written": 12, "write_failures": 3, "lost": 0 } });
         let text = render(&v);
         assert!(

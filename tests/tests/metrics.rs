@@ -3,8 +3,10 @@
 //! cache status after a device pulled a manifest twice), promtool finds
 //! the exposition clean,
 //! a real Prometheus scrapes it and answers queries over the gateway's
-//! series, devices cannot reach the listener, and `gateway status` shows
-//! the running daemon's state (the last refusals among it).
+//! series, devices cannot reach the listener, the kernel counters are per
+//! device interface (the gateway guards two; drops on one leave the
+//! other's counters alone), and `gateway status` shows the running
+//! daemon's state (the last refusals among it).
 //!
 //! The admin listener is put on the gateway's upstream-side address (a
 //! "management interface") rather than loopback, so that the device check
@@ -16,10 +18,16 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::{net::IpAddr, process::Command, time::Duration};
+use std::{
+    net::{IpAddr, UdpSocket},
+    process::Command,
+    time::Duration,
+};
 
 use gateway_tests::{
-    GatewayConfig, Site, device, dns, gateway,
+    GatewayConfig, Site,
+    bench::world::{PEER_DEVICE, PEER_NGINX, PeerLink},
+    device, dns, gateway, in_ns,
     oci::{LINUX_AMD64, LayerSpec, Layout},
     prometheus,
     registry::{HOST, OciKeys, Registry, RegistryOptions, oci_gateway::start_oci_gateway_with},
@@ -33,6 +41,17 @@ const PROMETHEUS_PORT: u16 = 9090;
 /// TCG VM, and only ever waited out when something is wrong.
 const SCRAPE_WAIT: Duration = Duration::from_secs(90);
 const AUDIT_WAIT: Duration = Duration::from_secs(10);
+
+/// The kernel program's count of `counter` on `interface`.
+fn kernel(text: &str, interface: &str, counter: &str) -> f64 {
+    let verdict = counter.split('_').next().unwrap();
+    sample(
+        text,
+        &format!(
+            "margo_gateway_kernel_packets_total{{interface=\"{interface}\",verdict=\"{verdict}\",counter=\"{counter}\"}}"
+        ),
+    )
+}
 
 /// The value of the one sample line starting with `series`.
 fn sample(text: &str, series: &str) -> f64 {
@@ -77,7 +96,12 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
         .push(&layout, "app", &image.manifest, "v1")
         .unwrap();
     let keys = OciKeys::for_registry(&registry, "5m");
+    // A second device interface (the benchmark's peer link: device
+    // 10.77.3.2, gateway 10.77.3.1), guarded too: its counters must stay
+    // apart from the first one's.
+    let second = PeerLink::create(&site).unwrap();
     let mut config = keys.config(&site);
+    config.interfaces.push(second.gw_if.clone());
     config
         .extra_yaml
         .push_str(&format!("admin:\n  listen: \"{admin}\"\n"));
@@ -132,6 +156,26 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
         "{dropped_record}"
     );
 
+    // One UDP datagram from the device over the second link: dropped
+    // there (devices may not speak UDP but DNS and time). Its audit record
+    // says the program has counted it.
+    let on_second = v4(PEER_NGINX, 9);
+    let sock = gw
+        .must(in_ns(&site.dev_ns, || UdpSocket::bind(v4(PEER_DEVICE, 0))))
+        .unwrap();
+    sock.send_to(b"not on the first interface", on_second)
+        .unwrap();
+    let on_second_text = on_second.to_string();
+    let second_record = gw.must(gw.wait_audit(
+        |r| r["event"] == "flow.dropped" && r["dst"] == on_second_text.as_str(),
+        AUDIT_WAIT,
+    ));
+    assert_eq!(
+        second_record["interface"],
+        second.gw_if.as_str(),
+        "{second_record}"
+    );
+
     // Scraped from the gateway namespace.
     let (code, text) = site.curl_in_gw(&format!("http://{admin}/metrics"));
     assert_eq!(code, 200, "{text}");
@@ -149,13 +193,22 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
         ) >= 1.0,
         "{text}"
     );
+    // Per interface: the two SYNs to the admin listener came over the
+    // first link, the datagram over the second; nothing TCP came over the
+    // second, so its not-intercepted count is still zero.
+    let (first, second_if) = (site.gw_dev_if.as_str(), second.gw_if.as_str());
     assert!(
-        sample(
-            &text,
-            "margo_gateway_kernel_packets_total{verdict=\"drop\",counter=\"drop_not_intercepted\"}"
-        ) >= 2.0,
+        kernel(&text, first, "drop_not_intercepted") >= 2.0,
         "{text}"
     );
+    assert_eq!(
+        kernel(&text, second_if, "drop_not_intercepted"),
+        0.0,
+        "{text}"
+    );
+    assert!(kernel(&text, second_if, "drop_protocol") >= 1.0, "{text}");
+    // The fallback series is there, and nothing fell back.
+    assert_eq!(kernel(&text, "other", "drop_protocol"), 0.0, "{text}");
     assert!(
         sample(
             &text,
@@ -257,6 +310,14 @@ fn prometheus_scrapes_the_gateway_and_devices_cannot_reach_the_admin_listener() 
     assert!(status["daemon"].is_null(), "{status}");
     assert_eq!(status["installed"], true, "{status}");
     assert!(status["counters"]["drop_not_intercepted"].as_u64().unwrap() >= 2);
+    let per_if = |name: &str, counter: &str| {
+        status["interfaces"][name]["counters"][counter]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {name} {counter} in {status}"))
+    };
+    assert!(per_if(first, "drop_not_intercepted") >= 2, "{status}");
+    assert_eq!(per_if(second_if, "drop_not_intercepted"), 0, "{status}");
+    assert!(per_if(second_if, "drop_protocol") >= 1, "{status}");
     let human = gw
         .command(&["status", "--config", &config])
         .output()

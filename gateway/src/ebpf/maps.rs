@@ -7,22 +7,32 @@ use std::{
 };
 
 use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, SockMap, lpm_trie::Key,
+    Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf, SockMap,
+    lpm_trie::Key,
 };
 use gateway_common::{
-    AddrKey, Counter, DNS_PORT, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED, FLAG_DNS,
-    FLAG_NTP, FlowKey, FlowState, INTERCEPT_MANAGER, InterceptKey, LOCAL_DHCP_SERVER, LOCAL_OWN,
-    PORTS_MAX_ENTRIES, PortKind, Settings, maps as names,
+    AddrKey, COUNTERS_FALLBACK, DNS_PORT, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_DHCP, FLAG_CONFIGURED,
+    FLAG_DNS, FLAG_NTP, FlowKey, FlowState, INTERCEPT_MANAGER, IfCounters, InterceptKey,
+    LOCAL_DHCP_SERVER, LOCAL_OWN, PORTS_MAX_ENTRIES, PortKind, Settings, maps as names,
 };
 
-use super::{EbpfError, pins::Pins};
+use super::{
+    EbpfError,
+    counters::{KernelCounts, sum_cpus},
+    pins::Pins,
+    state::Attachment,
+};
 use crate::config::Config;
 
 pub struct Maps {
     pub settings: Array<MapData, Settings>,
     pub intercept: HashMap<MapData, InterceptKey, u32>,
     pub ports: Array<MapData, u64>,
-    pub counters: PerCpuArray<MapData, u64>,
+    /// Keyed by ifindex (see `counters`).
+    pub counters: PerCpuHashMap<MapData, u32, IfCounters>,
+    /// The device interfaces (ifindex, name) the counters are reported
+    /// under: the daemon's attachments.
+    interfaces: Vec<(u32, String)>,
     /// An LRU hash map in the kernel; aya types it as a `HashMap`.
     pub flows: HashMap<MapData, FlowKey, FlowState>,
     /// Taken by the event reader.
@@ -56,8 +66,9 @@ impl Maps {
                 .map_err(map_err(names::INTERCEPT))?,
             ports: Array::try_from(Map::Array(open(names::PORTS)?))
                 .map_err(map_err(names::PORTS))?,
-            counters: PerCpuArray::try_from(Map::PerCpuArray(open(names::COUNTERS)?))
+            counters: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(names::COUNTERS)?))
                 .map_err(map_err(names::COUNTERS))?,
+            interfaces: Vec::new(),
             flows: HashMap::try_from(Map::LruHashMap(open(names::FLOWS)?))
                 .map_err(map_err(names::FLOWS))?,
             events: Some(
@@ -93,8 +104,9 @@ impl Maps {
             intercept: HashMap::try_from(take(names::INTERCEPT)?)
                 .map_err(map_err(names::INTERCEPT))?,
             ports: Array::try_from(take(names::PORTS)?).map_err(map_err(names::PORTS))?,
-            counters: PerCpuArray::try_from(take(names::COUNTERS)?)
+            counters: PerCpuHashMap::try_from(take(names::COUNTERS)?)
                 .map_err(map_err(names::COUNTERS))?,
+            interfaces: Vec::new(),
             flows: HashMap::try_from(take(names::FLOWS)?).map_err(map_err(names::FLOWS))?,
             events: Some(RingBuf::try_from(take(names::EVENTS)?).map_err(map_err(names::EVENTS))?),
             listeners: SockMap::try_from(take(names::LISTENERS)?)
@@ -244,18 +256,66 @@ impl Maps {
         Ok(())
     }
 
-    /// Sums each per-CPU counter.
-    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, EbpfError> {
-        Counter::ALL
+    /// Creates the counters entry of `ifindex` (zero) unless it exists,
+    /// so that the program counts there from its first packet. Counts an
+    /// earlier daemon left (an adopted installation) are kept.
+    pub fn ensure_counters(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        if self.counters.get(&ifindex, 0).is_ok() {
+            return Ok(());
+        }
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, source)| EbpfError::Cpus { what, source })?;
+        let zero = PerCpuValues::try_from(vec![IfCounters::default(); cpus]).map_err(|source| {
+            EbpfError::Cpus {
+                what: "one value per possible CPU",
+                source,
+            }
+        })?;
+        self.counters
+            .insert(ifindex, zero, 0)
+            .map_err(map_err(names::COUNTERS))
+    }
+
+    /// Makes the counters entries those of `attachments` plus the
+    /// fallback (created if missing, entries of other ifindexes removed:
+    /// interfaces detached or re-created) and reports under their names.
+    pub fn track_interfaces(&mut self, attachments: &[Attachment]) -> Result<(), EbpfError> {
+        self.ensure_counters(COUNTERS_FALLBACK)?;
+        for a in attachments {
+            self.ensure_counters(a.ifindex)?;
+        }
+        let stale: Vec<u32> = self
+            .counters
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| *k != COUNTERS_FALLBACK && !attachments.iter().any(|a| a.ifindex == *k))
+            .collect();
+        for key in stale {
+            self.counters
+                .remove(&key)
+                .map_err(map_err(names::COUNTERS))?;
+        }
+        self.name_interfaces(attachments);
+        Ok(())
+    }
+
+    /// Reports the counters under the names of `attachments` (a reader
+    /// such as `gateway status`, which changes no entry).
+    pub fn name_interfaces(&mut self, attachments: &[Attachment]) {
+        self.interfaces = attachments
             .iter()
-            .map(|c| {
-                let per_cpu = self
-                    .counters
-                    .get(&(*c as u32), 0)
-                    .map_err(map_err(names::COUNTERS))?;
-                Ok((*c, per_cpu.iter().sum()))
-            })
-            .collect()
+            .map(|a| (a.ifindex, a.interface.clone()))
+            .collect();
+    }
+
+    /// Every entry's counters, summed over CPUs, by interface name.
+    pub fn counters(&self) -> Result<KernelCounts, EbpfError> {
+        let mut raw = Vec::new();
+        for entry in self.counters.iter() {
+            let (ifindex, per_cpu) = entry.map_err(map_err(names::COUNTERS))?;
+            raw.push((ifindex, sum_cpus(per_cpu.iter())));
+        }
+        Ok(KernelCounts::name(&raw, &self.interfaces))
     }
 
     /// Takes the packets dropped on `flow` since its last event, so that

@@ -24,6 +24,7 @@
 
 mod attach;
 mod budget;
+pub mod counters;
 pub mod events;
 mod maps;
 mod pins;
@@ -37,7 +38,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier},
     util::KernelVersion,
 };
-use gateway_common::{ABI_VERSION, PROGRAM_NAME};
+use gateway_common::{ABI_VERSION, COUNTERS_FALLBACK, COUNTERS_MAX_ENTRIES, PROGRAM_NAME};
 use std::os::fd::BorrowedFd;
 
 use thiserror::Error;
@@ -101,6 +102,16 @@ pub enum EbpfError {
     State { path: PathBuf, message: String },
     #[error("policy routing: {0}")]
     Routing(String),
+    #[error("reading the possible CPUs ({what}): {source}")]
+    Cpus {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{count} device interfaces: the kernel program counts at most {max} (devices.interfaces)"
+    )]
+    TooManyInterfaces { count: usize, max: u32 },
 }
 
 /// Refuses kernels that cannot run the gateway at all.
@@ -238,6 +249,17 @@ impl KernelPath {
     /// from recorded ones no longer configured. Attaching first keeps every
     /// still-configured interface guarded throughout.
     fn reconcile_interfaces(&mut self, config: &Config, mode: Mode) -> Result<(), EbpfError> {
+        // One counters entry per interface plus the fallback.
+        let max = COUNTERS_MAX_ENTRIES - 1;
+        if config.devices.interfaces.len() > max as usize {
+            return Err(EbpfError::TooManyInterfaces {
+                count: config.devices.interfaces.len(),
+                max,
+            });
+        }
+        // Before any attach: a packet that misses its interface's entry
+        // is counted here rather than not at all.
+        self.maps.ensure_counters(COUNTERS_FALLBACK)?;
         let mut prog: Option<SchedClassifier> = None;
         for iface in &config.devices.interfaces {
             let present = self
@@ -257,6 +279,11 @@ impl KernelPath {
             let Some(p) = prog.as_mut() else {
                 return Err(EbpfError::Program("pinned program vanished".into()));
             };
+            // The interface's counters exist before its first packet; a
+            // name that does not resolve fails in `attach`, with its reason.
+            if let Ok(ifindex) = nix::net::if_::if_nametoindex(iface.as_str()) {
+                self.maps.ensure_counters(ifindex)?;
+            }
             let a = attach::attach(p, iface, mode, &self.pins)?;
             tracing::info!(interface = %iface, mode = ?a.mode, "attached");
             self.state.attachments.push(a);
@@ -272,6 +299,7 @@ impl KernelPath {
             attach::detach(&a, &self.pins)?;
             tracing::info!(interface = %a.interface, "detached (no longer configured)");
         }
+        self.maps.track_interfaces(&self.state.attachments)?;
         self.state.write(&self.state_dir)
     }
 

@@ -12,7 +12,14 @@ use prometheus_client::{
 };
 
 use super::Metrics;
-use crate::{audit::AuditCounter, cache::Cache, ebpf::Maps, proxy::limits::Limits};
+use gateway_common::Counter;
+
+use crate::{
+    audit::AuditCounter,
+    cache::Cache,
+    ebpf::{Maps, counters::KernelCounts},
+    proxy::limits::Limits,
+};
 
 /// Where the scrape-time values come from; absent parts are not exported.
 #[derive(Default)]
@@ -51,9 +58,9 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The kernel program's counter as (verdict, counter) labels: the verdict
-/// is the counter's first word, so a dashboard can sum drops.
-pub fn kernel_labels(name: &str) -> [(&'static str, String); 2] {
+/// The kernel program's counter as (interface, verdict, counter) labels:
+/// the verdict is the counter's first word, so a dashboard can sum drops.
+pub fn kernel_labels(interface: &str, name: &str) -> [(&'static str, String); 3] {
     let verdict = match name.split('_').next() {
         Some("pass") => "pass",
         Some("drop") => "drop",
@@ -62,9 +69,25 @@ pub fn kernel_labels(name: &str) -> [(&'static str, String); 2] {
         _ => "other",
     };
     [
+        ("interface", interface.to_owned()),
         ("verdict", verdict.to_owned()),
         ("counter", name.to_owned()),
     ]
+}
+
+/// Every kernel series: each counter of each device interface and of the
+/// fallback (`interface="other"`), zeros included, so the label set is
+/// fixed by the configuration.
+pub fn kernel_series(counts: &KernelCounts) -> Vec<([(&'static str, String); 3], u64)> {
+    counts
+        .interfaces
+        .iter()
+        .flat_map(|i| {
+            Counter::ALL
+                .iter()
+                .map(|c| (kernel_labels(&i.interface, c.name()), i.get(*c)))
+        })
+        .collect()
 }
 
 impl Collector for StateCollector {
@@ -158,19 +181,18 @@ impl Collector for StateCollector {
             )?;
         }
         if let Some(kernel) = &self.sources.kernel {
-            // A read of per-CPU array slots; the lock is held by the
+            // A read of a few per-CPU map entries; the lock is held by the
             // refresh task for a moment every few seconds at most.
             let counters = kernel.lock().unwrap_or_else(|p| p.into_inner()).counters();
             match counters {
                 Ok(counters) => {
                     let mut enc = e.encode_descriptor(
                         "kernel_packets",
-                        "Packets by the kernel program's verdict and counter (all device interfaces together: the program's counters are not per interface)",
+                        "Packets by device interface (\"other\": counted on none of them) and the kernel program's verdict and counter",
                         None,
                         MetricType::Counter,
                     )?;
-                    for (c, v) in counters {
-                        let labels = kernel_labels(c.name());
+                    for (labels, v) in kernel_series(&counters) {
                         ConstCounter::new(v).encode(enc.encode_family(&labels)?)?;
                     }
                 }

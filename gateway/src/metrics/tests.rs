@@ -328,3 +328,44 @@ fn promtool_accepts_the_alert_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn kernel_series_are_per_interface_with_a_fixed_label_set() {
+    use gateway_common::{COUNTERS_FALLBACK, Counter};
+
+    use super::collector::kernel_series;
+    use crate::ebpf::counters::KernelCounts;
+
+    let mut dev0 = [0u64; Counter::COUNT as usize];
+    dev0[Counter::DropNotIntercepted as usize] = 4;
+    let mut fallback = [0u64; Counter::COUNT as usize];
+    fallback[Counter::EventsLost as usize] = 1;
+    let counts = KernelCounts::name(
+        &[(5, dev0), (COUNTERS_FALLBACK, fallback)],
+        &[(5, "dev0".to_owned()), (6, "dev1".to_owned())],
+    );
+    let series = kernel_series(&counts);
+    // Every counter of both interfaces and of the fallback, zeros too.
+    assert_eq!(series.len(), 3 * Counter::COUNT as usize);
+    let value = |interface: &str, counter: &str| {
+        series
+            .iter()
+            .find(|(l, _)| l[0].1 == interface && l[2].1 == counter)
+            .map(|(l, v)| (l[1].1.clone(), *v))
+    };
+    assert_eq!(
+        value("dev0", "drop_not_intercepted"),
+        Some(("drop".to_owned(), 4))
+    );
+    assert_eq!(
+        value("dev1", "drop_not_intercepted"),
+        Some(("drop".to_owned(), 0))
+    );
+    assert_eq!(value("other", "events_lost"), Some(("other".to_owned(), 1)));
+    assert_eq!(value("dev0", "events_lost"), Some(("other".to_owned(), 0)));
+    assert!(
+        series
+            .iter()
+            .all(|(l, _)| l[0].0 == "interface" && l[1].0 == "verdict" && l[2].0 == "counter")
+    );
+}
