@@ -733,7 +733,12 @@ fn emit(flow: &FlowKey, packets: u64, ts_ns: u64) {
 
 /// Counts a packet on the interface it arrived on (`ifindex`), or on the
 /// fallback entry when that interface has none (see `IfCounters`).
-#[inline(always)]
+///
+/// Not inlined: a BPF subprogram of its own, so that its lookup keys sit in
+/// its own small frame rather than in the program's, which 6.1's verifier
+/// bounds at 448 bytes (512 for the whole call chain, each frame rounded up
+/// to 32 bytes, an empty one counted as 32).
+#[inline(never)]
 fn count(ifindex: u32, counter: Counter) {
     let block = match COUNTERS.get_ptr_mut(&ifindex) {
         Some(block) => block,
