@@ -49,6 +49,18 @@ pub fn emulated() -> bool {
     std::env::var("MARGO_VM_ACCEL").is_ok_and(|a| a == "tcg")
 }
 
+/// `bytes`, for a size incidental to what a test checks (an image's layers,
+/// say): as given on a real CPU, a quarter of it under TCG, where each byte
+/// is generated, hashed, compressed, encrypted and written by emulated code
+/// several times over (the harness, the registry, the gateway, the client).
+pub fn incidental(bytes: u64) -> u64 {
+    if emulated() {
+        (bytes / 4).max(4096)
+    } else {
+        bytes
+    }
+}
+
 /// Fails loudly unless running as root: a silent pass of a test that never
 /// touched the kernel would be a defect (the xtask runner never runs these
 /// tests as non-root).

@@ -31,6 +31,7 @@ use gateway_tests::{
     Site,
     containerd::{self, Containerd},
     hub::{self, DeviceBypass, Hub, HubOptions, WrongResolver, bypass::BYPASS_DEV_V4, decode_jwt},
+    incidental,
     netns::ip_in,
     oci::{Image, LINUX_AMD64, LayerSpec, Layout, sha256_digest},
     registry::{Credentials, Registry, RegistryOptions, cmd, netns_etc::NetnsEtc},
@@ -47,7 +48,10 @@ fn push_app(site: &Site, reg: &Registry<'_>) -> (Layout, Image) {
     let img = layout
         .image(
             LINUX_AMD64,
-            &[LayerSpec::gzip(MIB, 11), LayerSpec::tar(4 * MIB, 12)],
+            &[
+                LayerSpec::gzip(incidental(MIB), 11),
+                LayerSpec::tar(incidental(4 * MIB), 12),
+            ],
             "app",
         )
         .unwrap();

@@ -10,7 +10,7 @@
 )]
 
 use gateway_tests::{
-    Site,
+    Site, incidental,
     oci::{self, ImageIndex, LINUX_AMD64, LINUX_ARM64, LayerSpec, Layout},
     registry::{self, Client, Credentials, RegistryOptions, World, start_world},
     require_root,
@@ -27,12 +27,19 @@ fn push_app(w: &World<'_>) -> (Layout, ImageIndex) {
     let amd = layout
         .image(
             LINUX_AMD64,
-            &[LayerSpec::gzip(MIB, 11), LayerSpec::tar(6 * MIB, 12)],
+            &[
+                LayerSpec::gzip(incidental(MIB), 11),
+                LayerSpec::tar(incidental(6 * MIB), 12),
+            ],
             "amd64",
         )
         .unwrap();
     let arm = layout
-        .image(LINUX_ARM64, &[LayerSpec::gzip(MIB, 13)], "arm64")
+        .image(
+            LINUX_ARM64,
+            &[LayerSpec::gzip(incidental(MIB), 13)],
+            "arm64",
+        )
         .unwrap();
     let index = layout.index(&[amd.clone(), arm]).unwrap();
     layout.tag(&index.index, "multi").unwrap();

@@ -13,7 +13,7 @@
 use std::{path::Path, process::Command, time::Instant};
 
 use gateway_tests::{
-    Site,
+    Site, incidental,
     oci::{LINUX_AMD64, LINUX_ARM64, LayerSpec, Layout, MT_HELM_CHART, sha256_digest},
     registry::{self, Client, Credentials, Registry, RegistryOptions},
     require_root,
@@ -53,12 +53,15 @@ fn registry_round_trip_from_the_gateway_namespace() {
     let amd = layout
         .image(
             LINUX_AMD64,
-            &[LayerSpec::gzip(MIB, 1), LayerSpec::tar(8 * MIB, 2)],
+            &[
+                LayerSpec::gzip(incidental(MIB), 1),
+                LayerSpec::tar(incidental(8 * MIB), 2),
+            ],
             "amd64",
         )
         .unwrap();
     let arm = layout
-        .image(LINUX_ARM64, &[LayerSpec::gzip(MIB, 3)], "arm64")
+        .image(LINUX_ARM64, &[LayerSpec::gzip(incidental(MIB), 3)], "arm64")
         .unwrap();
     let index = layout.index(&[amd.clone(), arm.clone()]).unwrap();
     let chart = layout.helm_chart("demo", "0.1.0", 4).unwrap();

@@ -18,6 +18,7 @@ use gateway_tests::{
     Gateway, GatewayConfig, Site,
     containerd::Containerd,
     hub::{self, Hub, HubOptions},
+    incidental,
     oci::{LINUX_AMD64, LayerSpec, Layout, sha256_digest},
     registry::{
         self, Registry, RegistryOptions,
@@ -44,7 +45,10 @@ fn an_unconfigured_containerd_pulls_by_name_through_the_gateway_online_and_offli
     let img = layout
         .image(
             LINUX_AMD64,
-            &[LayerSpec::gzip(MIB, 21), LayerSpec::tar(2 * MIB, 22)],
+            &[
+                LayerSpec::gzip(incidental(MIB), 21),
+                LayerSpec::tar(incidental(2 * MIB), 22),
+            ],
             "app",
         )
         .unwrap();

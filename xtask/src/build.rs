@@ -1,5 +1,10 @@
 //! Building the gateway binary (its build script builds the eBPF object).
-use std::path::PathBuf;
+use std::{
+    fs::File,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -19,7 +24,6 @@ pub fn target_dir() -> Result<PathBuf> {
 
 /// `cargo build -p gateway [--release]`; returns the path of the binary.
 pub fn gateway(release: bool) -> Result<PathBuf> {
-    let profile = if release { "release" } else { "debug" };
     println!(
         "build: cargo build -p gateway{}",
         if release { " --release" } else { "" }
@@ -32,6 +36,12 @@ pub fn gateway(release: bool) -> Result<PathBuf> {
     cmd::run(&mut build).context(
         "building the gateway failed: check the compiler output above (eBPF build errors: run `cargo xtask setup`)",
     )?;
+    built_binary(release)
+}
+
+/// The binary a successful `cargo build -p gateway [--release]` left.
+fn built_binary(release: bool) -> Result<PathBuf> {
+    let profile = if release { "release" } else { "debug" };
     let bin = target_dir()?.join(profile).join("gateway");
     if !bin.is_file() {
         bail!(
@@ -40,4 +50,85 @@ pub fn gateway(release: bool) -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// The release gateway, built at the lowest CPU priority while the test run
+/// does other work: its build is minutes of CPU on a 2-core machine, and the
+/// steps before the VMs (the root tests above all) leave a core idle much
+/// of the time. Nice 19 means it takes what they leave: a step that wants
+/// both cores gets them back within a scheduler tick. Cargo locks each
+/// profile's directory on its own, so the debug builds beside it do not
+/// wait for it.
+pub struct Background {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Drop for Background {
+    /// A run that ends before it waits (an error, a panic) stops the build
+    /// it started, by the pid it holds.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Background {
+    /// Starts `cargo build -p gateway --release`, its output into `log`.
+    pub fn release_gateway(log: PathBuf) -> Result<Self> {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("duplicating {}", log.display()))?;
+        let mut build = cmd::cargo();
+        build
+            .args(["build", "-p", "gateway", "--release"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: setpriority is async-signal-safe and touches only this
+        // (forked, not yet exec'd) process; its children inherit the value.
+        unsafe {
+            build.pre_exec(|| {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, 19) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = build
+            .spawn()
+            .with_context(|| format!("starting `{}`", cmd::describe(&build)))?;
+        Ok(Self {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Waits for the build; returns the binary, or an error with the tail
+    /// of the build's output.
+    pub fn wait(mut self) -> Result<PathBuf> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the release build was already waited for");
+        };
+        let st = child
+            .wait()
+            .context("waiting for `cargo build -p gateway --release`")?;
+        if !st.success() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            bail!(
+                "building the release gateway failed ({st}); the end of its output ({}):\n{tail}",
+                self.log.display()
+            );
+        }
+        built_binary(true)
+    }
 }

@@ -24,7 +24,6 @@ mod qemu;
 mod report;
 pub mod self_check;
 mod share;
-mod split;
 mod stage;
 
 use std::{
@@ -91,10 +90,6 @@ pub struct Options {
     /// the others are reported as skipped.
     #[arg(long, value_name = "TARGET")]
     pub only: Vec<String>,
-    /// Under TCG, run each registry-client suite on one kernel only
-    /// (`cargo xtask test` does, for its time budget; see [`split`]).
-    #[arg(long)]
-    pub split: bool,
     /// Seconds the runner inside may stay silent (it reports every 10 s)
     /// before the kernel counts as hung.
     #[arg(long, value_name = "SECS", default_value_t = 120, hide = true)]
@@ -271,11 +266,6 @@ fn run_kernel(
                 .join(".cache/margo-gateway/vm/accel"),
         ),
     });
-    let expected = if opts.split && accel == Accel::Tcg {
-        split::apply(expected, &kernel.name)
-    } else {
-        expected.to_vec()
-    };
     let plan = Plan {
         kernel: kernel.name.clone(),
         gateway_bin: staged.gateway.clone(),
@@ -283,7 +273,7 @@ fn run_kernel(
         test_threads: opts.test_threads,
         accel: accel.label().to_ascii_lowercase(),
         binary_timeout_secs: opts.binary_timeout,
-        binaries: planned_binaries(&staged.binaries, &expected),
+        binaries: planned_binaries(&staged.binaries, expected),
         probe_attach: true,
         inject: opts.inject,
     };
@@ -331,7 +321,7 @@ fn run_kernel(
     share::remove_scratch(&scratch);
     keep_run_logs(&run_dir, &log_dir);
     let outcome = outcome?;
-    let tests = collector.outcomes(&expected, &outcome.ending);
+    let tests = collector.outcomes(expected, &outcome.ending);
     let vm_failure = match &outcome.ending {
         Ending::Finished => None,
         other => Some(report::describe(other)),
