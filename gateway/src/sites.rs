@@ -40,9 +40,13 @@ pub async fn build_content(config: &Config) -> anyhow::Result<Content> {
 fn content_with(config: &Config, cache: Cache) -> anyhow::Result<Content> {
     let mut oci = HashMap::new();
     for site in &config.sites {
-        let upstream =
-            Upstream::configured(site, &config.passthrough_addresses(), &config.upstream)
-                .with_context(|| format!("setting up the upstream of site {}", site.host))?;
+        let upstream = Upstream::configured(
+            site,
+            &config.passthrough_addresses(),
+            &config.upstream,
+            config.upstream_proxy_for(site),
+        )
+        .with_context(|| format!("setting up the upstream of site {}", site.host))?;
         match site.kind {
             SiteKind::Oci => {
                 oci.insert(

@@ -159,6 +159,21 @@ fn render_daemon(d: &Value, out: &mut String) {
                 .unwrap_or(0),
         ));
     }
+    // Only when some site's proxy failed: most sites have no proxy.
+    for p in d["upstream_proxy_problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let s = |k: &str| p[k].as_str().unwrap_or("?").to_owned();
+        out.push_str(&format!(
+            "upstream proxy {} for site {}: failing since {}: {}\n",
+            s("proxy"),
+            s("site"),
+            s("at"),
+            s("error"),
+        ));
+    }
     let refusals = d["recent_refusals"]
         .as_array()
         .map_or(&[][..], Vec::as_slice);
@@ -218,6 +233,7 @@ mod tests {
             ],
             "cache": { "bytes": 512, "max_bytes": 1024, "fill_ratio": 0.5, "blobs": 3, "pinned_bytes": 0, "fills_in_progress": 1 },
             "recent_refusals": [{ "ts": "2026-01-01T00:00:00Z", "event": "flow.denied", "device": "10.0.3.2:5000", "destination": "1.2.3.4:443", "reason": "no_rule" }],
+            "upstream_proxy_problems": [{ "site": "reg.test", "proxy": "http://proxy.test:3128", "at": "2026-01-01T00:00:01Z", "error": "request to https://reg.test/v2/ failed: the upstream proxy http://proxy.test:3128 refused the gateway's credentials (407 Proxy Authentication Required)" }],
         });
         let text = render(&v);
         for want in [
@@ -227,6 +243,7 @@ mod tests {
             "site idle.test: 0 requests, no cache lookups yet",
             "(50% full), 3 blobs",
             "10.0.3.2:5000 -> 1.2.3.4:443 no_rule",
+            "upstream proxy http://proxy.test:3128 for site reg.test: failing since 2026-01-01T00:00:01Z: request to https://reg.test/v2/ failed: the upstream proxy http://proxy.test:3128 refused the gateway's credentials (407 Proxy Authentication Required)",
         ] {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");
         }

@@ -6,8 +6,9 @@ use crate::tls::rotation::HostCheck;
 impl Config {
     /// Checks what only the running host can tell: every device-facing
     /// interface exists in this network namespace, the admin listener is
-    /// not on one of their addresses, and the site CA on disk (if created
-    /// yet) and its pending successor cover every site host.
+    /// not on one of their addresses, the upstream proxies' password files
+    /// are readable and private, and the site CA on disk (if created yet)
+    /// and its pending successor cover every site host.
     pub fn check_host(&self) -> Result<(), ConfigError> {
         for (i, name) in self.devices.interfaces.iter().enumerate() {
             if nix::net::if_::if_nametoindex(name.as_str()).is_err() {
@@ -21,6 +22,7 @@ impl Config {
         }
         self.admin
             .check_not_on_devices(&crate::dns::interface_addresses(&self.devices.interfaces))?;
+        self.check_upstream_proxy_files()?;
         self.check_site_ca()
     }
 

@@ -7,6 +7,7 @@
 
 mod admin;
 mod host;
+mod proxy;
 mod services;
 mod sites;
 mod upstream;
@@ -20,6 +21,7 @@ use std::{
 use serde::Deserialize;
 
 pub use admin::{Admin, DEFAULT_ADMIN_LISTEN};
+pub use proxy::{SiteProxy, UpstreamProxy, parse_proxy_url};
 pub use services::{Dns, PassthroughService, Service, Time};
 pub use sites::{Cache, Credentials, Site, SiteKind, Tls};
 pub use upstream::Upstream;
@@ -48,6 +50,10 @@ pub struct Config {
     /// Timeouts and the progress floor for the sites' registries.
     #[serde(default)]
     pub upstream: Upstream,
+    /// The HTTP proxy upstream connections go through (CONNECT), unless a
+    /// site says otherwise. Default none: the gateway connects directly.
+    #[serde(default)]
+    pub upstream_proxy: Option<UpstreamProxy>,
     #[serde(default)]
     pub audit: Audit,
     /// Where the daemon keeps its state (attachment records).

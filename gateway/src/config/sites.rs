@@ -76,6 +76,10 @@ pub struct Site {
     /// entry.
     #[serde(default)]
     pub redirect_hosts: Vec<String>,
+    /// This site's HTTP proxy instead of the global `upstream_proxy`, or
+    /// `direct` for none. Default: the global one.
+    #[serde(default)]
+    pub upstream_proxy: Option<super::SiteProxy>,
 }
 
 impl Site {

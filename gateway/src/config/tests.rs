@@ -465,3 +465,127 @@ fn upstream_settings_default_and_are_checked() {
     let e = err(&format!("{MINIMAL}upstream:\n  body_idle: 5\n"));
     assert!(e.contains("body_idle"), "{e}");
 }
+
+#[test]
+fn upstream_proxy_global_site_and_direct() {
+    let text = format!(
+        "{MINIMAL}upstream_proxy:\n  url: http://proxy.corp.example:3128\n  username: gateway\n  password_file: /etc/gateway/proxy.password\n  no_proxy: [\".site.internal\", \"10.0.0.9\"]\n\
+         sites:\n  - host: a.example.test\n    kind: oci\n\
+         \x20 - host: b.example.test\n    kind: oci\n    upstream_proxy: direct\n\
+         \x20 - host: c.example.test\n    kind: oci\n    upstream_proxy:\n      url: \"http://[fd00::3]:8080\"\n"
+    );
+    let c = Config::parse(&text).expect("valid");
+    let global = c.upstream_proxy.as_ref().expect("global");
+    assert_eq!(global.username.as_deref(), Some("gateway"));
+    assert_eq!(global.no_proxy, [".site.internal", "10.0.0.9"]);
+    assert_eq!(c.upstream_proxy_for(&c.sites[0]), Some(global));
+    assert_eq!(c.upstream_proxy_for(&c.sites[1]), None);
+    let own = c.upstream_proxy_for(&c.sites[2]).expect("the site's own");
+    assert_eq!(own.url, "http://[fd00::3]:8080");
+    assert_eq!(own.username, None);
+    // No proxy anywhere by default.
+    let minimal = Config::parse(MINIMAL).expect("minimal");
+    assert!(minimal.upstream_proxy.is_none());
+}
+
+#[test]
+fn bad_upstream_proxies_are_named() {
+    let global = |body: &str| format!("{MINIMAL}upstream_proxy:\n{body}");
+    for (body, key, says) in [
+        (
+            "  url: https://proxy:3128\n",
+            "upstream_proxy.url",
+            "not supported",
+        ),
+        (
+            "  url: http://u:p@proxy:3128\n",
+            "upstream_proxy.url",
+            "user-info",
+        ),
+        ("  url: http://proxy:3128/x\n", "upstream_proxy.url", "path"),
+        ("  url: http://proxy\n", "upstream_proxy.url", "port"),
+        (
+            "  url: http://proxy:3128\n  username: gw\n",
+            "upstream_proxy.password_file",
+            "required",
+        ),
+        (
+            "  url: http://proxy:3128\n  password_file: /etc/p\n",
+            "upstream_proxy.username",
+            "required",
+        ),
+        (
+            "  url: http://proxy:3128\n  username: gw\n  password_file: p\n",
+            "upstream_proxy.password_file",
+            "absolute",
+        ),
+        (
+            "  url: http://proxy:3128\n  username: \"a:b\"\n  password_file: /p\n",
+            "upstream_proxy.username",
+            "`:`",
+        ),
+        (
+            "  url: http://proxy:3128\n  no_proxy: [ok.example, \"10.0.0.0/8\"]\n",
+            "upstream_proxy.no_proxy[1]",
+            "CIDR",
+        ),
+        (
+            "  url: http://proxy:3128\n  no_proxy: [\"*\"]\n",
+            "upstream_proxy.no_proxy[0]",
+            "direct",
+        ),
+    ] {
+        let e = err(&global(body));
+        assert!(
+            e.contains(&format!("`{key}`")) && e.contains(says),
+            "{body}: {e}"
+        );
+    }
+    let e = err(&global("  url: http://proxy:3128\n  password: hunter2\n"));
+    assert!(e.contains("password"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+
+    let site = |extra: &str| {
+        format!("{MINIMAL}sites:\n  - host: reg.example.test\n    kind: oci\n{extra}")
+    };
+    let e = err(&site(
+        "    upstream_proxy:\n      url: socks5://proxy:1080\n",
+    ));
+    assert!(e.contains("sites[0].upstream_proxy.url"), "{e}");
+    let e = err(&site("    upstream_proxy: none\n"));
+    assert!(e.contains("`none` is neither `direct`"), "{e}");
+    let e = err(&site(
+        "    upstream_proxy:\n      url: http://p:1\n      pasword_file: /p\n",
+    ));
+    assert!(e.contains("pasword_file"), "{e}");
+}
+
+#[test]
+fn the_proxy_password_file_is_checked_on_the_host() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("proxy.password");
+    std::fs::write(&file, "pw\n").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let text = format!(
+        "{MINIMAL}upstream_proxy:\n  url: http://proxy:3128\n  username: gw\n  password_file: {}\n",
+        file.display()
+    );
+    let c = Config::parse(&text).expect("parses: the file is read on the host");
+    let e = c
+        .check_upstream_proxy_files()
+        .expect_err("0644")
+        .to_string();
+    assert!(
+        e.contains("`upstream_proxy.password_file`") && e.contains("chmod 600"),
+        "{e}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    c.check_upstream_proxy_files().expect("0600");
+    std::fs::remove_file(&file).expect("rm");
+    let e = c
+        .check_upstream_proxy_files()
+        .expect_err("missing")
+        .to_string();
+    assert!(e.contains("cannot read the password file"), "{e}");
+}

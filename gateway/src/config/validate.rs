@@ -53,6 +53,7 @@ impl Config {
         self.validate_dns_and_time()?;
         self.validate_ports()?;
         self.validate_upstream()?;
+        self.validate_upstream_proxies()?;
         self.validate_paths()?;
         self.validate_kernel()?;
         self.admin.validate(self.proxy.port)?;

@@ -62,6 +62,7 @@ pub fn stats(
         "cache": cache,
         "open_connections": daemon.limits.open(),
         "recent_refusals": metrics.refused.list(),
+        "upstream_proxy_problems": crate::upstream::proxy_problems(),
     })
 }
 

@@ -182,7 +182,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<Changes, Refusal> {
     }
 
     let mut changes = Changes::default();
-    let top: [(&str, bool); 13] = [
+    let top: [(&str, bool); 14] = [
         ("devices", same(&old.devices, &new.devices)),
         ("manager", same(&old.manager, &new.manager)),
         ("passthrough", same(&old.passthrough, &new.passthrough)),
@@ -190,6 +190,10 @@ pub fn diff(old: &Config, new: &Config) -> Result<Changes, Refusal> {
         ("intercept", same(&old.intercept, &new.intercept)),
         ("proxy", same(&old.proxy, &new.proxy)),
         ("upstream", same(&old.upstream, &new.upstream)),
+        (
+            "upstream_proxy",
+            same(&old.upstream_proxy, &new.upstream_proxy),
+        ),
         ("kernel", same(&old.kernel, &new.kernel)),
         ("tls", same(&old.tls, &new.tls)),
         ("sites", same(&old.sites, &new.sites)),
@@ -339,6 +343,21 @@ mod tests {
             + "proxy: {idle_timeout_secs: 300}\nkernel: {drop_event_interval_ms: 500}\n";
         let c = diff(&parse(BASE), &parse(&live)).expect("live");
         assert_eq!(c.keys, ["proxy", "kernel"]);
+    }
+
+    #[test]
+    fn the_upstream_proxy_changes_live() {
+        let proxy = "upstream_proxy: {url: \"http://proxy.example:3128\"}\n";
+        let with = BASE.to_owned() + proxy;
+        let c = diff(&parse(BASE), &parse(&with)).expect("proxy added");
+        assert_eq!(c.keys, ["upstream_proxy"]);
+        let site_direct = with.replace(
+            "{host: registry.example, kind: oci}",
+            "{host: registry.example, kind: oci, upstream_proxy: direct}",
+        );
+        let c = diff(&parse(&with), &parse(&site_direct)).expect("site direct");
+        assert_eq!(c.keys, ["sites"]);
+        assert_eq!(c.sites_changed, ["registry.example"]);
     }
 
     #[test]

@@ -22,12 +22,13 @@ use super::{
     auth::Auth,
     credentials::UpstreamCredentials,
     error::{UpstreamError, Waiting, is_tls_rejection},
+    proxy::{Connector, ProxyRoute, proxy_error_in},
     redirect::{MAX_REDIRECTS, Origin, is_redirect, redact, resolve},
     targets::{GuardedResolver, Refused, Targets, refused_in},
 };
-use crate::config::{Site, Upstream as UpstreamSettings};
+use crate::config::{Site, Upstream as UpstreamSettings, UpstreamProxy};
 
-type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>;
+type HttpClient = Client<HttpsConnector<Connector>, Empty<Bytes>>;
 
 /// Timeouts and retry pauses; [`Default`] gives the production values.
 #[derive(Debug, Clone)]
@@ -139,6 +140,8 @@ pub(super) struct Inner {
     pub(super) auth: Auth,
     /// Which redirect and realm targets may be reached (`targets.rs`).
     pub(super) targets: Arc<Targets>,
+    /// The site's upstream proxy, if it has one (`proxy.rs`).
+    proxy: Option<Arc<ProxyRoute>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -147,6 +150,7 @@ impl fmt::Debug for Upstream {
             .field("site", &self.inner.site)
             .field("url", &redact(&self.inner.base))
             .field("credentials", &self.inner.auth.credentials())
+            .field("proxy", &self.inner.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -167,11 +171,13 @@ impl Upstream {
     }
 
     /// With the timeouts and progress floor of the config's `upstream:`
-    /// section (pool idle and retry pauses stay the defaults).
+    /// section (pool idle and retry pauses stay the defaults) and the
+    /// site's proxy ([`crate::config::Config::upstream_proxy_for`]).
     pub fn configured(
         site: &Site,
         passthrough: &[SocketAddr],
         settings: &UpstreamSettings,
+        proxy: Option<&UpstreamProxy>,
     ) -> Result<Self, UpstreamError> {
         let timeouts = Timeouts {
             connect: Duration::from_secs(settings.connect_timeout_secs),
@@ -183,7 +189,7 @@ impl Upstream {
             floor: settings.min_body_rate,
             window: Duration::from_secs(settings.min_body_rate_window_secs),
         };
-        Self::with_limits(site, passthrough, timeouts, rate)
+        Self::with_proxy(site, passthrough, timeouts, rate, proxy)
     }
 
     /// With the default progress floor ([`BodyRate::default`]).
@@ -195,13 +201,30 @@ impl Upstream {
         Self::with_limits(site, passthrough, timeouts, BodyRate::default())
     }
 
+    /// Direct, with no proxy.
     pub fn with_limits(
         site: &Site,
         passthrough: &[SocketAddr],
         timeouts: Timeouts,
         body_rate: BodyRate,
     ) -> Result<Self, UpstreamError> {
+        Self::with_proxy(site, passthrough, timeouts, body_rate, None)
+    }
+
+    /// Reads the proxy's password file too, when it has one; the proxy's
+    /// connect and CONNECT-answer waits are `timeouts.connect`.
+    pub fn with_proxy(
+        site: &Site,
+        passthrough: &[SocketAddr],
+        timeouts: Timeouts,
+        body_rate: BodyRate,
+        proxy: Option<&UpstreamProxy>,
+    ) -> Result<Self, UpstreamError> {
         let (base, origin) = parse_base(site)?;
+        let proxy = proxy
+            .map(|p| ProxyRoute::load(&site.host, p, timeouts.connect))
+            .transpose()?
+            .map(Arc::new);
         let targets = Arc::new(Targets::new(
             base.host().unwrap_or_default(),
             &site.redirect_hosts,
@@ -234,7 +257,7 @@ impl Upstream {
             .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(Connector::new(http, proxy.clone()));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(timeouts.pool_idle)
             .pool_timer(TokioTimer::new())
@@ -251,6 +274,7 @@ impl Upstream {
                 body_rate,
                 auth: Auth::new(credentials),
                 targets,
+                proxy,
             }),
         })
     }
@@ -437,10 +461,21 @@ impl Inner {
                     if let Some(refused) = refused_in(&source) {
                         return Err(self.refuse(what, url, refused.clone()));
                     }
-                    let Some(pause) = pause.filter(|_| !is_tls_rejection(&source)) else {
-                        return Err(UpstreamError::Request {
-                            url: redact(url),
-                            source,
+                    let proxy = proxy_error_in(&source).cloned();
+                    let retry = match &proxy {
+                        Some(e) => e.retryable(),
+                        None => !is_tls_rejection(&source),
+                    };
+                    let Some(pause) = pause.filter(|_| retry) else {
+                        return Err(match proxy {
+                            Some(error) => UpstreamError::Proxy {
+                                url: redact(url),
+                                error,
+                            },
+                            None => UpstreamError::Request {
+                                url: redact(url),
+                                source,
+                            },
                         });
                     };
                     tracing::debug!(

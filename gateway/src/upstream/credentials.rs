@@ -63,6 +63,13 @@ pub enum CredentialsError {
     FileNotUtf8 { path: PathBuf },
     #[error("the password file {path} is empty")]
     EmptyFile { path: PathBuf },
+    /// The rule of the site CA's key (`tls/files.rs`): a secret file the
+    /// group or others may read or write is refused, not used.
+    #[error(
+        "the password file {path} is open to group or others (mode {mode:04o}): \
+         `chmod 600` it, owned by the user the gateway runs as"
+    )]
+    FilePermissions { path: PathBuf, mode: u32 },
     #[error("the environment variable {var} (password_env) is not set")]
     EnvMissing { var: String },
     #[error("the environment variable {var} (password_env) is not UTF-8 text")]
@@ -137,6 +144,26 @@ impl UpstreamCredentials {
     pub fn basic_header(&self) -> &HeaderValue {
         &self.basic
     }
+}
+
+/// Reads a password file that only its owner may read or write (the
+/// upstream proxy's `password_file`), with [`read_file`]'s rules.
+pub fn read_password_file(path: &std::path::Path) -> Result<Secret, CredentialsError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| CredentialsError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(CredentialsError::FilePermissions {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    read_file(path)
 }
 
 fn read_file(path: &std::path::Path) -> Result<Secret, CredentialsError> {
@@ -242,6 +269,32 @@ mod tests {
         std::fs::write(&empty, "\n").unwrap();
         let e = UpstreamCredentials::load(&creds(Some(empty), None)).unwrap_err();
         assert!(matches!(e, CredentialsError::EmptyFile { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_private_password_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.password");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_password_file(&path).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                matches!(e, CredentialsError::FilePermissions { .. })
+                    && text.contains(&format!("{mode:04o}"))
+                    && text.contains("chmod 600")
+                    && !text.contains("s3cret"),
+                "{text}"
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_password_file(&path).unwrap().expose(), "s3cret");
+        }
+        let e = read_password_file(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(e, CredentialsError::ReadFile { .. }), "{e}");
     }
 
     #[test]

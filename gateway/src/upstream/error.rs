@@ -13,7 +13,7 @@ use std::{fmt, time::Duration};
 use http::{Method, StatusCode};
 use thiserror::Error;
 
-use super::credentials::CredentialsError;
+use super::{credentials::CredentialsError, proxy::ProxyError};
 
 /// Who was at fault when a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,18 @@ pub enum UpstreamError {
         #[source]
         source: CredentialsError,
     },
+    /// Internal (the upstream proxy's password file); not retryable.
+    #[error("site {site}: cannot load the password for the upstream proxy {proxy}")]
+    ProxyCredentials {
+        site: String,
+        proxy: String,
+        #[source]
+        source: CredentialsError,
+    },
+    /// Internal (configuration: `check-config` refuses it first); not
+    /// retryable.
+    #[error("site {site}: upstream_proxy is not usable: {reason}")]
+    ProxyConfig { site: String, reason: String },
     /// Internal (trust anchors); not retryable.
     #[error("site {site}: cannot build the TLS client configuration")]
     Tls {
@@ -100,6 +112,12 @@ pub enum UpstreamError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// Upstream: the site's proxy refused or failed the CONNECT tunnel
+    /// (already retried where [`ProxyError::retryable`] allows). The
+    /// message carries the proxy's (no `#[source]`: the audit record's
+    /// text is this Display alone).
+    #[error("request to {url} failed: {error}")]
+    Proxy { url: String, error: ProxyError },
     /// Upstream stalled; retryable.
     #[error("no {waiting} from {url} within {after:?}")]
     Timeout {
@@ -181,10 +199,13 @@ impl UpstreamError {
         match self {
             Self::InvalidUpstreamUrl { .. }
             | Self::Credentials { .. }
+            | Self::ProxyCredentials { .. }
+            | Self::ProxyConfig { .. }
             | Self::Tls { .. }
             | Self::MethodNotAllowed { .. }
             | Self::InvalidTarget { .. } => Fault::Internal,
             Self::Request { .. }
+            | Self::Proxy { .. }
             | Self::Timeout { .. }
             | Self::TooSlow { .. }
             | Self::Body { .. }
@@ -204,12 +225,15 @@ impl UpstreamError {
     pub fn retryable(&self) -> bool {
         match self {
             Self::Request { source, .. } => !is_tls_rejection(source),
+            Self::Proxy { error, .. } => error.retryable(),
             Self::Timeout { .. } | Self::Body { .. } => true,
             Self::TokenStatus { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
             Self::InvalidUpstreamUrl { .. }
             | Self::Credentials { .. }
+            | Self::ProxyCredentials { .. }
+            | Self::ProxyConfig { .. }
             | Self::Tls { .. }
             | Self::MethodNotAllowed { .. }
             | Self::InvalidTarget { .. }

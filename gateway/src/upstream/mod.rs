@@ -11,6 +11,9 @@
 //!   Basic credentials (`auth.rs`);
 //! - follows up to [`MAX_REDIRECTS`] redirects, sending `Authorization`
 //!   only to the configured origin, never to a CDN (`redirect.rs`);
+//! - goes through the site's HTTP proxy (`upstream_proxy`) with a
+//!   CONNECT tunnel per connection, TLS to the origin inside it
+//!   (`proxy.rs`);
 //! - refuses redirect and token-realm targets on loopback, private,
 //!   link-local and passthrough addresses, literal or resolved, unless the
 //!   site names the host in `redirect_hosts` (`targets.rs`);
@@ -30,14 +33,16 @@ pub mod challenge;
 mod client;
 mod credentials;
 mod error;
+mod proxy;
 mod rate;
 mod redirect;
 mod targets;
 
 pub use body::{BodyStream, DEFAULT_BODY_IDLE, body_stream};
 pub use client::{ResponseMeta, Timeouts, Upstream, UpstreamRequest};
-pub use credentials::{CredentialsError, Secret, UpstreamCredentials};
+pub use credentials::{CredentialsError, Secret, UpstreamCredentials, read_password_file};
 pub use error::{Fault, UpstreamError, Waiting};
+pub use proxy::{ProxyError, ProxyProblem, proxy_problems};
 pub use rate::{BodyRate, DEFAULT_BODY_RATE_WINDOW, DEFAULT_MIN_BODY_RATE};
 pub use redirect::{MAX_REDIRECTS, redact};
 

@@ -22,6 +22,10 @@
 //!   here.
 //!
 //! Trust is per site and by host, any port: the admin named the host.
+//!
+//! Through a site's upstream proxy (`proxy.rs`) the gateway resolves no
+//! origin name, so only [`Targets::check`] applies there: the proxy
+//! resolves, and what it lets through is its own policy.
 
 use std::{
     collections::HashSet,

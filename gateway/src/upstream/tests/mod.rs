@@ -2,6 +2,7 @@
 
 mod auth;
 mod faults;
+mod proxy;
 mod rate;
 mod redirects;
 mod secrets;
@@ -157,6 +158,7 @@ pub(super) fn site(upstream: &str) -> Site {
         ca_file: None,
         credentials: None,
         redirect_hosts: Vec::new(),
+        upstream_proxy: None,
     }
 }
 

@@ -9,13 +9,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use super::*;
 use crate::upstream::{Fault, UpstreamRequest};
 
-struct TestPki {
-    ca_pem: String,
+pub(super) struct TestPki {
+    pub(super) ca_pem: String,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
 
-fn pki() -> TestPki {
+pub(super) fn pki() -> TestPki {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
@@ -36,7 +36,7 @@ fn pki() -> TestPki {
     }
 }
 
-fn acceptor(pki: &TestPki) -> tokio_rustls::TlsAcceptor {
+pub(super) fn acceptor(pki: &TestPki) -> tokio_rustls::TlsAcceptor {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
