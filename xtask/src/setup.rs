@@ -26,6 +26,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // Real peers for tests and benchmarks: an OCI registry and an HTTP(S) server.
     "docker-registry",
     "nginx",
+    // The corporate proxy of the upstream_proxy test (a squid of the test's
+    // own in a namespace). The package's own squid.service, which listens
+    // on port 3128 of every address, is stopped and disabled right after
+    // (`quiet_squid_service`); installed rather than unpacked (as
+    // prometheus is) because squid needs its library dependencies and its
+    // basic_ncsa_auth helper.
+    "squid",
     // Benchmarks (`cargo xtask bench`): TCP throughput of a passthrough
     // flow; `perf record` for `--perf`.
     "iperf3",
@@ -234,7 +241,38 @@ fn is_installed(package: &str) -> Result<bool> {
         && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
+/// Stops and disables Debian's squid.service, exactly that unit, when
+/// systemd runs it: the tests start their own squid inside a namespace,
+/// and a proxy listening in the root namespace is nothing this project
+/// should leave behind. Without systemd, invoke-rc.d starts no service in
+/// a container (no runlevel), and there is nothing to stop.
+fn quiet_squid_service() -> Result<()> {
+    if !Path::new("/run/systemd/system").exists() || !is_installed("squid")? {
+        return Ok(());
+    }
+    let enabled =
+        cmd::status(cmd::new("systemctl").args(["is-enabled", "--quiet", "squid.service"]))?;
+    let active =
+        cmd::status(cmd::new("systemctl").args(["is-active", "--quiet", "squid.service"]))?;
+    if !enabled.success() && !active.success() {
+        return Ok(());
+    }
+    println!(
+        "setup: stopping and disabling the squid package's own service (the tests run their own)"
+    );
+    cmd::run(cmd::new("systemctl").args(["disable", "--now", "squid.service"]))
+        .context("`systemctl disable --now squid.service` failed")
+}
+
 fn debian_packages() -> Result<()> {
+    install_debian_packages()?;
+    if cmd::is_root() {
+        quiet_squid_service()?;
+    }
+    Ok(())
+}
+
+fn install_debian_packages() -> Result<()> {
     let mut missing = Vec::new();
     for package in DEBIAN_PACKAGES {
         if !is_installed(package)? {
