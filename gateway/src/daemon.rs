@@ -285,7 +285,10 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
                 // Refused or applied, it is logged and audited there.
                 let _ = live.reload(Trigger::Signal, None, sync_local).await;
             }
+            // `gateway reload` (the unit's ExecReload): as SIGHUP, with
+            // the answer sent back.
             Some(ask) = reload_rx.recv() => {
+                audit.reopen();
                 let result = live.reload(Trigger::Control, Some(&ask.path), sync_local).await;
                 let _ = ask.answer.send(result.map_err(|e| e.to_string()));
             }

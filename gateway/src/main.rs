@@ -224,10 +224,18 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            // A bad --permit is a usage error, as a bad config is.
-            match e.downcast_ref() {
-                Some(gateway::tls::TlsError::InvalidPermit { .. }) => ExitCode::from(EX_CONFIG),
-                _ => ExitCode::FAILURE,
+            // A bad --permit, or `flows` --since/--until/--device, is a
+            // usage error, as a bad config is.
+            if matches!(
+                e.downcast_ref(),
+                Some(gateway::tls::TlsError::InvalidPermit { .. })
+            ) || e
+                .downcast_ref::<gateway::flows::filter::FilterError>()
+                .is_some()
+            {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }

@@ -130,7 +130,9 @@ fn render(version: &str, about: &str, top: &str, sections: &[(String, String)]) 
          The pinned program and maps that keep guarding while no daemon runs.\n\
          .SH SIGNALS\n\
          SIGTERM and SIGINT stop the daemon; the kernel path stays and keeps guarding. \
-         SIGHUP reloads the configuration and reopens the audit log; SIGUSR1 reopens the audit log.\n\
+         SIGHUP reloads the configuration and reopens the audit log (as \\fBgateway reload\\fR does, \
+         which the unit's ExecReload runs and which, unlike the signal, reports a refused configuration); \
+         SIGUSR1 reopens the audit log.\n\
          .SH EXIT STATUS\n\
          64 when the configuration is wrong (the message names the key), 2 when the command line \
          is, 1 on other errors, 0 otherwise.\n\

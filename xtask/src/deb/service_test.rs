@@ -13,7 +13,8 @@
 //! config in /etc/margo-gateway, `systemctl start` (returns once READY=1
 //! came: active, /readyz 200), watchdog pings keep it alive past a short
 //! WatchdogSec, `systemctl reload` applies the config (generation 2) in the
-//! same process, `systemctl stop` leaves the kernel path guarding (`gateway
+//! same process and fails, naming the key, on a config the daemon refuses
+//! (which keeps running the old one), `systemctl stop` leaves the kernel path guarding (`gateway
 //! status`), the daemon logged no warning or error, `dpkg --purge` removes
 //! the files and, through `gateway uninstall` in prerm, the pins and the
 //! policy routing.
@@ -35,6 +36,11 @@ use super::UNIT;
 const DEVICE_IF: &str = "mgdev0";
 /// Names every mount and the machine (one test at a time per host).
 const NAME: &str = "margo-deb-test";
+
+/// Where the package's unit reads its config.
+const CONFIG_PATH: &str = "/etc/margo-gateway/gateway.yaml";
+/// The unknown key of the config a reload must refuse.
+const BAD_KEY: &str = "not_a_gateway_key";
 
 /// The test's config: the example's defaults but an interface and a
 /// passthrough service that exist in the container.
@@ -141,25 +147,38 @@ fn steps(c: &mut Container, deb: &Path) -> Result<()> {
     expect_output(c, &["systemctl", "is-active", UNIT], "active")?;
     same_process(c, &pid, "after three watchdog periods")?;
 
-    // ExecReload sends SIGHUP and returns: the daemon applies the config
-    // after, and says so in its generation.
+    // ExecReload runs `gateway reload`, which returns once the daemon has
+    // applied the config: its generation says so at once.
     c.ok(&["systemctl", "reload", UNIT])?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = gateway_status(c)?;
-        if v["daemon"]["config_generation"] == serde_json::json!(2) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "30 s after systemctl reload the daemon's config generation is still not 2: {}",
-                v["daemon"]
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
+    let generation = |c: &Container| -> Result<serde_json::Value> {
+        Ok(gateway_status(c)?["daemon"]["config_generation"].clone())
+    };
+    let g = generation(c)?;
+    if g != serde_json::json!(2) {
+        bail!("after systemctl reload returned, the daemon's config generation is {g}, not 2");
     }
     expect_output(c, &["systemctl", "is-active", UNIT], "active")?;
     same_process(c, &pid, "after systemctl reload")?;
+
+    // A refused config fails `systemctl reload`, names the key, and the
+    // daemon keeps running the config it had.
+    let good = fs::read_to_string(c.path(CONFIG_PATH))?;
+    fs::write(c.path(CONFIG_PATH), format!("{good}{BAD_KEY}: 1\n"))?;
+    let out = c.inside(&["systemctl", "reload", UNIT])?;
+    if out.status.success() {
+        bail!("systemctl reload of a config with an unknown key `{BAD_KEY}` succeeded");
+    }
+    let journal = c.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", UNIT])?;
+    if !String::from_utf8_lossy(&journal.stdout).contains(BAD_KEY) {
+        bail!("after a refused systemctl reload the unit's journal does not name `{BAD_KEY}`");
+    }
+    fs::write(c.path(CONFIG_PATH), good)?;
+    expect_output(c, &["systemctl", "is-active", UNIT], "active")?;
+    same_process(c, &pid, "after a refused systemctl reload")?;
+    let g = generation(c)?;
+    if g != serde_json::json!(2) {
+        bail!("a refused systemctl reload changed the config generation to {g}");
+    }
 
     // Stop: the kernel path stays guarding.
     c.ok(&["systemctl", "stop", UNIT])?;
@@ -181,6 +200,8 @@ fn steps(c: &mut Container, deb: &Path) -> Result<()> {
     let complaints: Vec<&str> = journal
         .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.starts_with("error:"))
+        // The refused reload above, which `gateway reload` reported.
+        .filter(|l| !l.contains(BAD_KEY))
         .collect();
     if !complaints.is_empty() {
         bail!(
