@@ -33,6 +33,8 @@ pub mod prometheus;
 pub mod registry;
 pub mod servers;
 pub mod site;
+/// Squid as the site's corporate proxy (issue 14, `upstream_proxy`).
+pub mod squid;
 pub mod tls;
 
 pub use audit::{is_rfc3339, records_with_event};
