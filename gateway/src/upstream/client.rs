@@ -21,10 +21,10 @@ use super::rate::BodyRate;
 use super::{
     auth::Auth,
     credentials::UpstreamCredentials,
-    error::{UpstreamError, Waiting, is_tls_rejection},
-    proxy::{Connector, ProxyRoute, proxy_error_in},
+    error::{UpstreamError, Waiting, find_in, is_tls_rejection},
+    proxy::{Connector, ProxyError, ProxyRoute},
     redirect::{MAX_REDIRECTS, Origin, is_redirect, redact, resolve},
-    targets::{GuardedResolver, Refused, Targets, refused_in},
+    targets::{GuardedResolver, Refused, Targets},
 };
 use crate::config::{Site, Upstream as UpstreamSettings, UpstreamProxy};
 
@@ -458,10 +458,10 @@ impl Inner {
                     });
                 }
                 Ok(Err(source)) => {
-                    if let Some(refused) = refused_in(&source) {
+                    if let Some(refused) = find_in::<Refused>(&source) {
                         return Err(self.refuse(what, url, refused.clone()));
                     }
-                    let proxy = proxy_error_in(&source).cloned();
+                    let proxy = find_in::<ProxyError>(&source).cloned();
                     let retry = match &proxy {
                         Some(e) => e.retryable(),
                         None => !is_tls_rejection(&source),

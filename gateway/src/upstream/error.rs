@@ -270,3 +270,25 @@ pub(crate) fn is_tls_rejection(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// The `T` somewhere in a client error's source chain (the resolver's or
+/// the proxy connector's error, wrapped by the connector and the client).
+/// Walks `io::Error`s through `get_ref`, whose `source` skips what they
+/// wrap.
+pub(crate) fn find_in<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}

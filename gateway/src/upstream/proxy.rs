@@ -148,22 +148,6 @@ impl ProxyError {
     }
 }
 
-/// The [`ProxyError`] somewhere in a client error's source chain (walked
-/// as [`super::targets::refused_in`] does).
-pub(crate) fn proxy_error_in<'e>(e: &'e (dyn Error + 'static)) -> Option<&'e ProxyError> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(p) = e.downcast_ref::<ProxyError>() {
-            return Some(p);
-        }
-        next = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn Error + 'static)),
-            None => e.source(),
-        };
-    }
-    None
-}
-
 /// Hosts reached directly: `no_proxy`, parsed (validation guarantees the
 /// entries are names, `.suffix`es or IP addresses).
 #[derive(Debug, Default, Clone)]

@@ -286,23 +286,6 @@ impl Service<Name> for GuardedResolver {
     }
 }
 
-/// The [`Refused`] somewhere in a client error's source chain (the
-/// resolver's error, wrapped by the connector and the client). Walks
-/// `io::Error`s through `get_ref`, whose `source` skips what they wrap.
-pub(crate) fn refused_in<'e>(e: &'e (dyn Error + 'static)) -> Option<&'e Refused> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(r) = e.downcast_ref::<Refused>() {
-            return Some(r);
-        }
-        next = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn Error + 'static)),
-            None => e.source(),
-        };
-    }
-    None
-}
-
 #[cfg(test)]
 #[expect(
     clippy::unwrap_used,
@@ -471,8 +454,11 @@ mod tests {
             reason: "resolves only to refused addresses".into(),
         };
         let io = std::io::Error::other(refused.clone());
-        assert_eq!(refused_in(&io), Some(&refused));
+        assert_eq!(
+            crate::upstream::error::find_in::<Refused>(&io),
+            Some(&refused)
+        );
         let other = std::io::Error::other("connection refused");
-        assert_eq!(refused_in(&other), None);
+        assert_eq!(crate::upstream::error::find_in::<Refused>(&other), None);
     }
 }
