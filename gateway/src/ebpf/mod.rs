@@ -26,6 +26,8 @@ mod attach;
 mod budget;
 pub mod counters;
 pub mod events;
+#[cfg(test)]
+mod frame;
 mod maps;
 mod pins;
 pub mod routing;
