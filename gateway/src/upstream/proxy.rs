@@ -53,7 +53,7 @@ use tower_service::Service;
 use super::{
     credentials::{UpstreamCredentials, read_password_file},
     error::UpstreamError,
-    targets::GuardedResolver,
+    targets::{GuardedResolver, normalize, unbracket},
 };
 use crate::config::{UpstreamProxy, parse_proxy_url};
 
@@ -190,16 +190,6 @@ impl NoProxy {
                     .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
             })
     }
-}
-
-fn unbracket(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-}
-
-fn normalize(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// One site's proxy, loaded: where it is, the `Proxy-Authorization`

@@ -236,13 +236,13 @@ fn describe(addrs: &[SocketAddr], why: impl Fn(IpAddr) -> Option<&'static str>) 
         .join(", ")
 }
 
-fn unbracket(host: &str) -> &str {
+pub(super) fn unbracket(host: &str) -> &str {
     host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host)
 }
 
-fn normalize(name: &str) -> String {
+pub(super) fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
