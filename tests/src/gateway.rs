@@ -284,6 +284,14 @@ impl<'s> Gateway<'s> {
             .ok_or_else(|| anyhow!("record vanished"))
     }
 
+    /// Waits for the `request` record of a device's `method` on `path`.
+    pub fn wait_request(&self, method: &str, path: &str, timeout: Duration) -> Result<Value> {
+        self.wait_audit(
+            |r| r["event"] == "request" && r["method"] == method && r["path"] == path,
+            timeout,
+        )
+    }
+
     /// Polls the audit log until `pred` holds for the whole log; returns it.
     pub fn wait_audit_all(
         &self,

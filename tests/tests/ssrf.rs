@@ -90,14 +90,6 @@ fn oci_error(r: &CurlResponse) -> (String, String) {
     )
 }
 
-/// The audit record of the device's GET of `path`.
-fn request_record(gw: &Gateway<'_>, path: &str) -> Value {
-    gw.must(gw.wait_audit(
-        |r| r["event"] == "request" && r["method"] == "GET" && r["path"] == path,
-        AUDIT_WAIT,
-    ))
-}
-
 #[test]
 fn a_cdn_redirect_to_a_private_address_is_refused_unless_listed() {
     require_root();
@@ -138,7 +130,7 @@ fn a_cdn_redirect_to_a_private_address_is_refused_unless_listed() {
     assert!(message.contains(&why), "{message}");
     assert!(message.contains("redirect_hosts"), "{message}");
 
-    let record = request_record(&gw, &blob_path);
+    let record = gw.must(gw.wait_request("GET", &blob_path, AUDIT_WAIT));
     assert_eq!(record["status"], 502, "{record}");
     assert_eq!(record["fault"], "upstream", "{record}");
     let detail = record["detail"].as_str().unwrap_or_default();
@@ -181,7 +173,7 @@ fn a_token_realm_on_a_private_address_is_refused_unless_listed() {
         "{message}"
     );
 
-    let record = request_record(&gw, manifest_path);
+    let record = gw.must(gw.wait_request("GET", manifest_path, AUDIT_WAIT));
     assert_eq!(record["status"], 502, "{record}");
     assert_eq!(record["fault"], "upstream", "{record}");
     assert!(

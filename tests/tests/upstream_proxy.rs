@@ -59,13 +59,6 @@ fn device_get(device: &Client, path: &str, accept: &str) -> CurlResponse {
         .unwrap()
 }
 
-fn request_record(gw: &Gateway<'_>, path: &str) -> Value {
-    gw.must(gw.wait_audit(
-        |r| r["event"] == "request" && r["method"] == "GET" && r["path"] == path,
-        AUDIT_WAIT,
-    ))
-}
-
 #[test]
 fn pulls_go_through_squid_and_a_wrong_password_is_named() {
     require_root();
@@ -204,7 +197,7 @@ fn pulls_go_through_squid_and_a_wrong_password_is_named() {
     let message = body["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains(&why), "{}", r.describe());
 
-    let record = request_record(&gw, &blob_path);
+    let record = gw.must(gw.wait_request("GET", &blob_path, AUDIT_WAIT));
     assert_eq!(record["status"], 502, "{record}");
     assert_eq!(record["fault"], "upstream", "{record}");
     assert!(
