@@ -9,7 +9,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     cache::Cache,
     config::{Config, SiteKind},
-    registry::{Sites, oci::OciSite},
+    registry::{SiteService, Sites, files::FilesSite, helm::HelmSite, oci::OciSite},
     tls::{self, LeafResolver, SiteCa},
     upstream::Upstream,
 };
@@ -18,6 +18,8 @@ use crate::{
 pub struct Content {
     pub cache: Cache,
     pub oci: HashMap<String, Arc<OciSite>>,
+    pub helm: HashMap<String, Arc<HelmSite>>,
+    pub files: HashMap<String, Arc<FilesSite>>,
 }
 
 pub struct Serving {
@@ -39,6 +41,8 @@ pub async fn build_content(config: &Config) -> anyhow::Result<Content> {
 /// and builds these anew: upstreams, credentials, tag TTLs).
 fn content_with(config: &Config, cache: Cache) -> anyhow::Result<Content> {
     let mut oci = HashMap::new();
+    let mut helm = HashMap::new();
+    let mut files = HashMap::new();
     for site in &config.sites {
         let upstream = Upstream::configured(
             site,
@@ -54,9 +58,26 @@ fn content_with(config: &Config, cache: Cache) -> anyhow::Result<Content> {
                     OciSite::new(&site.host, upstream, cache.clone(), config.cache.tag_ttl),
                 );
             }
+            SiteKind::Helm => {
+                helm.insert(
+                    site.host.to_ascii_lowercase(),
+                    HelmSite::new(site, upstream, cache.clone()),
+                );
+            }
+            SiteKind::Files => {
+                files.insert(
+                    site.host.to_ascii_lowercase(),
+                    FilesSite::new(site, upstream, cache.clone()),
+                );
+            }
         }
     }
-    Ok(Content { cache, oci })
+    Ok(Content {
+        cache,
+        oci,
+        helm,
+        files,
+    })
 }
 
 /// Loads the CA, opens the cache and builds the site handlers. With no
@@ -82,7 +103,7 @@ pub async fn build_with(config: &Config, cache: Option<Cache>) -> anyhow::Result
             config.tls.ca_dir.display()
         )
     })?;
-    let hosts: Vec<String> = config.sites.iter().map(|s| s.host.clone()).collect();
+    let hosts = config.served_hosts();
     let resolver = Arc::new(LeafResolver::new(
         Arc::new(ca),
         hosts,
@@ -95,8 +116,20 @@ pub async fn build_with(config: &Config, cache: Option<Cache>) -> anyhow::Result
         None => build_content(config).await?,
     };
     let mut sites = Sites::default();
-    for (host, site) in &content.oci {
-        sites.insert(host, site.clone());
+    for site in &config.sites {
+        let host = site.host.to_ascii_lowercase();
+        let service: Option<Arc<dyn SiteService>> = match site.kind {
+            SiteKind::Oci => content.oci.get(&host).map(|s| s.clone() as _),
+            SiteKind::Helm => content.helm.get(&host).map(|s| s.clone() as _),
+            SiteKind::Files => content.files.get(&host).map(|s| s.clone() as _),
+        };
+        let service =
+            service.with_context(|| format!("no handler was built for site {}", site.host))?;
+        // A helm site's chart hosts are served by the same handler, which
+        // tells them apart by the request's host.
+        for served in site.served_hosts() {
+            sites.insert(&served, service.clone(), site.http);
+        }
     }
     Ok(Serving {
         sites,

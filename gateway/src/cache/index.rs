@@ -8,6 +8,7 @@
 //!   milliseconds since the Unix epoch; see state.rs).
 //! - `refs`: (site, repo, reference) → [`RefEntry`] as JSON.
 //! - `pins`: pin name → JSON array of digest strings.
+//! - `objects`: (site, key) → [`super::ObjectEntry`] as JSON (objects.rs).
 //!
 //! Every function blocks (redb does file I/O); callers use `spawn_blocking`.
 //! redb also holds a lock on the file, so a second process cannot open the
@@ -29,7 +30,7 @@ pub(super) struct BlobRow {
 }
 
 pub(super) struct Index {
-    db: Database,
+    pub(super) db: Database,
 }
 
 impl Index {
@@ -45,6 +46,8 @@ impl Index {
             tx.open_table(BLOBS).map_err(CacheError::index(op))?;
             tx.open_table(REFS).map_err(CacheError::index(op))?;
             tx.open_table(PINS).map_err(CacheError::index(op))?;
+            tx.open_table(super::objects::OBJECTS)
+                .map_err(CacheError::index(op))?;
         }
         tx.commit().map_err(CacheError::index("commit"))?;
         Ok(Self { db })

@@ -57,6 +57,7 @@ mod evict;
 mod fill;
 mod follow;
 mod index;
+mod objects;
 mod pins;
 mod readers;
 mod reconcile;
@@ -83,6 +84,7 @@ pub use error::{CacheError, FailCause};
 pub use evict::EvictReport;
 pub use fill::{Fill, FillWriter};
 pub use follow::FillReader;
+pub use objects::ObjectEntry;
 pub use refs::RefEntry;
 
 use index::Index;

@@ -7,6 +7,7 @@
 
 mod admin;
 mod host;
+mod kinds;
 mod proxy;
 mod services;
 mod sites;
@@ -21,9 +22,10 @@ use std::{
 use serde::Deserialize;
 
 pub use admin::{Admin, DEFAULT_ADMIN_LISTEN};
+pub use kinds::{glob_match, parse_sha256};
 pub use proxy::{SiteProxy, UpstreamProxy, parse_proxy_url};
 pub use services::{Dns, PassthroughService, Service, Time};
-pub use sites::{Cache, Credentials, Site, SiteKind, Tls};
+pub use sites::{Cache, Checksum, Credentials, Site, SiteKind, Tls};
 pub use upstream::Upstream;
 pub use validate::ConfigError;
 
@@ -377,6 +379,20 @@ impl Config {
                 addresses: parse(&p.addresses),
             }))
             .collect()
+    }
+
+    /// Every host the gateway terminates (sites' hosts and helm sites'
+    /// chart hosts), lowercase, without a trailing dot.
+    pub fn served_hosts(&self) -> Vec<String> {
+        self.sites.iter().flat_map(Site::served_hosts).collect()
+    }
+
+    /// The site a served host belongs to.
+    pub fn site_serving(&self, host: &str) -> Option<&Site> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.sites
+            .iter()
+            .find(|s| s.served_hosts().any(|h| h == host))
     }
 
     /// Every passthrough address, of every service.

@@ -49,6 +49,32 @@ fn default_leaf_cache() -> usize {
 pub enum SiteKind {
     /// An OCI distribution registry (images, Helm charts, artifacts).
     Oci,
+    /// A Helm chart repository (`index.yaml` and the charts it lists).
+    Helm,
+    /// Plain files under allowed paths (downloads, keys, packages).
+    Files,
+}
+
+impl SiteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oci => "oci",
+            Self::Helm => "helm",
+            Self::Files => "files",
+        }
+    }
+}
+
+/// A checksum a `files` site's content must match.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Checksum {
+    /// One path's sha256 (64 hex digits, with or without `sha256:`).
+    Path { path: String, sha256: String },
+    /// A checksum list on the same site (`sha256sum` output, as
+    /// `SHA256SUMS`): the paths it names, relative to its directory, must
+    /// match it.
+    File { file: String },
 }
 
 /// One allowed artifact host.
@@ -80,9 +106,69 @@ pub struct Site {
     /// `direct` for none. Default: the global one.
     #[serde(default)]
     pub upstream_proxy: Option<super::SiteProxy>,
+    /// Also serve this site over plain HTTP (port 80), routed by `Host`.
+    /// Default false: a plain HTTP request for it gets 403.
+    #[serde(default)]
+    pub http: bool,
+    /// `helm`: other hosts the index's chart URLs may name. The gateway
+    /// terminates them too and serves their charts from this site.
+    #[serde(default)]
+    pub chart_hosts: Vec<String>,
+    /// `helm`: how long `index.yaml` is served before it is revalidated
+    /// (default `10m`). `files`: how long a response without validators
+    /// or `Cache-Control` lifetime is fresh (default `1h`).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ttl: Option<Duration>,
+    /// `files`: the paths served, as globs (`*` within a segment, `**`
+    /// across segments): `/releases/**`, `/keys/*.asc`. Required.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// `files`: checksums the content must match; a mismatch is an error
+    /// and nothing is stored.
+    #[serde(default)]
+    pub checksums: Vec<Checksum>,
 }
 
+/// Default `ttl` of a `helm` site's `index.yaml`.
+pub const DEFAULT_HELM_TTL: Duration = Duration::from_secs(600);
+/// Default `ttl` of a `files` site's responses without a lifetime.
+pub const DEFAULT_FILES_TTL: Duration = Duration::from_secs(3600);
+
 impl Site {
+    /// A site of `kind` for `host`, every other key at its default.
+    pub fn new(host: &str, kind: SiteKind) -> Self {
+        Self {
+            host: host.to_owned(),
+            kind,
+            upstream: None,
+            ca_file: None,
+            credentials: None,
+            redirect_hosts: Vec::new(),
+            upstream_proxy: None,
+            http: false,
+            chart_hosts: Vec::new(),
+            ttl: None,
+            paths: Vec::new(),
+            checksums: Vec::new(),
+        }
+    }
+
+    /// The `ttl` given, or the kind's default.
+    pub fn ttl_or_default(&self) -> Duration {
+        self.ttl.unwrap_or(match self.kind {
+            SiteKind::Files => DEFAULT_FILES_TTL,
+            SiteKind::Oci | SiteKind::Helm => DEFAULT_HELM_TTL,
+        })
+    }
+
+    /// Every host the gateway terminates for this site: its own, then a
+    /// helm site's chart hosts; lowercase.
+    pub fn served_hosts(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::once(&self.host)
+            .chain(&self.chart_hosts)
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+    }
+
     /// The upstream base URL, without a trailing slash.
     pub fn upstream_url(&self) -> String {
         self.upstream
@@ -177,6 +263,11 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!("`{text}` is not a duration like 5m or 30s: {e}"))
     })
+}
+
+/// A [`duration`] given, or nothing.
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// A [`size`] given, or nothing.

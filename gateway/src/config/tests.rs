@@ -589,3 +589,100 @@ fn the_proxy_password_file_is_checked_on_the_host() {
         .to_string();
     assert!(e.contains("cannot read the password file"), "{e}");
 }
+
+#[test]
+fn helm_and_files_sites_parse_with_their_keys() {
+    let text = format!(
+        "{MINIMAL}sites:
+  - host: charts.example.test
+    kind: helm
+    upstream: https://charts.example.test/stable
+    chart_hosts: [cdn.charts.example.test]
+    ttl: 10m
+  - host: downloads.example.test
+    kind: files
+    paths: [\"/releases/**\", \"/keys/*.asc\"]
+    ttl: 1h
+    http: true
+    checksums:
+      - path: /releases/app-1.0.tar.gz
+        sha256: \"{}\"
+      - file: /releases/SHA256SUMS
+",
+        "ab".repeat(32)
+    );
+    let c = Config::parse(&text).expect("helm and files sites");
+    assert_eq!(c.sites[0].kind, SiteKind::Helm);
+    assert_eq!(c.sites[1].kind, SiteKind::Files);
+    assert!(c.sites[1].http && !c.sites[0].http);
+    assert_eq!(
+        c.served_hosts(),
+        vec![
+            "charts.example.test",
+            "cdn.charts.example.test",
+            "downloads.example.test"
+        ]
+    );
+    assert_eq!(
+        c.site_serving("CDN.charts.example.test.")
+            .map(|s| s.host.as_str()),
+        Some("charts.example.test")
+    );
+    assert_eq!(
+        c.sites[1].checksums[1],
+        Checksum::File {
+            file: "/releases/SHA256SUMS".into()
+        }
+    );
+    assert_eq!(
+        c.sites[0].ttl_or_default(),
+        std::time::Duration::from_secs(600)
+    );
+    assert_eq!(
+        Site::new("x.test", SiteKind::Files).ttl_or_default(),
+        std::time::Duration::from_secs(3600)
+    );
+}
+
+#[test]
+fn kind_keys_are_checked() {
+    let site = |body: &str| format!("{MINIMAL}sites:\n  - {body}\n");
+    let e = err(&site("{host: r.test, kind: oci, paths: [\"/a/**\"]}"));
+    assert!(
+        e.contains("sites[0].paths") && e.contains("kind files"),
+        "{e}"
+    );
+    let e = err(&site(
+        "{host: r.test, kind: files, chart_hosts: [c.test], paths: [\"/a\"]}",
+    ));
+    assert!(e.contains("sites[0].chart_hosts"), "{e}");
+    let e = err(&site("{host: r.test, kind: files}"));
+    assert!(e.contains("sites[0].paths") && e.contains("needs"), "{e}");
+    let e = err(&site(
+        "{host: r.test, kind: files, paths: [\"releases/**\"]}",
+    ));
+    assert!(e.contains("sites[0].paths[0]"), "{e}");
+    let e = err(&site(
+        "{host: r.test, kind: files, paths: [\"/a/**\"], checksums: [{path: /b/x, sha256: \"00\"}]}",
+    ));
+    assert!(e.contains("sites[0].checksums[0].sha256"), "{e}");
+    let e = err(&site(&format!(
+        "{{host: r.test, kind: files, paths: [\"/a/**\"], checksums: [{{path: /b/x, sha256: \"{}\"}}]}}",
+        "0".repeat(64)
+    )));
+    assert!(e.contains("sites[0].checksums[0].path"), "{e}");
+    let e = err(&site(
+        "{host: r.test, kind: helm, chart_hosts: [\"https://c.test\"]}",
+    ));
+    assert!(e.contains("sites[0].chart_hosts[0]"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}sites:\n  - {{host: r.test, kind: helm, chart_hosts: [d.test]}}\n  - {{host: d.test, kind: oci}}\n"
+    ));
+    assert!(e.contains("sites[1]") && e.contains("d.test"), "{e}");
+    let e = err(&site("{host: r.test, kind: helm, ttl: 0s}"));
+    assert!(e.contains("sites[0].ttl"), "{e}");
+    let e = err(&site(
+        "{host: r.test, kind: helm, chart_hosts: [wfm.site.example]}",
+    ));
+    assert!(e.contains("passthrough"), "{e}");
+}

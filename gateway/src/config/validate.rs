@@ -57,7 +57,8 @@ impl Config {
         self.validate_paths()?;
         self.validate_kernel()?;
         self.admin.validate(self.proxy.port)?;
-        self.validate_sites()
+        self.validate_sites()?;
+        self.validate_kinds()
     }
 
     fn validate_sites(&self) -> Result<(), ConfigError> {
@@ -70,16 +71,11 @@ impl Config {
                     format!("`{}` is not a DNS name", site.host),
                 ));
             }
-            if let Some(service) = self.passthrough_services().into_iter().find(|p| {
-                p.name
-                    .trim_end_matches('.')
-                    .eq_ignore_ascii_case(&site.host)
-            }) {
+            if let Some(service) = passthrough_named(self, &site.host) {
                 return Err(ConfigError::invalid(
                     format!("{key}.host"),
                     format!(
-                        "is the name of passthrough service `{}` (the manager or a `passthrough:` entry): it is passed through, never terminated",
-                        service.name
+                        "is the name of passthrough service `{service}` (the manager or a `passthrough:` entry): it is passed through, never terminated"
                     ),
                 ));
             }
@@ -475,6 +471,16 @@ impl Config {
 
 /// A DNS host name: dot-separated labels of letters, digits and hyphens,
 /// 1 to 63 bytes each, 253 in all; no leading or trailing hyphen.
+/// The passthrough service (manager or `passthrough:` entry) named `host`.
+pub(super) fn passthrough_named(config: &Config, host: &str) -> Option<String> {
+    let host = host.trim_end_matches('.');
+    config
+        .passthrough_services()
+        .into_iter()
+        .find(|p| p.name.trim_end_matches('.').eq_ignore_ascii_case(host))
+        .map(|p| p.name)
+}
+
 pub(crate) fn is_dns_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty()

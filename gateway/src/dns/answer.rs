@@ -58,7 +58,7 @@ impl Zone {
             }
         }
         Self {
-            sites: config.sites.iter().map(|s| normalize(&s.host)).collect(),
+            sites: config.served_hosts().iter().map(|h| normalize(h)).collect(),
             services,
             answer: config.dns.answer_addresses(),
             ttl: config.dns.ttl,

@@ -60,11 +60,7 @@ impl Policy {
                 })
                 .collect(),
             dns: config.dns.enabled,
-            sites: config
-                .sites
-                .iter()
-                .map(|s| s.host.to_ascii_lowercase())
-                .collect(),
+            sites: config.served_hosts(),
         }
     }
 

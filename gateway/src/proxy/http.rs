@@ -149,6 +149,15 @@ async fn handle(
     let Some(site) = ctx.sites.get(&host) else {
         return refused(StatusCode::FORBIDDEN, "host_not_allowed", record);
     };
+    let mut req = req;
+    if sni.is_none() {
+        // Plain HTTP crosses the device network in clear and unauthenticated:
+        // only for sites that say `http: true`.
+        if !ctx.sites.plain_http(&host) {
+            return refused(StatusCode::FORBIDDEN, "plain_http_not_allowed", record);
+        }
+        req.extensions_mut().insert(crate::registry::PlainHttp);
+    }
     let outcome = site.handle(req).await;
     record.status = Some(outcome.response.status().as_u16());
     record.cache = outcome.cache;

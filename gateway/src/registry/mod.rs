@@ -1,5 +1,7 @@
 //! Protocol handlers for the configured sites, by host.
 
+pub mod files;
+pub mod helm;
 pub mod oci;
 
 use std::{collections::HashMap, sync::Arc};
@@ -36,6 +38,12 @@ impl Outcome {
     }
 }
 
+/// A request extension: the request came over plain HTTP (port 80, a site
+/// with `http: true`), not TLS. Handlers that write absolute URLs (a helm
+/// index) use it for the scheme.
+#[derive(Clone, Copy, Debug)]
+pub struct PlainHttp;
+
 /// A configured site's handler.
 pub trait SiteService: Send + Sync {
     fn handle(
@@ -47,16 +55,33 @@ pub trait SiteService: Send + Sync {
 /// Handlers of the configured sites, by lowercase host.
 #[derive(Default)]
 pub struct Sites {
-    by_host: HashMap<String, Arc<dyn SiteService>>,
+    by_host: HashMap<String, Served>,
+}
+
+struct Served {
+    service: Arc<dyn SiteService>,
+    /// The site's `http: true`: also over plain HTTP.
+    plain_http: bool,
 }
 
 impl Sites {
-    pub fn insert(&mut self, host: &str, service: Arc<dyn SiteService>) {
-        self.by_host.insert(host.to_ascii_lowercase(), service);
+    pub fn insert(&mut self, host: &str, service: Arc<dyn SiteService>, plain_http: bool) {
+        self.by_host.insert(
+            host.to_ascii_lowercase(),
+            Served {
+                service,
+                plain_http,
+            },
+        );
     }
 
     pub fn get(&self, host: &str) -> Option<Arc<dyn SiteService>> {
-        self.by_host.get(host).cloned()
+        self.by_host.get(host).map(|s| s.service.clone())
+    }
+
+    /// Whether `host` is served over plain HTTP too.
+    pub fn plain_http(&self, host: &str) -> bool {
+        self.by_host.get(host).is_some_and(|s| s.plain_http)
     }
 
     pub fn hosts(&self) -> impl Iterator<Item = &str> {

@@ -152,13 +152,8 @@ pub(super) fn ok(body: &str) -> Reply {
 
 pub(super) fn site(upstream: &str) -> Site {
     Site {
-        host: "registry.test".into(),
-        kind: SiteKind::Oci,
         upstream: Some(upstream.into()),
-        ca_file: None,
-        credentials: None,
-        redirect_hosts: Vec::new(),
-        upstream_proxy: None,
+        ..Site::new("registry.test", SiteKind::Oci)
     }
 }
 
