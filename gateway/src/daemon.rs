@@ -174,7 +174,7 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         config.proxy.max_connections_per_device,
     );
     let (cache, oci) = match serving.content {
-        Some(content) => (Some(content.cache), content.oci),
+        Some(content) => (Some(content.cache), content.handlers),
         None => (None, Default::default()),
     };
     let generation = Arc::new(AtomicU64::new(CONFIG_GENERATION));
@@ -210,7 +210,7 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // status` asks it, with or without sites.
     let control = Arc::new(crate::control::server::Control {
         cache: cache.clone(),
-        oci: Shared::new(oci),
+        handlers: Shared::new(oci),
         audit: Some(audit.counter()),
         daemon: Some(Shared::new(crate::control::server::DaemonInfo {
             limits: limits.clone(),

@@ -17,6 +17,12 @@ use crate::{
 /// The cache and the site handlers that fill it.
 pub struct Content {
     pub cache: Cache,
+    pub handlers: Handlers,
+}
+
+/// Each site's handler by kind, keyed by the site's lowercase host.
+#[derive(Default, Clone)]
+pub struct Handlers {
     pub oci: HashMap<String, Arc<OciSite>>,
     pub helm: HashMap<String, Arc<HelmSite>>,
     pub files: HashMap<String, Arc<FilesSite>>,
@@ -74,9 +80,7 @@ fn content_with(config: &Config, cache: Cache) -> anyhow::Result<Content> {
     }
     Ok(Content {
         cache,
-        oci,
-        helm,
-        files,
+        handlers: Handlers { oci, helm, files },
     })
 }
 
@@ -119,9 +123,9 @@ pub async fn build_with(config: &Config, cache: Option<Cache>) -> anyhow::Result
     for site in &config.sites {
         let host = site.host.to_ascii_lowercase();
         let service: Option<Arc<dyn SiteService>> = match site.kind {
-            SiteKind::Oci => content.oci.get(&host).map(|s| s.clone() as _),
-            SiteKind::Helm => content.helm.get(&host).map(|s| s.clone() as _),
-            SiteKind::Files => content.files.get(&host).map(|s| s.clone() as _),
+            SiteKind::Oci => content.handlers.oci.get(&host).map(|s| s.clone() as _),
+            SiteKind::Helm => content.handlers.helm.get(&host).map(|s| s.clone() as _),
+            SiteKind::Files => content.handlers.files.get(&host).map(|s| s.clone() as _),
         };
         let service =
             service.with_context(|| format!("no handler was built for site {}", site.host))?;

@@ -28,13 +28,20 @@ pub async fn seed(config: &Config, reference: &str) -> anyhow::Result<()> {
         },
     )
     .await?;
-    println!(
-        "seeded {}: {} manifests, {} blobs, {} bytes",
-        value["pin"].as_str().unwrap_or(reference),
-        value["manifests"],
-        value["blobs"],
-        value["bytes"]
-    );
+    let pin = value["pin"].as_str().unwrap_or(reference);
+    // Helm charts and files have no manifests: a chart (and its
+    // provenance) or a file are blobs.
+    if value["manifests"].as_u64().unwrap_or(0) == 0 {
+        println!(
+            "seeded {pin}: {} blobs, {} bytes",
+            value["blobs"], value["bytes"]
+        );
+    } else {
+        println!(
+            "seeded {pin}: {} manifests, {} blobs, {} bytes",
+            value["manifests"], value["blobs"], value["bytes"]
+        );
+    }
     Ok(())
 }
 
@@ -114,7 +121,7 @@ async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Va
     let serving = crate::sites::build_content(config).await?;
     let control = server::Control {
         cache: Some(serving.cache),
-        oci: crate::reload::Shared::new(serving.oci),
+        handlers: crate::reload::Shared::new(serving.handlers),
         audit: None,
         daemon: None,
         reload: None,
@@ -128,7 +135,7 @@ async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Va
     let result = server::execute(&control, req, &tx).await;
     drop(tx);
     let _ = printer.await;
-    drop(control.oci);
+    drop(control.handlers);
     if let Some(cache) = control.cache
         && let Err(e) = cache.close().await
     {

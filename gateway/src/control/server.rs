@@ -1,6 +1,6 @@
 //! The daemon's side of the control socket.
 
-use std::{collections::HashMap, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     audit::AuditCounter, cache::Cache, config::Service, proxy::limits::Limits,
-    registry::oci::OciSite, reload::Shared,
+    registry::oci::seed::SeedReport, reload::Shared, sites::Handlers,
 };
 
 /// What the control socket can act on.
@@ -21,7 +21,7 @@ pub struct Control {
     /// `None` when the daemon serves no sites (and so opened no cache).
     pub cache: Option<Cache>,
     /// Replaced by a config reload.
-    pub oci: Shared<HashMap<String, Arc<OciSite>>>,
+    pub handlers: Shared<Handlers>,
     /// The daemon's audit counts; `None` when a command works on the
     /// cache without a daemon. (Not the log itself: the daemon closes the
     /// log while this lives on.)
@@ -149,18 +149,11 @@ pub async fn execute(
     match req {
         Request::Ls => listing::listing(control.cache()?).await,
         Request::Seed { reference } => {
-            let (host, repo, reference) = parse_reference(&reference)?;
-            let site = control
-                .oci
-                .load()
-                .get(&host)
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("{host} is not a configured oci site"))?;
             let tx = progress.clone();
-            let report = crate::registry::oci::seed::seed(&site, &repo, &reference, &move |line| {
+            let progress = move |line| {
                 let _ = tx.send(Reply::Progress(line));
-            })
-            .await?;
+            };
+            let report = seed(&control.handlers.load(), &reference, &progress).await?;
             Ok(serde_json::to_value(report)?)
         }
         Request::Stats => match (&control.audit, &control.daemon) {
@@ -193,6 +186,38 @@ pub async fn execute(
     }
 }
 
+/// `gateway cache seed` by the kind of the site `reference` names:
+/// `host/repo:tag` (oci), `host/chart@version` (helm), `https://host/path`
+/// or `host/path` (files).
+async fn seed(
+    handlers: &Handlers,
+    reference: &str,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> anyhow::Result<SeedReport> {
+    let bare = reference
+        .strip_prefix("https://")
+        .or_else(|| reference.strip_prefix("http://"))
+        .unwrap_or(reference);
+    let (host, rest) = bare.split_once('/').unwrap_or((bare, ""));
+    let host = host.to_ascii_lowercase();
+    if let Some(site) = handlers.files.get(&host) {
+        return crate::registry::files::seed(site, &format!("/{rest}"), progress).await;
+    }
+    if let Some(site) = handlers.helm.get(&host) {
+        let (chart, version) = rest.split_once('@').ok_or_else(|| {
+            anyhow::anyhow!("`{reference}` names a helm site: write <host>/<chart>@<version>")
+        })?;
+        return crate::registry::helm::seed(site, chart, version, progress).await;
+    }
+    let (host, repo, reference) = parse_reference(reference)?;
+    let site = handlers
+        .oci
+        .get(&host)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{host} is not a configured site"))?;
+    crate::registry::oci::seed::seed(&site, &repo, &reference, progress).await
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt as _;
@@ -206,7 +231,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel::<ReloadAsk>(1);
         let control = Control {
             cache: None,
-            oci: Shared::new(HashMap::new()),
+            handlers: Shared::new(Handlers::default()),
             audit: None,
             daemon: None,
             reload: Some(tx),
@@ -248,7 +273,7 @@ mod tests {
         let cache = Cache::open(dir.path(), 1 << 20).await.expect("cache");
         let control = Arc::new(Control {
             cache: Some(cache),
-            oci: Shared::new(HashMap::new()),
+            handlers: Shared::new(Handlers::default()),
             audit: None,
             daemon: None,
             reload: None,
@@ -268,7 +293,7 @@ mod tests {
         let dir2 = tempfile::tempdir().expect("tempdir");
         let control = Arc::new(Control {
             cache: Some(Cache::open(dir2.path(), 1 << 20).await.expect("cache")),
-            oci: Shared::new(HashMap::new()),
+            handlers: Shared::new(Handlers::default()),
             audit: None,
             daemon: None,
             reload: None,

@@ -156,7 +156,7 @@ impl Live {
         let oci = serving
             .content
             .as_ref()
-            .map(|c| c.oci.clone())
+            .map(|c| c.handlers.clone())
             .unwrap_or_default();
         let proxy = Arc::new(build_proxy(
             &new,
@@ -167,12 +167,12 @@ impl Live {
         ));
 
         let old_proxy = self.proxy.load();
-        let old_oci = self.control.oci.load();
+        let old_oci = self.control.handlers.load();
         self.proxy.store(proxy);
         if let Some(dns) = &self.dns {
             dns.set_zone(&new);
         }
-        self.control.oci.store(Arc::new(oci));
+        self.control.handlers.store(Arc::new(oci));
         if let Err(e) = self.write_kernel(&new, sync_local) {
             // Back to the old configuration everywhere (the maps too: a
             // write may have failed half way).
@@ -180,7 +180,7 @@ impl Live {
             if let Some(dns) = &self.dns {
                 dns.set_zone(&old);
             }
-            self.control.oci.store(old_oci);
+            self.control.handlers.store(old_oci);
             if let Err(back) = self.write_kernel(&old, sync_local) {
                 tracing::error!(error = %back, "restoring the old configuration in the kernel");
             }

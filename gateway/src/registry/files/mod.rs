@@ -35,3 +35,17 @@ impl SiteService for FilesSite {
         })
     }
 }
+
+/// `gateway cache seed` for `path` on `site`: fetched, verified and pinned.
+/// PLACEHOLDER until the handler lands.
+pub async fn seed(
+    site: &FilesSite,
+    path: &str,
+    _progress: &(dyn Fn(String) + Send + Sync),
+) -> anyhow::Result<crate::registry::oci::seed::SeedReport> {
+    let _ = path;
+    anyhow::bail!(
+        "{}: seeding kind files sites is not implemented yet",
+        site.host
+    )
+}

@@ -35,3 +35,18 @@ impl SiteService for HelmSite {
         })
     }
 }
+
+/// `gateway cache seed` for `chart`@`version` on `site`: fetched, verified and pinned.
+/// PLACEHOLDER until the handler lands.
+pub async fn seed(
+    site: &HelmSite,
+    chart: &str,
+    version: &str,
+    _progress: &(dyn Fn(String) + Send + Sync),
+) -> anyhow::Result<crate::registry::oci::seed::SeedReport> {
+    let _ = (chart, version);
+    anyhow::bail!(
+        "{}: seeding kind helm sites is not implemented yet",
+        site.host
+    )
+}
