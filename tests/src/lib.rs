@@ -27,6 +27,8 @@ pub mod gateway;
 pub mod hub;
 pub mod kernel;
 pub mod netns;
+/// nginx as a static origin (files and helm sites, the hub's CDN).
+pub mod nginx;
 pub mod oci;
 /// Prometheus and promtool from target/tools (issue 12).
 pub mod prometheus;

@@ -6,31 +6,19 @@
 //!
 //! Its access log (combined format, one line per request) tells the tests
 //! which blobs were fetched from the CDN, i.e. that the redirect happened.
-//! nginx runs in the foreground (`daemon off`) through `ip netns exec`,
-//! which execs in place, so the pid is nginx's master; stopping kills it
-//! and its workers by pid.
+//! The process is [`crate::nginx`]'s.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::{
-    bench::{proc::Proc, world::wait_listening},
-    registry::access_log::{self, AccessLine},
+    nginx::{Nginx, NginxConfig, ServerCert},
+    registry::access_log::AccessLine,
 };
 
 /// nginx serving `storage` at `addr:443` in a namespace.
-pub struct Cdn {
-    proc: Option<Proc>,
-    pub dir: PathBuf,
-    pub access_log_path: PathBuf,
-    pub error_log_path: PathBuf,
-}
+pub struct Cdn(Nginx);
 
 /// The files nginx needs to start.
 pub struct CdnFiles<'a> {
@@ -42,78 +30,52 @@ pub struct CdnFiles<'a> {
     pub server_name: &'a str,
 }
 
+/// Only blob data under `/docker/registry/v2/blobs/` is served, with GET
+/// (and so HEAD); the rest of the storage (repositories, uploads) answers
+/// 404, as a CDN that holds blobs only.
+const LOCATIONS: &str = "        location /docker/registry/v2/blobs/ {
+            limit_except GET {
+                deny all;
+            }
+        }
+        location / {
+            return 404;
+        }
+";
+
 impl Cdn {
     /// Writes `dir/nginx.conf` and starts nginx in `ns` on `addr:443`.
     pub fn start(ns: &str, addr: Ipv4Addr, dir: &Path, files: &CdnFiles<'_>) -> Result<Self> {
-        std::fs::create_dir_all(dir.join("tmp"))
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, config(dir, addr, files))
-            .with_context(|| format!("writing {}", conf.display()))?;
-        let mut cdn = Self {
-            proc: None,
-            dir: dir.to_owned(),
-            access_log_path: dir.join("access.log"),
-            error_log_path: dir.join("error.log"),
-        };
-        let stderr = std::fs::File::create(dir.join("stderr.log"))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, "nginx", "-p"])
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(&cdn.error_log_path)
-            .args(["-g", "daemon off;"])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let mut proc = Proc::spawn("nginx (hub CDN)", &mut cmd)?;
-        let ready = wait_listening(ns, SocketAddr::from((addr, 443)), Duration::from_secs(10));
-        if let Err(e) = ready {
-            let _ = proc.check_running();
-            return Err(e.context(format!(
-                "the hub's CDN (nginx) did not start\n{}",
-                cdn.logs()
-            )));
-        }
-        cdn.proc = Some(proc);
-        Ok(cdn)
+        let mut config = NginxConfig::tls(
+            "hub CDN",
+            addr,
+            &[files.server_name],
+            files.storage,
+            ServerCert {
+                cert: files.cert.to_owned(),
+                key: files.key.to_owned(),
+            },
+        );
+        config.locations = LOCATIONS.to_owned();
+        Ok(Self(Nginx::start(ns, dir, config)?))
     }
 
     /// Every request the CDN served so far.
     pub fn access_log(&self) -> Result<Vec<AccessLine>> {
-        let text = std::fs::read_to_string(&self.access_log_path)
-            .with_context(|| format!("reading {}", self.access_log_path.display()))?;
-        Ok(access_log::parse(&text))
+        self.0.access_log()
     }
 
     /// nginx's error log and stderr, for messages.
     pub fn logs(&self) -> String {
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        format!(
-            "nginx error.log:\n{}\nnginx stderr:\n{}",
-            read(&self.error_log_path),
-            read(&self.dir.join("stderr.log"))
-        )
+        self.0.logs()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().and_then(Proc::pid)
+        self.0.pid()
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.stop(Duration::from_secs(5));
-        }
-    }
-}
-
-impl Drop for Cdn {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }
 
@@ -124,56 +86,6 @@ pub fn blob_path(digest: &str) -> String {
     format!(
         "/docker/registry/v2/blobs/sha256/{}/{hex}/data",
         &hex[..2.min(hex.len())]
-    )
-}
-
-/// nginx.conf, every path inside `dir`. Workers run as root because the
-/// storage lives in the site's temp dir (mode 0700). Only blob data under
-/// `/docker/registry/v2/blobs/` is served, with GET (and so HEAD); the
-/// rest of the storage (repositories, uploads) answers 404, as a CDN that
-/// holds blobs only.
-fn config(dir: &Path, addr: Ipv4Addr, f: &CdnFiles<'_>) -> String {
-    let d = dir.display();
-    format!(
-        r#"worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{
-    worker_connections 256;
-}}
-http {{
-    access_log {d}/access.log combined;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    default_type application/octet-stream;
-    sendfile on;
-    server {{
-        listen {addr}:443 ssl;
-        server_name {name};
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        root {storage};
-        disable_symlinks on;
-        location /docker/registry/v2/blobs/ {{
-            limit_except GET {{
-                deny all;
-            }}
-        }}
-        location / {{
-            return 404;
-        }}
-    }}
-}}
-"#,
-        name = f.server_name,
-        cert = f.cert.display(),
-        key = f.key.display(),
-        storage = f.storage.display(),
     )
 }
 
