@@ -11,6 +11,7 @@ mod build;
 mod cmd;
 mod deb;
 mod demo;
+mod disk;
 mod fuzz;
 mod setup;
 mod test;

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{bench, build, cmd, setup, vm};
+use crate::{bench, build, cmd, disk, setup, vm};
 
 /// Why root-only tests are skipped when not running as root.
 const ROOT_SKIP_REASON: &str = "needs root (CAP_NET_ADMIN, CAP_BPF); run as root";
@@ -573,8 +573,14 @@ pub fn run() -> Result<ExitCode> {
     };
 
     // a. setup: nothing else can work without it.
-    let started = r.announce("setup", "cargo xtask setup");
-    let setup_failure = setup::run().err().map(|e| format!("{e:#}"));
+    // A fresh run writes several GB: refuse at once on a disk without the
+    // room rather than fail half way with linker errors.
+    let started = r.announce("setup", "disk space check, then cargo xtask setup");
+    let target = build::target_dir().unwrap_or_else(|_| cmd::workspace_root().join("target"));
+    let setup_failure = disk::check_for_test(&target)
+        .and_then(|()| setup::run())
+        .err()
+        .map(|e| format!("{e:#}"));
     if r.done("setup", started, setup_failure) {
         // b. formatting.
         let mut fmt = cmd::cargo();

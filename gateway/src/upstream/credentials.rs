@@ -149,21 +149,24 @@ impl UpstreamCredentials {
 /// Reads a password file that only its owner may read or write (the
 /// upstream proxy's `password_file`), with [`read_file`]'s rules.
 pub fn read_password_file(path: &std::path::Path) -> Result<Secret, CredentialsError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path)
-        .map_err(|source| CredentialsError::ReadFile {
-            path: path.to_owned(),
-            source,
-        })?
-        .permissions()
-        .mode();
+    use std::{io::Read as _, os::unix::fs::PermissionsExt as _};
+    let read_err = |source| CredentialsError::ReadFile {
+        path: path.to_owned(),
+        source,
+    };
+    // The mode is checked on the file that is then read (one open), so a
+    // file swapped in between cannot slip past the check.
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mode = file.metadata().map_err(read_err)?.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(CredentialsError::FilePermissions {
             path: path.to_owned(),
             mode: mode & 0o7777,
         });
     }
-    read_file(path)
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    password_from(path, bytes)
 }
 
 fn read_file(path: &std::path::Path) -> Result<Secret, CredentialsError> {
@@ -171,6 +174,12 @@ fn read_file(path: &std::path::Path) -> Result<Secret, CredentialsError> {
         path: path.to_owned(),
         source,
     })?;
+    password_from(path, bytes)
+}
+
+/// A password file's text without its one trailing newline; UTF-8, not
+/// empty.
+fn password_from(path: &std::path::Path, bytes: Vec<u8>) -> Result<Secret, CredentialsError> {
     let text = String::from_utf8(bytes).map_err(|_| CredentialsError::FileNotUtf8 {
         path: path.to_owned(),
     })?;
