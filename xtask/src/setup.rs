@@ -18,8 +18,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     // `modprobe` for sch_ingress/cls_bpf/veth; kernel modules for the VM initramfs.
     "kmod",
-    // Real clients for tests and benchmarks.
+    // Real clients for tests and benchmarks (wget: the files sites'
+    // resumed downloads, `wget -c`).
     "curl",
+    "wget",
     "git",
     "skopeo",
     "podman",
