@@ -1,8 +1,10 @@
 //! Protocol handlers for the configured sites, by host.
 
 pub mod files;
+mod fill;
 pub mod helm;
 pub mod oci;
+mod range;
 
 use std::{collections::HashMap, sync::Arc};
 

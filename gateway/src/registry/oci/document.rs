@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     audit::{CacheStatus, Fault},
-    cache::{Digest, Fill, RefEntry},
+    cache::{Digest, RefEntry},
     proxy::body,
     registry::Outcome,
     upstream::{UpstreamError, UpstreamRequest},
@@ -414,7 +414,7 @@ async fn held_manifest(
     let body = if method == Method::HEAD {
         body::empty()
     } else {
-        super::blob::stream_body(blob.stream(None))
+        crate::registry::fill::stream_body(blob.stream(None))
     };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -570,21 +570,8 @@ pub(super) async fn fetch(
 
 /// Stores a document's bytes by digest (a no-op when held or being filled).
 pub(super) async fn store(site: &OciSite, doc: &Doc) {
-    let Ok(digest) = Digest::parse(&doc.digest) else {
-        return;
-    };
-    if let Ok(Fill::Leader(mut writer)) = site
-        .cache
-        .begin_fill(&digest, Some(doc.bytes.len() as u64))
-        .await
-    {
-        let result = match writer.write(&doc.bytes).await {
-            Ok(()) => writer.finish().await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, digest = %doc.digest, "could not cache a document");
-        }
+    if let Err(e) = crate::registry::fill::store_bytes(&site.cache, &doc.bytes).await {
+        tracing::warn!(error = %e, digest = %doc.digest, "could not cache a document");
     }
 }
 
@@ -614,25 +601,15 @@ pub(super) async fn remember(site: &OciSite, name: &str, key: &str, doc: &Doc, k
 async fn load(site: &OciSite, entry: &RefEntry) -> Option<Doc> {
     let digest = Digest::parse(&entry.digest).ok()?;
     let blob = site.cache.get(&digest).await.ok()??;
-    let bytes = read_small(&blob).await.ok()?;
+    let bytes = crate::registry::fill::read_blob(&blob, MAX_DOCUMENT)
+        .await
+        .ok()?;
     Some(Doc {
         bytes,
         digest: entry.digest.clone(),
         media_type: entry.media_type.clone(),
         note: None,
     })
-}
-
-async fn read_small(blob: &crate::cache::Blob) -> Result<Bytes, std::io::Error> {
-    if blob.size() > MAX_DOCUMENT as u64 {
-        return Err(std::io::Error::other("not a document: too large"));
-    }
-    let mut out = Vec::with_capacity(blob.size() as usize);
-    let mut stream = std::pin::pin!(blob.stream(None));
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(Bytes::from(out))
 }
 
 fn serve(

@@ -14,7 +14,6 @@ mod document;
 #[doc(hidden)]
 pub mod fuzzing;
 mod query;
-mod range;
 mod referrers;
 mod response;
 mod route;
