@@ -39,6 +39,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // flow; `perf record` for `--perf`.
     "iperf3",
     "linux-perf",
+    // The DNS section of the benchmark asks the gateway and dnsmasq with
+    // dnsperf.
+    "dnsperf",
     // VM runs: a static userland and `cpio` for the initramfs, `xz` to
     // unpack the kernels' modules, QEMU (TCG) to boot it, with virtiofsd
     // (in qemu-system-common) to share the host's root with the guest.

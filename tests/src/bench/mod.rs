@@ -17,7 +17,10 @@
 //! - (e) the TC program's cost per packet per verdict with
 //!   `BPF_PROG_TEST_RUN`, and passthrough throughput vs direct ([`kernel`]);
 //! - (f) the gateway's resident memory idle and with 1,000 open
-//!   connections ([`memory`]).
+//!   connections ([`memory`]);
+//! - (h) DNS answers per CPU-second, throughput and p99 latency for an
+//!   allowed and refused names, with dnsperf: the gateway vs dnsmasq
+//!   ([`dns`]).
 //!
 //! Results go to `BENCHMARKS.md` and `benchmarks.json` in the output
 //! directory ([`report`]). `--smoke` runs everything once with tiny sizes
@@ -26,6 +29,7 @@
 pub mod cold;
 pub mod curl;
 pub mod distribution;
+pub mod dns;
 pub mod handshake;
 pub mod kernel;
 pub mod latency;
@@ -87,7 +91,7 @@ pub struct Opts {
     pub iperf_secs: u64,
     /// `BPF_PROG_TEST_RUN` repetitions per packet and run.
     pub test_run_repeat: u32,
-    /// Sections to run, in issue letters (`abcdef`).
+    /// Sections to run, in issue letters (`abcdefh`).
     pub sections: String,
     /// Where BENCHMARKS.md and benchmarks.json go (none: print only).
     pub out_dir: Option<PathBuf>,
@@ -113,7 +117,7 @@ impl Opts {
             head_requests: 2000,
             iperf_secs: 5,
             test_run_repeat: 1_000_000,
-            sections: "abcdef".to_owned(),
+            sections: "abcdefh".to_owned(),
             out_dir: None,
             perf_dir: None,
         }
@@ -134,7 +138,7 @@ impl Opts {
             head_requests: 20,
             iperf_secs: 1,
             test_run_repeat: 1000,
-            sections: "abcdef".to_owned(),
+            sections: "abcdefh".to_owned(),
             out_dir: None,
             perf_dir: None,
         }
@@ -347,12 +351,13 @@ pub fn run(opts: Opts) -> Result<Report> {
     // Order: the sections that need the main gateway config first; (c)
     // re-creates the gateway with many names, so it runs last.
     let mut failures = Vec::new();
-    let sections: [(char, &str, SectionFn); 6] = [
+    let sections: [(char, &str, SectionFn); 7] = [
         ('a', "warm blob", warm::run),
         ('b', "cold blob", cold::run),
         ('d', "manifest HEAD latency", latency::run),
         ('f', "resident memory", memory::run),
         ('e', "kernel path", kernel::run),
+        ('h', "DNS", dns::run),
         ('c', "TLS handshakes", handshake::run),
     ];
     for (letter, what, f) in sections {

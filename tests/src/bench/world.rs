@@ -7,6 +7,7 @@
 //!  {P}d0 10.77.1.2  ──────────  {P}g0 10.77.1.1  (guarded: TC program)
 //!  {P}d1 10.77.3.2  ──────────  {P}g2 10.77.3.1  nginx :443           (unguarded peer link)
 //!                                     10.77.3.11 distribution :443
+//!                                     10.77.3.12 dnsmasq :53
 //!                               {P}g1 10.77.2.1  ──────────────────  {P}u0 10.77.2.2 (manager, iperf3)
 //!                                                                           10.77.2.3 origin registry :443
 //! ```
@@ -38,6 +39,8 @@ use crate::{
 pub const PEER_NGINX: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 1);
 /// A second address on the peer link for the distribution pull-through cache.
 pub const PEER_DISTRIBUTION: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 11);
+/// A third address on the peer link: dnsmasq, the DNS section's peer.
+pub const PEER_DNSMASQ: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 12);
 /// The device's side of the peer link.
 pub const PEER_DEVICE: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 2);
 /// The passthrough benchmark's manager port (iperf3 listens there).
@@ -83,7 +86,7 @@ impl PeerLink {
                 &link.dev_if,
             ],
         )?;
-        for a in [PEER_NGINX, PEER_DISTRIBUTION] {
+        for a in [PEER_NGINX, PEER_DISTRIBUTION, PEER_DNSMASQ] {
             ip_in(
                 &site.gw_ns,
                 &["addr", "add", &format!("{a}/24"), "dev", &link.gw_if],
