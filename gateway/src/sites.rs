@@ -65,10 +65,19 @@ fn content_with(config: &Config, cache: Cache) -> anyhow::Result<Content> {
                 );
             }
             SiteKind::Helm => {
-                helm.insert(
-                    site.host.to_ascii_lowercase(),
-                    HelmSite::new(site, upstream, cache.clone()),
-                );
+                // The upstream's origin and each chart host get a client of
+                // their own, built like the site's.
+                let build = |copy: &crate::config::Site| {
+                    Upstream::configured(
+                        copy,
+                        &config.passthrough_addresses(),
+                        &config.upstream,
+                        config.upstream_proxy_for(site),
+                    )
+                };
+                let handler = HelmSite::new(site, upstream, cache.clone(), build)
+                    .with_context(|| format!("setting up the chart hosts of site {}", site.host))?;
+                helm.insert(site.host.to_ascii_lowercase(), handler);
             }
             SiteKind::Files => {
                 files.insert(

@@ -45,6 +45,8 @@ pub use error::{Fault, UpstreamError, Waiting};
 pub use proxy::{ProxyError, ProxyProblem, proxy_problems};
 pub use rate::{BodyRate, DEFAULT_BODY_RATE_WINDOW, DEFAULT_MIN_BODY_RATE};
 pub use redirect::{MAX_REDIRECTS, redact};
+// A helm index's chart URLs are references resolved like `Location`.
+pub(crate) use redirect::{Origin, resolve as resolve_reference};
 
 #[cfg(test)]
 #[expect(
