@@ -128,3 +128,23 @@ pub async fn cache_ls(config: &Config, json: bool) -> anyhow::Result<()> {
 pub async fn cache_seed(config: &Config, reference: &str) -> anyhow::Result<()> {
     crate::control::client::seed(config, reference).await
 }
+
+pub async fn cache_pin(config: &Config, reference: &str) -> anyhow::Result<()> {
+    crate::control::client::pin(config, reference).await
+}
+
+pub async fn cache_unpin(config: &Config, name: &str) -> anyhow::Result<()> {
+    crate::control::client::unpin(config, name).await
+}
+
+pub async fn cache_rm(config: &Config, reference: &str) -> anyhow::Result<()> {
+    crate::control::client::rm(config, reference).await
+}
+
+pub async fn cache_verify(config: &Config, json: bool) -> anyhow::Result<()> {
+    crate::control::client::verify(config, json).await
+}
+
+pub async fn cache_du(config: &Config, json: bool) -> anyhow::Result<()> {
+    crate::control::client::du(config, json).await
+}

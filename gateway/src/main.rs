@@ -118,7 +118,8 @@ enum CaAction {
 
 #[derive(Subcommand)]
 enum CacheAction {
-    /// List what the cache holds: references, blobs, pins.
+    /// List what the cache holds: references, pins, and every blob (size,
+    /// last use, the pins and references naming it).
     Ls {
         #[arg(long, short)]
         config: PathBuf,
@@ -131,6 +132,51 @@ enum CacheAction {
         config: PathBuf,
         /// `<host>/<repository>:<tag>` or `<host>/<repository>@<digest>`.
         reference: String,
+    },
+    /// Pin what the cache holds of a reference (the manifest, every
+    /// platform's, their configs and layers) without fetching anything;
+    /// refused, naming what is missing, unless all of it is cached (then
+    /// `cache seed` fetches and pins it). The pin is named like the
+    /// reference.
+    Pin {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// `<host>/<repository>:<tag>` or `<host>/<repository>@<digest>`.
+        reference: String,
+    },
+    /// Remove a pin by its name (`cache ls` lists them); its blobs may be
+    /// evicted again unless another pin names them.
+    Unpin {
+        #[arg(long, short)]
+        config: PathBuf,
+        name: String,
+    },
+    /// Forget a reference (and its pin) and delete the blobs that no other
+    /// reference, file, chart or pin names. A device downloading one reads
+    /// on to the end.
+    Rm {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// `<host>/<repository>:<tag>` or `<host>/<repository>@<digest>`.
+        reference: String,
+    },
+    /// Hash every blob again; any whose content no longer matches its
+    /// digest is moved to <cache dir>/quarantine/ and dropped from the
+    /// index (the next request fetches it again). Exits 3 when it
+    /// quarantined a blob, 1 when it could not verify.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bytes per site and repository, and pinned bytes. A blob several
+    /// repositories name counts in each, and once in the total.
+    Du {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -158,7 +204,14 @@ fn main() -> ExitCode {
                 | CaAction::Activate { config },
         }
         | Command::Cache {
-            action: CacheAction::Ls { config, .. } | CacheAction::Seed { config, .. },
+            action:
+                CacheAction::Ls { config, .. }
+                | CacheAction::Seed { config, .. }
+                | CacheAction::Pin { config, .. }
+                | CacheAction::Unpin { config, .. }
+                | CacheAction::Rm { config, .. }
+                | CacheAction::Verify { config, .. }
+                | CacheAction::Du { config, .. },
         } => (config, false),
     };
     let config = match load(path, host_checks) {
@@ -215,6 +268,19 @@ fn main() -> ExitCode {
                         CacheAction::Seed { reference, .. } => {
                             gateway::cli::cache_seed(&config, &reference).await
                         }
+                        CacheAction::Pin { reference, .. } => {
+                            gateway::cli::cache_pin(&config, &reference).await
+                        }
+                        CacheAction::Unpin { name, .. } => {
+                            gateway::cli::cache_unpin(&config, &name).await
+                        }
+                        CacheAction::Rm { reference, .. } => {
+                            gateway::cli::cache_rm(&config, &reference).await
+                        }
+                        CacheAction::Verify { json, .. } => {
+                            gateway::cli::cache_verify(&config, json).await
+                        }
+                        CacheAction::Du { json, .. } => gateway::cli::cache_du(&config, json).await,
                     }
                 }),
             }
@@ -224,6 +290,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.downcast_ref::<gateway::control::client::Quarantined>()
+                .is_some()
+            {
+                return ExitCode::from(gateway::control::client::EXIT_QUARANTINED);
+            }
             // A bad --permit, or `flows` --since/--until/--device, is a
             // usage error, as a bad config is.
             if matches!(

@@ -14,8 +14,18 @@
 //! Passes run one at a time, in the background after each published fill
 //! (so a request never waits for eviction), when access times are due to be
 //! persisted, and on [`Cache::evict`] and [`Cache::close`].
+//!
+//! [`dispose`] is the one way a complete blob leaves the cache: eviction,
+//! `gateway cache rm` (remove.rs) and `gateway cache verify`'s quarantine
+//! (verify.rs) all take blobs out of the state, mark them `evicting` and
+//! hand them to it.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
+};
 
 use super::{Cache, CacheError, Digest, Inner, store};
 
@@ -111,36 +121,15 @@ pub(super) async fn pass(inner: &Arc<Inner>, flush: bool) -> Result<EvictReport,
         return Ok(EvictReport::default());
     }
 
-    // Everything after the selection runs as one blocking task, including
-    // clearing `evicting`: once spawned it completes even if this future is
-    // dropped, so no fill can be left waiting on an abandoned pass.
-    let worker = Arc::clone(inner);
-    let evicted: Vec<Digest> = victims.iter().map(|(d, _)| *d).collect();
-    tokio::task::spawn_blocking(move || {
-        for digest in &evicted {
-            store::remove_quietly(&worker.layout.blob(digest));
-        }
-        let hexes: Vec<String> = evicted.iter().map(Digest::hex).collect();
-        let result = worker
-            .index
-            .remove_blobs(hexes.iter().map(String::as_str))
-            .and_then(|()| worker.index.update_access(&dirty));
-        {
-            // Whatever happened, the files are unlinked (or as gone as they
-            // will get): let waiting fills go ahead.
-            let mut state = worker.state();
-            for digest in &evicted {
-                state.evicting.remove(digest);
-            }
-            if result.is_ok() {
-                state.mark_persisted(&dirty);
-            }
-        }
-        worker.evicted.notify_waiters();
-        result
-    })
-    .await
-    .map_err(CacheError::task("evict blobs"))??;
+    let evicted: Vec<Victim> = victims
+        .iter()
+        .map(|(digest, size)| Victim {
+            digest: *digest,
+            size: *size,
+            to: Disposal::Unlink,
+        })
+        .collect();
+    dispose(inner, evicted, dirty).await?;
 
     let report = EvictReport {
         evicted: victims.len(),
@@ -157,4 +146,104 @@ pub(super) async fn pass(inner: &Arc<Inner>, flush: bool) -> Result<EvictReport,
         );
     }
     Ok(report)
+}
+
+/// A blob taken out of the state (and marked `evicting`) by the caller.
+pub(super) struct Victim {
+    pub(super) digest: Digest,
+    pub(super) size: u64,
+    pub(super) to: Disposal,
+}
+
+/// What becomes of a victim's file.
+pub(super) enum Disposal {
+    /// Unlinked (readers holding it read on).
+    Unlink,
+    /// Moved into `dir` for an admin to inspect, if the file still is the
+    /// one with inode `inode`; a different file under the name is a fresh,
+    /// verified copy published since (the old one was evicted and filled
+    /// again), and is kept.
+    Quarantine { dir: PathBuf, inode: u64 },
+}
+
+/// What [`dispose`] did with one victim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Disposed {
+    Unlinked,
+    /// Moved to this path.
+    Moved(PathBuf),
+    /// Put back: the name held a newer copy (see [`Disposal::Quarantine`]).
+    Kept,
+}
+
+/// Removes the victims' files and index rows and persists `dirty` access
+/// times, then clears `evicting` and wakes fills waiting on it. Runs as one
+/// blocking task: once spawned it completes even if this future is
+/// dropped, so no fill can be left waiting on an abandoned removal. Unlink
+/// comes before the index delete: a crash in between leaves an entry
+/// without a file, which the next open drops.
+pub(super) async fn dispose(
+    inner: &Arc<Inner>,
+    victims: Vec<Victim>,
+    dirty: Vec<(Digest, u64)>,
+) -> Result<Vec<Disposed>, CacheError> {
+    let worker = Arc::clone(inner);
+    tokio::task::spawn_blocking(move || {
+        let outcomes: Vec<Disposed> = victims
+            .iter()
+            .map(|v| dispose_file(&worker.layout.blob(&v.digest), &v.to))
+            .collect();
+        let gone: Vec<String> = victims
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o != Disposed::Kept)
+            .map(|(v, _)| v.digest.hex())
+            .collect();
+        let mut result = worker.index.remove_blobs(gone.iter().map(String::as_str));
+        if result.is_ok() && !dirty.is_empty() {
+            result = worker.index.update_access(&dirty);
+        }
+        {
+            // Whatever happened, the files are gone (or as gone as they
+            // will get): let waiting fills go ahead.
+            let mut state = worker.state();
+            for (victim, outcome) in victims.iter().zip(&outcomes) {
+                if *outcome == Disposed::Kept {
+                    let now = state.tick();
+                    state.insert_blob(victim.digest, victim.size, now);
+                }
+                state.evicting.remove(&victim.digest);
+            }
+            if result.is_ok() {
+                state.mark_persisted(&dirty);
+            }
+        }
+        worker.evicted.notify_waiters();
+        result.map(|()| outcomes)
+    })
+    .await
+    .map_err(CacheError::task("remove blobs"))?
+}
+
+fn dispose_file(path: &Path, to: &Disposal) -> Disposed {
+    let Disposal::Quarantine { dir, inode } = to else {
+        store::remove_quietly(path);
+        return Disposed::Unlinked;
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.ino() == *inode => {}
+        Ok(_) => return Disposed::Kept,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Disposed::Unlinked,
+        Err(_) => {}
+    }
+    match super::verify::move_to_quarantine(path, dir) {
+        Ok(moved) => Disposed::Moved(moved),
+        Err(e) => {
+            // Content that no longer matches its digest must not be served
+            // again, kept for inspection or not.
+            tracing::warn!(path = %path.display(), error = %e, "cache: cannot move a damaged blob to quarantine; removing it");
+            store::remove_quietly(path);
+            Disposed::Unlinked
+        }
+    }
 }

@@ -62,10 +62,14 @@ mod pins;
 mod readers;
 mod reconcile;
 mod refs;
+mod remove;
 mod state;
 mod store;
 #[cfg(test)]
 mod tests;
+mod usage;
+mod verify;
+mod walk;
 
 use std::{
     fmt,
@@ -86,6 +90,10 @@ pub use fill::{Fill, FillWriter};
 pub use follow::FillReader;
 pub use objects::ObjectEntry;
 pub use refs::RefEntry;
+pub use remove::RemoveReport;
+pub use usage::{Amount, BlobInfo, Named, Owner, RepoUsage, SiteUsage, Usage, usage};
+pub use verify::{QUARANTINE_DIR, Quarantined, VerifyReport, VerifyStep};
+pub use walk::Walk;
 
 use index::Index;
 use state::State;

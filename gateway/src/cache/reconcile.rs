@@ -128,7 +128,7 @@ fn adopt_unindexed(
     Ok(adopted)
 }
 
-fn hash_file(path: &Path) -> Result<(Digest, u64), CacheError> {
+pub(super) fn hash_file(path: &Path) -> Result<(Digest, u64), CacheError> {
     let read_err = CacheError::io("read the blob to verify it", path);
     let mut file = match File::open(path) {
         Ok(f) => f,

@@ -1,4 +1,4 @@
-//! `gateway cache ls|seed`: through the running daemon's control socket,
+//! `gateway cache ls|seed|pin|unpin|rm|verify|du`: through the running daemon's control socket,
 //! or, when no daemon runs, on the cache directly.
 
 use tokio::{
@@ -7,8 +7,24 @@ use tokio::{
     sync::mpsc,
 };
 
+use std::io::IsTerminal as _;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
 use super::{Reply, Request, listing, server, socket_path};
 use crate::config::Config;
+
+/// What `gateway cache verify` exits with when it quarantined a blob (1
+/// stays "could not verify").
+pub const EXIT_QUARANTINED: u8 = 3;
+
+/// `cache verify` found damaged blobs (and quarantined them).
+#[derive(Debug, thiserror::Error)]
+#[error("{count} blob(s) no longer matched their digest and were moved to {dir}")]
+pub struct Quarantined {
+    pub count: usize,
+    pub dir: String,
+}
 
 pub async fn ls(config: &Config, json: bool) -> anyhow::Result<()> {
     let value = run(config, Request::Ls).await?;
@@ -43,6 +59,145 @@ pub async fn seed(config: &Config, reference: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+pub async fn pin(config: &Config, reference: &str) -> anyhow::Result<()> {
+    let req = Request::Pin {
+        reference: reference.to_owned(),
+    };
+    let v = run(config, req).await?;
+    println!(
+        "pinned {}: {} blobs, {} bytes",
+        v["pin"].as_str().unwrap_or(reference),
+        v["blobs"],
+        v["bytes"]
+    );
+    Ok(())
+}
+
+pub async fn unpin(config: &Config, name: &str) -> anyhow::Result<()> {
+    let req = Request::Unpin {
+        name: name.to_owned(),
+    };
+    let v = run(config, req).await?;
+    println!(
+        "unpinned {} (its blobs may be evicted now unless another pin names them)",
+        v["unpinned"].as_str().unwrap_or(name)
+    );
+    Ok(())
+}
+
+pub async fn rm(config: &Config, reference: &str) -> anyhow::Result<()> {
+    let req = Request::Rm {
+        reference: reference.to_owned(),
+    };
+    let v = run(config, req).await?;
+    for r in v["references"].as_array().into_iter().flatten() {
+        println!("forgot {}", r.as_str().unwrap_or("?"));
+    }
+    if v["unpinned"].as_bool() == Some(true) {
+        println!("unpinned {reference}");
+    }
+    println!(
+        "removed {} blobs ({} bytes); kept {} that other references, objects or pins name",
+        v["removed_blobs"], v["freed_bytes"], v["kept_blobs"]
+    );
+    Ok(())
+}
+
+/// Fails with [`Quarantined`] when a blob was damaged.
+pub async fn verify(config: &Config, json: bool) -> anyhow::Result<()> {
+    let v = run(config, Request::Verify).await?;
+    let quarantined = v["quarantined"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{v}");
+    } else {
+        for q in &quarantined {
+            println!(
+                "damaged {}: content hashes to {} ({} bytes, {} expected); moved to {}",
+                q["digest"].as_str().unwrap_or("?"),
+                q["actual_digest"].as_str().unwrap_or("?"),
+                q["actual_size"],
+                q["size"],
+                q["path"]
+                    .as_str()
+                    .unwrap_or("(could not be moved: removed)"),
+            );
+        }
+        println!(
+            "verified {} blobs, {} bytes: {} damaged{}",
+            v["checked"],
+            v["bytes"],
+            quarantined.len(),
+            match v["vanished"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} evicted or removed meanwhile"),
+                _ => String::new(),
+            }
+        );
+    }
+    if quarantined.is_empty() {
+        Ok(())
+    } else {
+        Err(Quarantined {
+            count: quarantined.len(),
+            dir: v["quarantine_dir"].as_str().unwrap_or("?").to_owned(),
+        }
+        .into())
+    }
+}
+
+pub async fn du(config: &Config, json: bool) -> anyhow::Result<()> {
+    let v = run(config, Request::Du).await?;
+    if json {
+        println!("{v}");
+    } else {
+        print!("{}", listing::render_usage(&v));
+    }
+    Ok(())
+}
+
+/// Shows what the daemon says while it works, on stderr: progress lines
+/// as they come, and steps as a bar on a terminal (as lines otherwise, for
+/// logs).
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { bar: None }
+    }
+
+    fn show(&mut self, reply: &Reply) {
+        match reply {
+            Reply::Progress(p) => match &self.bar {
+                Some(bar) => bar.println(p),
+                None => eprintln!("{p}"),
+            },
+            Reply::Step(step) if std::io::stderr().is_terminal() => {
+                let bar = self.bar.get_or_insert_with(|| {
+                    let bar = ProgressBar::new(step.total);
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "{wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+                    ) {
+                        bar.set_style(style);
+                    }
+                    bar
+                });
+                bar.set_length(step.total);
+                bar.set_position(step.done);
+                bar.set_message(step.line.clone());
+            }
+            Reply::Step(step) => eprintln!("{}", step.line),
+            Reply::Ok(_) | Reply::Error(_) => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// What `gateway reload` exits with.
@@ -106,18 +261,38 @@ async fn through_daemon(stream: UnixStream, req: &Request) -> anyhow::Result<ser
     line.push(b'\n');
     write.write_all(&line).await?;
     let mut lines = BufReader::new(read).lines();
+    let mut progress = Progress::new();
     while let Some(line) = lines.next_line().await? {
-        match serde_json::from_str::<Reply>(&line)? {
-            Reply::Progress(p) => eprintln!("{p}"),
-            Reply::Ok(v) => return Ok(v),
-            Reply::Error(e) => anyhow::bail!("{e}"),
+        let reply = serde_json::from_str::<Reply>(&line)?;
+        progress.show(&reply);
+        match reply {
+            Reply::Progress(_) | Reply::Step(_) => {}
+            Reply::Ok(v) => {
+                progress.finish();
+                return Ok(v);
+            }
+            Reply::Error(e) => {
+                progress.finish();
+                anyhow::bail!("{e}")
+            }
         }
     }
+    progress.finish();
     anyhow::bail!("the gateway closed the control socket without an answer")
 }
 
 /// No daemon: open the cache (and the upstreams, for a seed) here.
 async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Value> {
+    // Only a seed starts a cache; the others would make an empty one where
+    // a mistyped cache.dir points.
+    let index = config.cache.dir.join("index.redb");
+    if !matches!(req, Request::Seed { .. }) && !index.exists() {
+        anyhow::bail!(
+            "no cache in {} (cache.dir; no gateway daemon answers on {} either): nothing cached yet",
+            config.cache.dir.display(),
+            socket_path(&config.state_dir).display()
+        );
+    }
     let serving = crate::sites::build_content(config).await?;
     let control = server::Control {
         cache: Some(serving.cache),
@@ -128,9 +303,11 @@ async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Va
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
-        while let Some(Reply::Progress(p)) = rx.recv().await {
-            eprintln!("{p}");
+        let mut progress = Progress::new();
+        while let Some(reply) = rx.recv().await {
+            progress.show(&reply);
         }
+        progress.finish();
     });
     let result = server::execute(&control, req, &tx).await;
     drop(tx);

@@ -2,6 +2,9 @@
 //! to a running daemon (which holds the cache open), and what they do
 //! themselves when no daemon runs.
 //!
+//! The other cache commands (`pin`, `unpin`, `rm`, `verify`, `du`) go
+//! the same way: manage.rs.
+//!
 //! Protocol: a Unix socket at `<state_dir>/control/control.sock`, in a
 //! directory of mode 0700 (so no one else can reach the socket even in the
 //! moment between its creation and its chmod), mode 0600, answering only
@@ -9,13 +12,16 @@
 //! JSON request line (at most [`REQUEST_MAX`] bytes), `{"cmd":"ls"}` or
 //! `{"cmd":"seed","reference":"host/repo:tag"}` or `{"cmd":"stats"}` (what
 //! `gateway status` adds about the daemon: see `stats.rs`) or
-//! `{"cmd":"reload","path":"/etc/gateway/gateway.yaml"}`; the server
-//! answers with `{"progress":"..."}` lines and ends with `{"ok":...}` or
-//! `{"error":"..."}`. The daemon always serves the socket, with or
+//! `{"cmd":"reload","path":"/etc/gateway/gateway.yaml"}`, or
+//! `{"cmd":"pin"|"rm","reference":"host/repo:tag"}`, `{"cmd":"unpin","name":"..."}`,
+//! `{"cmd":"verify"}`, `{"cmd":"du"}`; the server answers with
+//! `{"progress":"..."}` lines (and `{"step":{...}}` for a progress bar) and
+//! ends with `{"ok":...}` or `{"error":"..."}`. The daemon always serves the socket, with or
 //! without sites.
 
 pub mod client;
 mod listing;
+mod manage;
 pub mod server;
 mod stats;
 
@@ -58,14 +64,39 @@ pub enum Request {
     Reload {
         path: String,
     },
+    /// Pin what a cached reference holds, fetching nothing.
+    Pin {
+        reference: String,
+    },
+    /// Remove a pin by its name.
+    Unpin {
+        name: String,
+    },
+    /// Forget a reference and delete the blobs nothing else names.
+    Rm {
+        reference: String,
+    },
+    /// Hash every blob again; quarantine the damaged.
+    Verify,
+    /// Bytes per site and repository.
+    Du,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reply {
     Progress(String),
+    /// Where a long command is: a bar on a terminal, `line` otherwise.
+    Step(Step),
     Ok(serde_json::Value),
     Error(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub done: u64,
+    pub total: u64,
+    pub line: String,
 }
 
 /// `host/repo:tag` or `host/repo@sha256:...`, split.
@@ -140,6 +171,25 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Reply::Progress("x".into())).expect("p"),
             r#"{"progress":"x"}"#
+        );
+        let req: Request =
+            serde_json::from_str(r#"{"cmd":"unpin","name":"r/a:b"}"#).expect("unpin");
+        assert!(
+            matches!(&req, Request::Unpin { name } if name == "r/a:b"),
+            "{req:?}"
+        );
+        for (text, cmd) in [(r#"{"cmd":"verify"}"#, "verify"), (r#"{"cmd":"du"}"#, "du")] {
+            let req: Request = serde_json::from_str(text).expect(cmd);
+            assert_eq!(serde_json::to_string(&req).expect(cmd), text);
+        }
+        let step = Reply::Step(Step {
+            done: 1,
+            total: 2,
+            line: "x".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&step).expect("step"),
+            r#"{"step":{"done":1,"total":2,"line":"x"}}"#
         );
     }
 }

@@ -156,6 +156,11 @@ pub async fn execute(
             let report = seed(&control.handlers.load(), &reference, &progress).await?;
             Ok(serde_json::to_value(report)?)
         }
+        Request::Pin { reference } => super::manage::pin(control.cache()?, &reference).await,
+        Request::Unpin { name } => super::manage::unpin(control.cache()?, &name).await,
+        Request::Rm { reference } => super::manage::rm(control.cache()?, &reference).await,
+        Request::Verify => super::manage::verify(control.cache()?, progress).await,
+        Request::Du => super::manage::du(control.cache()?).await,
         Request::Stats => match (&control.audit, &control.daemon) {
             (Some(audit), Some(daemon)) => Ok(super::stats::stats(
                 audit,

@@ -4,6 +4,7 @@ mod digest;
 mod evict;
 mod fill;
 mod follow;
+mod manage;
 mod persist;
 
 use std::{io, path::Path};
