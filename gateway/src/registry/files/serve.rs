@@ -43,9 +43,11 @@ pub fn kept(from: &HeaderMap) -> HeaderMap {
     h
 }
 
-/// An error as plain text, with the audit's fault and detail.
+/// An error as plain text, with the audit's fault and detail; both start
+/// with `code` (the audit's `detail` is where the reason goes).
 pub fn error(status: StatusCode, code: &str, fault: Fault, detail: String) -> Outcome {
-    let mut resp = Response::new(body::full(format!("{code}: {detail}\n")));
+    let detail = format!("{code}: {detail}");
+    let mut resp = Response::new(body::full(format!("{detail}\n")));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
