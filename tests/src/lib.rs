@@ -23,6 +23,8 @@ pub mod dns;
 /// A fault-injecting proxy in front of the registry (issue 11).
 pub mod faulty;
 pub mod gateway;
+/// Helm chart repositories and a client that pulls like `helm pull`.
+pub mod helm;
 /// Docker Hub's shape (registry, token server, CDN) and a wrong resolver.
 pub mod hub;
 pub mod kernel;
