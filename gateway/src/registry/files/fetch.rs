@@ -18,13 +18,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, hea
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use super::{FilesSite, policy, serve};
+use super::{FilesSite, policy, readback, serve};
 use crate::{
     audit::CacheStatus,
     cache::{Blob, Cache, Digest, Fill, FillReader, FillWriter, ObjectEntry},
     registry::Outcome,
     upstream::{UpstreamError, UpstreamRequest},
 };
+
+type Chunks = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
 
 /// Where `gateway cache seed` learns the digest a request stored.
 pub type Report = oneshot::Sender<Option<(Digest, u64)>>;
@@ -75,21 +77,13 @@ impl FilesSite {
                     _ => (HeaderMap::new(), None),
                 };
                 send(report, Some((digest, blob.size())));
-                return serve::content(
-                    method,
-                    request,
-                    &headers,
-                    blob.size(),
-                    age,
-                    CacheStatus::Hit,
-                    |r| blob.stream(r),
-                );
+                return self.stored(method, request, key, &headers, &blob, age, CacheStatus::Hit);
             }
         } else if let Some(found) = found {
             let lifetime = policy::lifetime(&found.headers, self.ttl);
             if policy::fresh(request, found.entry.fetched_at, lifetime, now()) {
                 send(report, Some((found.blob.digest(), found.blob.size())));
-                return hit(method, request, &found, CacheStatus::Hit);
+                return self.hit(method, request, &found, CacheStatus::Hit);
             }
             return self.revalidate(method, key, request, found, report).await;
         }
@@ -145,7 +139,7 @@ impl FilesSite {
                     Err(e) => e.to_string(),
                 };
                 send(report, Some((found.blob.digest(), found.blob.size())));
-                let mut o = hit(method, request, &found, CacheStatus::Stale);
+                let mut o = self.hit(method, request, &found, CacheStatus::Stale);
                 o.upstream_ms = Some(ms(started));
                 o.detail = Some(format!("served stale: {detail}"));
                 return o;
@@ -170,7 +164,7 @@ impl FilesSite {
                 tracing::warn!(site = %self.host, key = %found.key, error = %e, "files: refreshing an entry failed");
             }
             send(report, Some((found.blob.digest(), found.blob.size())));
-            let mut o = hit(method, request, &found, CacheStatus::Revalidated);
+            let mut o = self.hit(method, request, &found, CacheStatus::Revalidated);
             o.upstream_ms = Some(ms(started));
             return o;
         }
@@ -218,19 +212,12 @@ impl FilesSite {
         if let Some(d) = expected {
             if let Ok(Some(blob)) = self.cache.get(&d).await {
                 send(report, Some((d, blob.size())));
-                return serve::content(
-                    method,
-                    request,
-                    &HeaderMap::new(),
-                    blob.size(),
-                    None,
-                    CacheStatus::Hit,
-                    |r| blob.stream(r),
-                );
+                let none = HeaderMap::new();
+                return self.stored(method, request, key, &none, &blob, None, CacheStatus::Hit);
             }
         } else if let Some(found) = self.lookup(key, request).await {
             send(report, Some((found.blob.digest(), found.blob.size())));
-            return hit(method, request, &found, CacheStatus::Hit);
+            return self.hit(method, request, &found, CacheStatus::Hit);
         }
         let started = Instant::now();
         let mut req = upstream_request(key, request);
@@ -396,6 +383,65 @@ impl FilesSite {
         o
     }
 
+    fn hit(
+        &self,
+        method: &Method,
+        request: &HeaderMap,
+        found: &Found,
+        cache: CacheStatus,
+    ) -> Outcome {
+        let age = Some(age(found.entry.fetched_at));
+        self.stored(
+            method,
+            request,
+            &found.key,
+            &found.headers,
+            &found.blob,
+            age,
+            cache,
+        )
+    }
+
+    /// A blob the cache holds, for `key`: a whole body is verified as it
+    /// is read back (readback.rs); a damaged one makes `key` forgotten so
+    /// the next request fills it afresh.
+    #[allow(clippy::too_many_arguments)]
+    fn stored(
+        &self,
+        method: &Method,
+        request: &HeaderMap,
+        key: &str,
+        headers: &HeaderMap,
+        blob: &Blob,
+        age: Option<u64>,
+        cache: CacheStatus,
+    ) -> Outcome {
+        let digest = blob.digest();
+        let forget = {
+            let (cache, host, key) = (self.cache.clone(), self.host.clone(), key.to_owned());
+            move |actual: Digest| {
+                tracing::warn!(site = %host, key = %key, expected = %digest, %actual, "files: a cached blob no longer matches its digest; the entry is forgotten (run `gateway cache verify` to quarantine the file)");
+                tokio::spawn(async move {
+                    let _ = cache.remove_object(&host, &key).await;
+                });
+            }
+        };
+        serve::content(
+            method,
+            request,
+            headers,
+            blob.size(),
+            age,
+            cache,
+            |r| -> Chunks {
+                match r {
+                    None => Box::pin(readback::verified(blob.stream(None), digest, forget)),
+                    Some(_) => Box::pin(blob.stream(r)),
+                }
+            },
+        )
+    }
+
     /// The fill of a key for this request's negotiated variant: requests
     /// that differ in a forwarded header never share a fill.
     fn fill_name(&self, key: &str, request: &HeaderMap) -> String {
@@ -504,18 +550,6 @@ async fn write_body(
         }
     }
     Some(writer)
-}
-
-fn hit(method: &Method, request: &HeaderMap, found: &Found, cache: CacheStatus) -> Outcome {
-    serve::content(
-        method,
-        request,
-        &found.headers,
-        found.blob.size(),
-        Some(age(found.entry.fetched_at)),
-        cache,
-        |r| found.blob.stream(r),
-    )
 }
 
 fn upstream_request(key: &str, request: &HeaderMap) -> UpstreamRequest {

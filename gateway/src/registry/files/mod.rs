@@ -5,8 +5,8 @@
 //! - Cache key: the request's path and query (the query is sent upstream
 //!   and is part of the key: `/a?x=1` and `/a` are two entries), per
 //!   variant of the request headers a stored `Vary` names.
-//! - Storage: the body is a blob named by its sha256 (verified when read
-//!   back, as every blob); the objects table maps (site, key) to it with
+//! - Storage: the body is a blob named by its sha256 (a whole body is
+//!   verified as it is read back, readback.rs); the objects table maps (site, key) to it with
 //!   the response headers to replay and when upstream last confirmed it.
 //!   An evicted blob makes the next request a miss.
 //! - Concurrent misses of one key make one upstream fetch (fetch.rs); the
@@ -18,6 +18,7 @@
 
 mod fetch;
 mod policy;
+mod readback;
 mod serve;
 mod sums;
 

@@ -450,3 +450,48 @@ async fn only_allowed_paths_are_served() {
     let o = get_as(&site, Method::HEAD, "/pub/none", &[]).await;
     assert_eq!(o.response.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_blob_damaged_on_disk_is_never_served_whole_and_is_fetched_again() {
+    let origin = Origin::start().await;
+    let data = vec![9u8; 600 * 1024];
+    origin.put("/pub/rot.bin", &data, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let site = site_with(&origin, dir.path(), "").await;
+    read(get(&site, "/pub/rot.bin", &[]).await).await;
+    stored(&site, "/pub/rot.bin").await;
+    let file = dir
+        .path()
+        .join("blobs/sha256")
+        .join(Digest::of(&data).hex());
+    let mut damaged = std::fs::read(&file).unwrap();
+    damaged[1000] ^= 0x5a;
+    std::fs::write(&file, &damaged).unwrap();
+
+    let (status, cache, body) = read(get(&site, "/pub/rot.bin", &[]).await).await;
+    assert_eq!((status, cache), (StatusCode::OK, Some(CacheStatus::Hit)));
+    assert!(body.is_none(), "a damaged blob was served whole");
+    // A range is served as read (it cannot be checked).
+    let (status, _, body) = read(get(&site, "/pub/rot.bin", &[("range", "bytes=0-9")]).await).await;
+    assert_eq!(
+        (status, body.unwrap().len()),
+        (StatusCode::PARTIAL_CONTENT, 10)
+    );
+    // The entry was forgotten: the next request fills it afresh.
+    for _ in 0..500 {
+        if site
+            .cache
+            .get_object("files.test", "/pub/rot.bin")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, cache, body) = read(get(&site, "/pub/rot.bin", &[]).await).await;
+    assert_eq!((status, cache), (StatusCode::OK, Some(CacheStatus::Miss)));
+    assert_eq!(body.unwrap(), data);
+    assert_eq!(origin.gets("/pub/rot.bin").len(), 2);
+}
