@@ -41,12 +41,12 @@ const FORWARDED: &[HeaderName] = &[
 ];
 
 /// A stored entry found for a request.
-struct Found {
+pub(super) struct Found {
     /// The key it is stored under (the variant's, with `Vary`).
     key: String,
     entry: ObjectEntry,
     headers: HeaderMap,
-    blob: Blob,
+    pub(super) blob: Blob,
 }
 
 impl FilesSite {
@@ -92,7 +92,7 @@ impl FilesSite {
 
     /// The entry `key` holds for this request's variant, with its blob; a
     /// missing blob (evicted) is no entry.
-    async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Found> {
+    pub(super) async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Found> {
         let primary = self.cache.get_object(&self.host, key).await.ok()??;
         let names = policy::vary_names(&to_map(&primary.headers));
         let (key, entry) = if names.is_empty() {
@@ -444,7 +444,7 @@ impl FilesSite {
 
     /// The fill of a key for this request's negotiated variant: requests
     /// that differ in a forwarded header never share a fill.
-    fn fill_name(&self, key: &str, request: &HeaderMap) -> String {
+    pub(super) fn fill_name(&self, key: &str, request: &HeaderMap) -> String {
         let names: Vec<String> = FORWARDED.iter().map(|n| n.as_str().to_owned()).collect();
         format!("{}\0{key}{}", self.host, policy::variant(&names, request))
     }

@@ -228,13 +228,26 @@ pub async fn seed(
     while let Some(frame) = body.frame().await {
         frame.map_err(|e| anyhow::anyhow!("{pin}: {e}"))?;
     }
-    // The digest the entry now names: from the fill this seed led or
-    // followed, else from what was already stored.
+    // The digest the entry now names: from the fill this seed led or what
+    // was stored already; after following another request's fill, from
+    // the entry its task recorded (under the key's lock, which it holds
+    // from before the body's end until the entry is written).
     let (digest, size) = match rx.await {
         Ok(Some(found)) => found,
-        _ => anyhow::bail!(
-            "{pin}: fetched, but the response may not be stored (no-store, private or Vary: *)"
-        ),
+        _ => {
+            let name = site.fill_name(path, &HeaderMap::new());
+            let _recorded = site.lock_for(&name).lock_owned().await;
+            let blob = match site.expected_digest(plain).await {
+                Some(d) => site.cache.get(&d).await?,
+                None => site.lookup(path, &HeaderMap::new()).await.map(|f| f.blob),
+            };
+            let blob = blob.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{pin}: fetched, but the response may not be stored (no-store, private or Vary: *)"
+                )
+            })?;
+            (blob.digest(), blob.size())
+        }
     };
     site.cache.pin(&pin, &[digest]).await?;
     progress(format!("pinned {pin} ({digest}, {size} bytes)"));
