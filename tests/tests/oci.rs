@@ -447,3 +447,152 @@ fn registry_credentials_stay_with_the_gateway() {
         );
     }
 }
+
+/// `gateway cache ARGS` against the running daemon.
+fn cache_cmd(gw: &registry::OciGateway<'_>, args: &[&str]) -> registry::cmd::Outcome {
+    let mut full = vec!["cache"];
+    full.extend_from_slice(args);
+    gw.must(registry::oci_gateway::cli(&gw.gw, &full))
+}
+
+fn cache_json(gw: &registry::OciGateway<'_>, args: &[&str]) -> Value {
+    let out = cache_cmd(gw, args);
+    assert!(
+        out.success(),
+        "{args:?} failed ({}): {}",
+        out.status,
+        out.stderr
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The cache management commands on what a device pulled, while the
+/// daemon serves: `ls` lists the image's blobs under its tag, `du` counts
+/// them, a blob rotted on disk is found by `verify` (exit 3), moved to
+/// quarantine and fetched again by the next pull, and `rm` removes the
+/// rest.
+#[test]
+fn cache_commands_list_count_verify_and_remove_a_pulled_image() {
+    require_root();
+    let site = Site::new("oci-cachecmd").unwrap();
+    let w = start_world(&site, RegistryOptions::default(), "5m").unwrap();
+    let (_layout, index) = push_app(&w);
+    let amd = index.image(LINUX_AMD64).unwrap();
+    let gw = &w.gw;
+    gw.must(w.device.skopeo_copy("app:v1", false));
+
+    let tag = format!("{}/app:v1", registry::HOST);
+    let mut expected: Vec<&oci::Descriptor> = vec![&amd.manifest, &amd.config];
+    expected.extend(&amd.layers);
+    // A fill is published just after its last byte is verified and sent:
+    // wait (bounded) until every blob is listed under the tag.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ls = loop {
+        let ls = cache_json(gw, &["ls", "--json"]);
+        let named = |d: &oci::Descriptor| {
+            ls["blob_list"].as_array().unwrap().iter().any(|b| {
+                b["digest"] == d.digest.as_str()
+                    && b["size"] == d.size
+                    && b["referenced_by"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r == tag.as_str())
+            })
+        };
+        if expected.iter().all(|d| named(d)) {
+            break ls;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`cache ls` does not list every blob of {tag}: {ls:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let image_bytes: u64 = expected.iter().map(|d| d.size).sum();
+
+    let du = cache_json(gw, &["du", "--json"]);
+    let app = du["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == registry::HOST)
+        .and_then(|s| {
+            s["repositories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["repository"] == "app")
+        })
+        .unwrap_or_else(|| panic!("no {}/app in `cache du`: {du:#}", registry::HOST));
+    assert_eq!(app["total"]["bytes"], image_bytes, "{du:#}\n{ls:#}");
+    assert_eq!(app["total"]["blobs"], expected.len(), "{du:#}");
+
+    // Rot in place: the 1 MiB layer keeps its size, one byte changes.
+    let rotten = &amd.layers[0];
+    let path = gw.keys.cache_dir.join("blobs/sha256").join(rotten.hex());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    let verify = cache_cmd(gw, &["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(3),
+        "{}\n{}",
+        verify.stdout_text(),
+        verify.stderr
+    );
+    assert!(
+        verify
+            .stdout_text()
+            .contains(&format!("damaged {}", rotten.digest)),
+        "{}",
+        verify.stdout_text()
+    );
+    let quarantined = gw.keys.cache_dir.join("quarantine").join(rotten.hex());
+    assert_eq!(std::fs::read(&quarantined).unwrap(), bytes);
+    assert!(!path.exists());
+
+    // The next pull fetches it again and gets the right bytes.
+    let blob_path = format!("/v2/app/blobs/{}", rotten.digest);
+    let before = gw.must(gw.requests_for("GET", &blob_path)).len();
+    let again = gw.must(w.device.skopeo_copy("app:v1", false));
+    gw.must(again.check_image(amd));
+    let records = gw.must(gw.wait_requests("GET", &blob_path, before + 1));
+    assert_eq!(records[before]["cache"], "miss", "{}", records[before]);
+    let verify = cache_cmd(gw, &["verify"]);
+    assert!(
+        verify.success(),
+        "{}{}",
+        verify.stdout_text(),
+        verify.stderr
+    );
+
+    let rm = cache_cmd(gw, &["rm", &tag]);
+    assert!(rm.success(), "{}", rm.stderr);
+    assert!(
+        rm.stdout_text().contains(&format!("forgot {tag}")),
+        "{}",
+        rm.stdout_text()
+    );
+    let ls = cache_json(gw, &["ls", "--json"]);
+    for d in &expected {
+        assert!(
+            !gw.keys
+                .cache_dir
+                .join("blobs/sha256")
+                .join(d.hex())
+                .exists(),
+            "{} still on disk after `cache rm`: {ls:#}",
+            d.digest
+        );
+    }
+    assert!(
+        ls["references"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !r["reference"].as_str().unwrap().starts_with("manifests/")),
+        "{ls:#}"
+    );
+}
