@@ -9,9 +9,10 @@
 //!    checksums from the config and from a `SHA256SUMS` list (a mismatch
 //!    is 502 and nothing is stored), a path outside `paths` (403), plain
 //!    HTTP on port 80 for the `http: true` site and 403 for the other.
-//! 2. Time and outages: a short `max-age` revalidated with nginx's ETag
-//!    (upstream 304), `gateway cache seed` of a URL, then the upstream
-//!    link cut: the stale copy and the seeded file are still served.
+//! 2. Time and outages: a file past the site's short `ttl` revalidated
+//!    with nginx's ETag (upstream 304), `gateway cache seed` of a URL,
+//!    then the upstream link cut: the stale copy and the seeded file are
+//!    still served.
 
 #![expect(
     clippy::unwrap_used,
@@ -50,12 +51,12 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 const KIB: u64 = 1024;
 
 /// Headers nginx adds per location: the no-store tree and the tree whose
-/// files are fresh for one second.
+/// files stay fresh for an hour whatever the site's `ttl`.
 const LOCATIONS: &str = "        location /pub/live/ {
             add_header Cache-Control \"no-store\";
         }
-        location /pub/short/ {
-            add_header Cache-Control \"max-age=1\";
+        location /pub/keep/ {
+            add_header Cache-Control \"max-age=3600\";
         }
 ";
 
@@ -73,8 +74,9 @@ struct World<'s> {
 }
 
 impl<'s> World<'s> {
-    /// `checksums` is the `checksums:` YAML of the `DL` site.
-    fn start(site: &'s Site, files: &[(&str, &[u8])], checksums: &str) -> Self {
+    /// `dl_keys` are more YAML keys of the `DL` site (`ttl`,
+    /// `checksums`), indented for it.
+    fn start(site: &'s Site, files: &[(&str, &[u8])], dl_keys: &str) -> Self {
         let tmp = site.tmp_dir();
         let www = tmp.join("www");
         for (path, body) in files {
@@ -117,7 +119,7 @@ impl<'s> World<'s> {
         let mut gw_config = GatewayConfig::for_site(site);
         gw_config.extra_yaml.push_str(&format!(
             "tls:\n  ca_dir: {ca_dir}\nsites:\n\
-             \x20 - host: {dl}\n    kind: files\n    upstream: {dl_url}\n    ca_file: {ca}\n    paths: [\"/pub/**\"]\n    ttl: 1h\n    http: true\n{checksums}\
+             \x20 - host: {dl}\n    kind: files\n    upstream: {dl_url}\n    ca_file: {ca}\n    paths: [\"/pub/**\"]\n    http: true\n{dl_keys}\
              \x20 - host: {nohttp}\n    kind: files\n    upstream: {nohttp_url}\n    ca_file: {ca}\n    paths: [\"/pub/**\"]\n\
              cache:\n  dir: {cache}\n  max_size: 1GiB\n",
             ca_dir = p(&tmp.join("ca")),
@@ -246,8 +248,8 @@ fn files_are_cached_ranged_verified_and_refused_outside_their_paths() {
         sha256_hex(&listed),
         sha256_hex(b"what the list promised")
     );
-    let checksums = format!(
-        "    checksums:\n      - path: /pub/good.tgz\n        sha256: \"{}\"\n      - path: /pub/bad.tgz\n        sha256: \"{}\"\n      - file: /pub/SHA256SUMS\n",
+    let dl_keys = format!(
+        "    ttl: 1h\n    checksums:\n      - path: /pub/good.tgz\n        sha256: \"{}\"\n      - path: /pub/bad.tgz\n        sha256: \"{}\"\n      - file: /pub/SHA256SUMS\n",
         sha256_hex(&good),
         sha256_hex(b"not the bytes nginx has")
     );
@@ -264,7 +266,7 @@ fn files_are_cached_ranged_verified_and_refused_outside_their_paths() {
             ("/pub/SHA256SUMS", sums.as_bytes()),
             ("/secret/key", b"not served\n"),
         ],
-        &checksums,
+        &dl_keys,
     );
 
     // A miss, then hits: one upstream GET.
@@ -379,18 +381,18 @@ fn stale_files_are_revalidated_and_served_offline_with_seeds() {
     let w = World::start(
         &site,
         &[
-            ("/pub/short/r.txt", b"revalidated\n"),
-            ("/pub/seeded.bin", &seeded),
+            ("/pub/r.txt", b"revalidated\n"),
+            ("/pub/keep/seeded.bin", &seeded),
         ],
-        "",
+        "    ttl: 1s\n",
     );
 
-    // Fresh for one second (nginx's max-age=1), then revalidated with the
-    // ETag nginx gave: upstream answers 304.
-    let r = w.get("/pub/short/r.txt");
+    // Fresh for the site's ttl (nginx names no lifetime), then revalidated
+    // with the ETag nginx gave: upstream answers 304.
+    let r = w.get("/pub/r.txt");
     assert_eq!(r.code, 200, "{}\n{}", r.describe(), w.evidence());
     std::thread::sleep(Duration::from_millis(2100));
-    let r = w.get("/pub/short/r.txt");
+    let r = w.get("/pub/r.txt");
     assert_eq!(
         (r.code, r.body()),
         (200, b"revalidated\n".to_vec()),
@@ -398,18 +400,23 @@ fn stale_files_are_revalidated_and_served_offline_with_seeds() {
         r.describe()
     );
     assert_eq!(
-        w.origin_gets("/pub/short/r.txt"),
+        w.origin_gets("/pub/r.txt"),
         vec![200, 304],
         "{}",
         w.evidence()
     );
-    let records = w.records("/pub/short/r.txt", 2);
+    let records = w.records("/pub/r.txt", 2);
     assert_eq!(records[1]["cache"], "revalidated", "{records:?}");
 
-    // Seeded by URL: fetched once and pinned.
+    // Seeded by URL: fetched once and pinned (fresh for an hour: nginx's
+    // max-age there).
     let out = cli(
         &w.gw,
-        &["cache", "seed", &format!("https://{DL}/pub/seeded.bin")],
+        &[
+            "cache",
+            "seed",
+            &format!("https://{DL}/pub/keep/seeded.bin"),
+        ],
     )
     .unwrap();
     assert!(
@@ -419,10 +426,11 @@ fn stale_files_are_revalidated_and_served_offline_with_seeds() {
         out.stderr,
         w.evidence()
     );
-    assert_eq!(w.origin_gets("/pub/seeded.bin"), vec![200]);
+    assert_eq!(w.origin_gets("/pub/keep/seeded.bin"), vec![200]);
     let ls = cli(&w.gw, &["cache", "ls"]).unwrap();
     assert!(
-        ls.stdout_text().contains(&format!("{DL}/pub/seeded.bin")),
+        ls.stdout_text()
+            .contains(&format!("{DL}/pub/keep/seeded.bin")),
         "pin not listed:\n{}",
         ls.stdout_text()
     );
@@ -430,7 +438,7 @@ fn stale_files_are_revalidated_and_served_offline_with_seeds() {
     // Upstream gone: the stale copy is served (stale), the seed is a hit.
     registry::cut_upstream(&site).unwrap();
     std::thread::sleep(Duration::from_millis(1100));
-    let r = w.get("/pub/short/r.txt");
+    let r = w.get("/pub/r.txt");
     assert_eq!(
         (r.code, r.body()),
         (200, b"revalidated\n".to_vec()),
@@ -438,12 +446,12 @@ fn stale_files_are_revalidated_and_served_offline_with_seeds() {
         r.describe(),
         w.evidence()
     );
-    let records = w.records("/pub/short/r.txt", 3);
+    let records = w.records("/pub/r.txt", 3);
     assert_eq!(records[2]["cache"], "stale", "{records:?}");
-    let r = w.get("/pub/seeded.bin");
+    let r = w.get("/pub/keep/seeded.bin");
     assert_eq!(r.code, 200, "{}\n{}", r.describe(), w.evidence());
     assert_eq!(r.body(), seeded);
-    let records = w.records("/pub/seeded.bin", 1);
+    let records = w.records("/pub/keep/seeded.bin", 1);
     assert_eq!(records[0]["cache"], "hit", "{records:?}");
     registry::restore_upstream(&site).unwrap();
 }
