@@ -206,3 +206,25 @@ fn malformed_indexes_are_errors() {
             .contains("larger than 64 MiB")
     );
 }
+
+#[test]
+fn no_input_panics_the_parser() {
+    let r = repo("https://charts.example.test/stable");
+    let sample = format!(
+        "apiVersion: v1\nentries:\n  web:\n  - name: web\n    version: 1.0.0\n    digest: {A}\n    urls: [charts/web-1.0.0.tgz, 'https://cdn.example.test/w.tgz?x=1', '//elsewhere/x', 'http://[::1]:8080/a']\n  odd:\n  - version: [1]\n    digest: {{a: b}}\n    urls: [3, null, {{x: y}}, '', '   ', 'https://', '../../../../x', '?q', '#f', 'https://charts.example.test:443/stable/x.tgz']\n"
+    );
+    // Every prefix: truncated downloads, cut mid-token.
+    for end in 0..=sample.len() {
+        let _ = Index::parse(&r, Bytes::from(sample.as_bytes()[..end].to_vec()));
+    }
+    for junk in [
+        "\u{0}\u{1}\u{2}",
+        "entries:\n  a:\n  - {version: 1, urls: [[[[]]]]}\n",
+        "entries: {a: [null, 1, 'x', {version: 2, urls: [1e400]}]}\n",
+        "!!binary aGVsbG8=\n",
+        "entries:\n  ? [a, b]\n  : []\n",
+        "---\n...\n---\n",
+    ] {
+        let _ = Index::parse(&r, Bytes::from(junk));
+    }
+}
