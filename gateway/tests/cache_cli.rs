@@ -181,6 +181,14 @@ fn ls_pin_du_verify_rm_on_the_cache_directly() {
         out.contains(&format!("pinned reg.test/app:v1: 3 blobs, {total} bytes")),
         "{out}"
     );
+    // Unpinned by the reference as typed (host case, the pin's name is
+    // lowercase), then pinned again.
+    let (code, out, err) = s.cache(&["unpin", "Reg.Test/app:v1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("unpinned reg.test/app:v1"), "{out}");
+    assert_eq!(s.json(&["ls", "--json"])["pins"], json!([]));
+    let (code, _, err) = s.cache(&["pin", "reg.test/app:v1"]);
+    assert_eq!(code, Some(0), "{err}");
 
     let ls = s.json(&["ls", "--json"]);
     let blobs = ls["blob_list"].as_array().unwrap();

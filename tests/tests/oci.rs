@@ -467,10 +467,10 @@ fn cache_json(gw: &registry::OciGateway<'_>, args: &[&str]) -> Value {
 }
 
 /// The cache management commands on what a device pulled, while the
-/// daemon serves: `ls` lists the image's blobs under its tag, `du` counts
-/// them, a blob rotted on disk is found by `verify` (exit 3), moved to
+/// daemon serves: `ls` lists the image's blobs under its tag, `pin` pins
+/// them as held, `du` counts them, a blob rotted on disk is found by `verify` (exit 3), moved to
 /// quarantine and fetched again by the next pull, and `rm` removes the
-/// rest.
+/// rest and the pin.
 #[test]
 fn cache_commands_list_count_verify_and_remove_a_pulled_image() {
     require_root();
@@ -510,6 +510,9 @@ fn cache_commands_list_count_verify_and_remove_a_pulled_image() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let image_bytes: u64 = expected.iter().map(|d| d.size).sum();
+    // Pinned from what is held, nothing fetched.
+    let pin = cache_cmd(gw, &["pin", &tag]);
+    assert!(pin.success(), "{}", pin.stderr);
 
     let du = cache_json(gw, &["du", "--json"]);
     let app = du["sites"]
@@ -527,6 +530,7 @@ fn cache_commands_list_count_verify_and_remove_a_pulled_image() {
         .unwrap_or_else(|| panic!("no {}/app in `cache du`: {du:#}", registry::HOST));
     assert_eq!(app["total"]["bytes"], image_bytes, "{du:#}\n{ls:#}");
     assert_eq!(app["total"]["blobs"], expected.len(), "{du:#}");
+    assert_eq!(du["pinned"]["bytes"], image_bytes, "{du:#}");
 
     // Rot in place: the 1 MiB layer keeps its size, one byte changes.
     let rotten = &amd.layers[0];
@@ -571,7 +575,8 @@ fn cache_commands_list_count_verify_and_remove_a_pulled_image() {
     let rm = cache_cmd(gw, &["rm", &tag]);
     assert!(rm.success(), "{}", rm.stderr);
     assert!(
-        rm.stdout_text().contains(&format!("forgot {tag}")),
+        rm.stdout_text().contains(&format!("forgot {tag}"))
+            && rm.stdout_text().contains(&format!("unpinned {tag}")),
         "{}",
         rm.stdout_text()
     );
