@@ -40,6 +40,10 @@ const FORWARDED: &[HeaderName] = &[
     header::ACCEPT_LANGUAGE,
 ];
 
+/// How long a device waits on upstream's answer to a revalidation when a
+/// copy is held; past it the copy is served, marked stale (as OCI tags).
+const STALE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A stored entry found for a request.
 pub(super) struct Found {
     /// The key it is stored under (the variant's, with `Vary`).
@@ -113,8 +117,8 @@ impl FilesSite {
     }
 
     /// A stale entry: a conditional GET upstream. 304 refreshes it; new
-    /// content replaces it; an unreachable or failing (5xx) upstream gets
-    /// the stale copy served.
+    /// content replaces it; an unreachable, failing (5xx, 429) or silent
+    /// (3 s) upstream gets the stale copy served.
     async fn revalidate(
         &self,
         method: &Method,
@@ -131,12 +135,21 @@ impl FilesSite {
         if let Some(lm) = found.headers.get(header::LAST_MODIFIED) {
             req = req.with_header(header::IF_MODIFIED_SINCE, lm.clone());
         }
-        let resp = match self.upstream.send(req).await {
-            Ok(r) if !r.status().is_server_error() => r,
+        // With a copy in hand, upstream gets a short deadline: the device
+        // is served the copy rather than waiting out upstream's timeouts
+        // (a connection whose link went away answers nothing).
+        let sent = tokio::time::timeout(STALE_DEADLINE, self.upstream.send(req)).await;
+        let resp = match sent {
+            Ok(Ok(r))
+                if !r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                r
+            }
             other => {
                 let detail = match other {
-                    Ok(r) => format!("upstream answered {}", r.status()),
-                    Err(e) => e.to_string(),
+                    Ok(Ok(r)) => format!("upstream answered {}", r.status()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("upstream did not answer within {STALE_DEADLINE:?}"),
                 };
                 send(report, Some((found.blob.digest(), found.blob.size())));
                 let mut o = self.hit(method, request, &found, CacheStatus::Stale);

@@ -40,6 +40,8 @@ struct File {
     headers: Vec<(&'static str, String)>,
     /// Answer this status instead (no validators).
     status: Option<StatusCode>,
+    /// Never answer.
+    hang: bool,
 }
 
 #[derive(Default)]
@@ -68,8 +70,19 @@ impl Origin {
                     let (files, log) = (files.clone(), log.clone());
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let hang = files
+                                .lock()
+                                .unwrap()
+                                .get(req.uri().path())
+                                .is_some_and(|f| f.hang);
                             let reply = answer(&files, &log, &req);
-                            async move { Ok::<_, Infallible>(reply) }
+                            async move {
+                                if hang {
+                                    // A peer that went silent.
+                                    std::future::pending::<()>().await;
+                                }
+                                Ok::<_, Infallible>(reply)
+                            }
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                             .serve_connection(TokioIo::new(conn), service)
@@ -93,6 +106,7 @@ impl Origin {
                 body: Bytes::copy_from_slice(body),
                 headers: headers.iter().map(|(n, v)| (*n, v.to_string())).collect(),
                 status: None,
+                hang: false,
             },
         );
     }
@@ -104,8 +118,15 @@ impl Origin {
                 body: Bytes::from_static(b"broken\n"),
                 headers: Vec::new(),
                 status: Some(status),
+                hang: false,
             },
         );
+    }
+
+    fn hang(&self, path: &str) {
+        if let Some(f) = self.files.lock().unwrap().get_mut(path) {
+            f.hang = true;
+        }
     }
 
     /// GETs of `target` (path and query) so far, with their If-None-Match.
@@ -333,6 +354,20 @@ async fn a_stale_entry_is_revalidated_then_served_stale_when_upstream_fails() {
 
     origin.fail("/pub/r.txt", StatusCode::SERVICE_UNAVAILABLE);
     let (status, cache, body) = read(get(&site, "/pub/r.txt", &[]).await).await;
+    assert_eq!((status, cache), (StatusCode::OK, Some(CacheStatus::Stale)));
+    assert_eq!(body.unwrap(), b"v1");
+
+    // A silent upstream: the copy is served after the stale deadline.
+    origin.put("/pub/r.txt", b"v1", &[("cache-control", "max-age=0")]);
+    origin.hang("/pub/r.txt");
+    let o = get(&site, "/pub/r.txt", &[]).await;
+    assert!(
+        o.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did not answer")
+    );
+    let (status, cache, body) = read(o).await;
     assert_eq!((status, cache), (StatusCode::OK, Some(CacheStatus::Stale)));
     assert_eq!(body.unwrap(), b"v1");
 
