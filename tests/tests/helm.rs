@@ -8,7 +8,8 @@
 //! One test, to keep process starts few (it also runs in TCG VMs): pulls
 //! of a chart with a relative URL and of one on the chart host, over TLS
 //! and plain HTTP; an entry on a host the site does not list left out of
-//! the served index; a `.prov`; a lying server (a chart replaced after
+//! the served index; the index revalidated past its TTL (nginx's 304); a
+//! `.prov`; a lying server (a chart replaced after
 //! the index was written) refused with 502 and nothing stored; `gateway
 //! cache seed` of a chart never pulled; then the upstream link cut: the
 //! index served stale, the pulled and seeded charts still pulled.
@@ -275,6 +276,21 @@ fn charts_are_pulled_verified_seeded_and_served_offline() {
             .contains("left out of the served index"),
         "{record}"
     );
+
+    // Past the TTL: revalidated with nginx's ETag, nginx answers 304.
+    std::thread::sleep(Duration::from_millis(1100));
+    tls.index().unwrap();
+    assert!(
+        w.origin_gets("/stable/index.yaml").contains(&304),
+        "{}",
+        w.evidence()
+    );
+    let revalidated = |rs: &[Value]| {
+        rs.iter()
+            .any(|r| r["path"] == "/stable/index.yaml" && r["cache"] == "revalidated")
+    };
+    w.gw.wait_audit_all(revalidated, AUDIT_WAIT)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", w.evidence()));
 
     // The provenance file beside the chart.
     let r = tls
