@@ -283,7 +283,12 @@ impl FilesSite {
         report: Option<Report>,
     ) -> Outcome {
         let status = resp.status();
-        if method == Method::HEAD || !policy::storable(request, status, resp.headers()) {
+        // Content a checksum names is verified whatever upstream says of
+        // caching it: passing it through would pass it unverified, and it
+        // cannot change without failing the checksum.
+        let store = policy::storable(request, status, resp.headers())
+            || (expected.is_some() && status == StatusCode::OK);
+        if method == Method::HEAD || !store {
             drop(guard);
             drop(report);
             let headers = resp.headers().clone();

@@ -397,7 +397,8 @@ async fn variants_are_stored_apart() {
 async fn checksums_verify_fills_and_a_mismatch_is_502_with_nothing_stored() {
     let origin = Origin::start().await;
     let good = b"release 1.0";
-    origin.put("/pub/app.tgz", good, &[]);
+    // Verified, so stored, whatever its Cache-Control says.
+    origin.put("/pub/app.tgz", good, &[("cache-control", "no-store")]);
     origin.put("/pub/lie.tgz", b"not what the list says", &[]);
     origin.put("/pub/listed.bin", b"listed", &[]);
     let sums = format!(
