@@ -210,6 +210,24 @@ impl<'s> World<'s> {
     }
 }
 
+/// Removes [`registry::throttle_upstream`]'s qdisc.
+fn unthrottle(site: &Site) {
+    let out = output(
+        Command::new("tc").args([
+            "-n",
+            &site.up_ns,
+            "qdisc",
+            "del",
+            "dev",
+            &site.up_if,
+            "root",
+        ]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(out.success(), "tc qdisc del: {}", out.stderr);
+}
+
 fn is_get(r: &Value, path: &str) -> bool {
     r["event"] == "request" && (r["method"] == "GET" || r["method"] == "HEAD") && r["path"] == path
 }
@@ -304,7 +322,9 @@ fn files_are_cached_ranged_verified_and_refused_outside_their_paths() {
     );
     assert_eq!(w.origin_gets("/pub/app.bin"), vec![200], "{}", w.evidence());
 
-    // Concurrent misses: one upstream GET.
+    // Concurrent misses: one upstream GET. The origin's link is slowed so
+    // that the fill still runs when the others ask.
+    registry::throttle_upstream(&site, "8mbit").unwrap();
     std::thread::scope(|s| {
         let all: Vec<_> = (0..4).map(|_| s.spawn(|| w.get("/pub/big.bin"))).collect();
         for r in all {
@@ -317,6 +337,7 @@ fn files_are_cached_ranged_verified_and_refused_outside_their_paths() {
             );
         }
     });
+    unthrottle(&site);
     assert_eq!(w.origin_gets("/pub/big.bin"), vec![200], "{}", w.evidence());
 
     // no-store: fetched every time, never stored.
