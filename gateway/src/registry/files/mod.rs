@@ -6,9 +6,10 @@
 //!   and is part of the key: `/a?x=1` and `/a` are two entries), per
 //!   variant of the request headers a stored `Vary` names.
 //! - Storage: the body is a blob named by its sha256 (a whole body is
-//!   verified as it is read back, readback.rs); the objects table maps (site, key) to it with
-//!   the response headers to replay and when upstream last confirmed it.
-//!   An evicted blob makes the next request a miss.
+//!   verified as it is read back, readback.rs); the objects table maps
+//!   (site, key) to it with the response headers to replay and when
+//!   upstream last confirmed it. An evicted blob makes the next request a
+//!   miss.
 //! - Concurrent misses of one key make one upstream fetch (fetch.rs); the
 //!   others follow the fill as it is written, ranges included.
 //! - Checksums (`checksums:` in the config, or lists such as `SHA256SUMS`
