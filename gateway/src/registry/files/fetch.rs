@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::{FilesSite, policy, readback, serve};
 use crate::{
     audit::CacheStatus,
-    cache::{Blob, Cache, Digest, Fill, FillReader, FillWriter, ObjectEntry},
+    cache::{Blob, Cache, CacheError, Digest, Fill, FillReader, FillWriter, ObjectEntry},
     registry::Outcome,
     upstream::{UpstreamError, UpstreamRequest},
 };
@@ -307,13 +307,27 @@ impl FilesSite {
             Some(d) => self.cache.begin_fill(&d, length).await,
             None => self.cache.begin_unnamed_fill(&name).await,
         };
+        // A file the cache will not take (larger than max_blob_size, no
+        // room beside pinned content, too many fills) still reaches the
+        // device, uncached; unless a checksum names it, which only a fill
+        // can check.
+        let uncached = |resp: Response<Incoming>, e: &CacheError| {
+            let headers = resp.headers().clone();
+            let body = io_stream(self.upstream.body_stream(resp));
+            let mut o = serve::passed(method, status, &headers, body);
+            o.detail = Some(format!("not cached: {e}"));
+            o.upstream_ms = Some(ms(started));
+            o
+        };
         let mut o = match fill {
             Ok(Fill::Leader(mut writer)) => {
                 if expected.is_none()
                     && let Some(len) = length
                     && let Err(e) = writer.set_size(len).await
                 {
-                    return serve::refused(&e);
+                    // set_size failed the fill; followers get its error.
+                    drop(guard);
+                    return uncached(resp, &e);
                 }
                 let reader = writer.reader();
                 self.filling
@@ -345,15 +359,19 @@ impl FilesSite {
             Ok(Fill::Done(blob)) => {
                 drop(guard);
                 send(report, Some((blob.digest(), blob.size())));
-                serve::content(
+                self.stored(
                     method,
                     request,
+                    key,
                     &headers,
-                    blob.size(),
+                    &blob,
                     None,
                     CacheStatus::Hit,
-                    |r| blob.stream(r),
                 )
+            }
+            Err(e) if expected.is_none() => {
+                drop(guard);
+                return uncached(resp, &e);
             }
             Err(e) => serve::refused(&e),
         };

@@ -531,3 +531,43 @@ async fn a_blob_damaged_on_disk_is_never_served_whole_and_is_fetched_again() {
     assert_eq!(body.unwrap(), data);
     assert_eq!(origin.gets("/pub/rot.bin").len(), 2);
 }
+
+#[tokio::test]
+async fn a_file_the_cache_will_not_take_is_passed_on_uncached() {
+    let origin = Origin::start().await;
+    let data = vec![3u8; 64 * 1024];
+    origin.put("/pub/huge.iso", &data, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open_with(
+        dir.path(),
+        crate::cache::Limits {
+            max_blob_size: 1024,
+            ..crate::cache::Limits::new(1 << 30)
+        },
+    )
+    .await
+    .unwrap();
+    let config: Site = serde_yaml::from_str(&format!(
+        "host: files.test\nkind: files\nupstream: http://{}\npaths: [\"/pub/**\"]\n",
+        origin.addr
+    ))
+    .unwrap();
+    let upstream = Upstream::with_timeouts(&config, Timeouts::default()).unwrap();
+    let site = FilesSite::new(&config, upstream, cache);
+    for _ in 0..2 {
+        let o = get(&site, "/pub/huge.iso", &[]).await;
+        assert!(
+            o.detail
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("not cached"),
+            "{:?}",
+            o.detail
+        );
+        let (status, cache, body) = read(o).await;
+        assert_eq!((status, cache), (StatusCode::OK, Some(CacheStatus::Bypass)));
+        assert_eq!(body.unwrap(), data);
+    }
+    assert_eq!(origin.gets("/pub/huge.iso").len(), 2);
+    assert!(site.cache.list_objects().await.unwrap().is_empty());
+}
