@@ -193,6 +193,17 @@ pub fn dns(data: &[u8]) {
         v6: vec!["fd77:1::1".parse().expect("v6 literal")],
     };
     let out = dns::answer::answer(zone(), query, &local, transport);
+    // The fast path, when it takes a query, answers exactly what the
+    // general path does.
+    let general = dns::answer::general(zone(), query, &local, transport);
+    assert_eq!(
+        out.response, general.response,
+        "fast and general answers differ"
+    );
+    assert_eq!(
+        out.verdict, general.verdict,
+        "fast and general verdicts differ"
+    );
     if let Some(bytes) = &out.response {
         let m = hickory_proto::op::Message::from_vec(bytes)
             .unwrap_or_else(|e| panic!("our answer does not decode: {e}"));

@@ -159,43 +159,53 @@ pub async fn serve(services: Arc<Services>, socket: UdpSocket, mut stop: watch::
             tracing::error!(error = %e, "UDP service socket failed");
             return;
         }
-        let fd = socket.as_raw_fd();
-        let got = socket.try_io(Interest::READABLE, || receive(fd, &mut buf));
-        let d = match got {
-            Ok(Some(d)) => d,
-            // Without an original destination there is no one to answer as.
-            Ok(None) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "UDP receive failed");
-                continue;
-            }
-        };
-        let received = SystemTime::now();
-        let data = &buf[..d.len];
-        let answer = match d.dst.port() {
-            DNS_PORT => match &services.dns {
-                Some(dns) => {
-                    dns.handle(dns::Query {
-                        bytes: data,
-                        device: d.device,
-                        dst: d.dst,
-                        ifindex: d.ifindex,
-                        transport: Transport::Udp,
-                    })
-                    .await
+        // Everything queued, up to a batch, per wake-up: under load the
+        // wake-up cost more than the answer.
+        for _ in 0..BATCH {
+            let fd = socket.as_raw_fd();
+            let got = socket.try_io(Interest::READABLE, || receive(fd, &mut buf));
+            let d = match got {
+                Ok(Some(d)) => d,
+                // Without an original destination there is no one to answer as.
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "UDP receive failed");
+                    break;
                 }
-                None => None,
-            },
-            NTP_PORT => match &services.time {
-                Some(t) => t.handle(data, received, d.device, d.dst).await,
-                None => None,
-            },
-            _ => None,
-        };
-        if let Some(answer) = answer {
-            services.reply(d.dst, d.device, &answer);
+            };
+            answer(&services, &buf[..d.len], &d).await;
         }
+    }
+}
+
+/// Datagrams handled per wake-up before the task yields to others.
+const BATCH: usize = 64;
+
+async fn answer(services: &Services, data: &[u8], d: &Datagram) {
+    let received = SystemTime::now();
+    let answer = match d.dst.port() {
+        DNS_PORT => match &services.dns {
+            Some(dns) => {
+                dns.handle(dns::Query {
+                    bytes: data,
+                    device: d.device,
+                    dst: d.dst,
+                    ifindex: d.ifindex,
+                    transport: Transport::Udp,
+                })
+                .await
+            }
+            None => None,
+        },
+        NTP_PORT => match &services.time {
+            Some(t) => t.handle(data, received, d.device, d.dst).await,
+            None => None,
+        },
+        _ => None,
+    };
+    if let Some(answer) = answer {
+        services.reply(d.dst, d.device, &answer);
     }
 }
 

@@ -24,10 +24,10 @@ use hickory_proto::{
 use crate::config::Config;
 
 /// Largest UDP answer when the query carries no EDNS option (RFC 1035).
-const CLASSIC_UDP_MAX: usize = 512;
+pub(super) const CLASSIC_UDP_MAX: usize = 512;
 /// Largest UDP answer the gateway offers with EDNS: the DNS flag day 2020
 /// size, which fits any path's MTU without fragments.
-const EDNS_UDP_MAX: u16 = 1232;
+pub(super) const EDNS_UDP_MAX: u16 = 1232;
 /// Names longer than this in audit records are cut (a DNS name has at most
 /// 253 characters; escapes of odd bytes make its text longer).
 const NAME_TEXT_MAX: usize = 300;
@@ -36,13 +36,13 @@ const NAME_TEXT_MAX: usize = 300;
 #[derive(Clone, Debug, Default)]
 pub struct Zone {
     /// Lowercase site hosts, without a trailing dot.
-    sites: Vec<String>,
+    pub(super) sites: Vec<String>,
     /// Lowercase passthrough service names and their addresses.
-    services: HashMap<String, Vec<IpAddr>>,
+    pub(super) services: HashMap<String, Vec<IpAddr>>,
     /// `dns.answer`: used for site hosts instead of the interface's
     /// addresses when not empty.
-    answer: Vec<IpAddr>,
-    ttl: u32,
+    pub(super) answer: Vec<IpAddr>,
+    pub(super) ttl: u32,
 }
 
 impl Zone {
@@ -102,8 +102,16 @@ pub struct Outcome {
     pub verdict: Verdict,
 }
 
-/// Answers one query.
+/// Answers one query: the common shape from its bytes ([`super::fast`]),
+/// anything else through hickory-proto's messages.
 pub fn answer(zone: &Zone, query: &[u8], local: &LocalAddrs, transport: Transport) -> Outcome {
+    super::fast::answer(zone, query, local, transport)
+        .unwrap_or_else(|| general(zone, query, local, transport))
+}
+
+/// Answers any query by parsing and building messages (public for the
+/// `dns` fuzz target, which compares it with the fast path).
+pub fn general(zone: &Zone, query: &[u8], local: &LocalAddrs, transport: Transport) -> Outcome {
     let malformed = |response, why| Outcome {
         response,
         verdict: Verdict::Malformed { why },
@@ -223,7 +231,7 @@ pub fn answer(zone: &Zone, query: &[u8], local: &LocalAddrs, transport: Transpor
 }
 
 /// The addresses a site host resolves to here.
-fn site_addresses(zone: &Zone, local: &LocalAddrs) -> Vec<IpAddr> {
+pub(super) fn site_addresses(zone: &Zone, local: &LocalAddrs) -> Vec<IpAddr> {
     if !zone.answer.is_empty() {
         return zone.answer.clone();
     }
@@ -259,7 +267,7 @@ fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn cut(name: &str) -> String {
+pub(super) fn cut(name: &str) -> String {
     if name.len() <= NAME_TEXT_MAX {
         return name.to_owned();
     }

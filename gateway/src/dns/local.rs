@@ -7,7 +7,7 @@
 
 use std::{
     net::{IpAddr, Ipv6Addr},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -28,7 +28,8 @@ struct IfAddr {
 
 pub struct Interfaces {
     names: Vec<String>,
-    cache: Mutex<Option<(Instant, Vec<IfAddr>)>>,
+    /// Shared, not copied, by each query that reads it.
+    cache: Mutex<Option<(Instant, Arc<Vec<IfAddr>>)>>,
 }
 
 impl Interfaces {
@@ -48,14 +49,14 @@ impl Interfaces {
         select(&all, ifindex, device.to_canonical())
     }
 
-    fn read(&self) -> Vec<IfAddr> {
+    fn read(&self) -> Arc<Vec<IfAddr>> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, addrs)) = cache.as_ref()
             && at.elapsed() < FRESH_FOR
         {
             return addrs.clone();
         }
-        let addrs = read_interfaces(&self.names);
+        let addrs = Arc::new(read_interfaces(&self.names));
         *cache = Some((Instant::now(), addrs.clone()));
         addrs
     }

@@ -12,12 +12,13 @@
 //! [`crate::udp`]), so stub resolvers accept it.
 
 pub mod answer;
+mod fast;
 mod limit;
 mod local;
 pub mod tcp;
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -45,7 +46,41 @@ pub struct Responder {
     interfaces: local::Interfaces,
     audit: Audit,
     refused: Mutex<Budget>,
-    answered: Mutex<Recent<(IpAddr, String, String)>>,
+    /// Keyed by a hash of (device, name, type): no strings are copied per
+    /// query, and a collision only leaves out one `dns.answered` record.
+    answered: Mutex<Recent<u64>>,
+    answered_keys: std::hash::RandomState,
+    counters: Counters,
+}
+
+/// `dns_queries_total` by result and transport, looked up once: a lookup
+/// by labels per query cost more than answering it.
+struct Counters {
+    /// [answered, refused, malformed] × [udp, tcp].
+    by: [[prometheus_client::metrics::counter::Counter; 2]; 3],
+}
+
+impl Counters {
+    fn new() -> Self {
+        let m = crate::metrics::global();
+        let row = |result| [m.dns_counter(result, "udp"), m.dns_counter(result, "tcp")];
+        Self {
+            by: [row("answered"), row("refused"), row("malformed")],
+        }
+    }
+
+    fn count(&self, verdict: &Verdict, transport: Transport) {
+        let row = match verdict {
+            Verdict::Answered { .. } => 0,
+            Verdict::Refused { .. } => 1,
+            Verdict::Malformed { .. } => 2,
+        };
+        let col = match transport {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+        };
+        self.by[row][col].inc();
+    }
 }
 
 /// One query as it arrived.
@@ -68,6 +103,8 @@ impl Responder {
             audit,
             refused: Mutex::new(Budget::new(REFUSED_BURST, REFUSED_EVERY)),
             answered: Mutex::new(Recent::new(ANSWERED_WINDOW)),
+            answered_keys: std::hash::RandomState::new(),
+            counters: Counters::new(),
         }
     }
 
@@ -83,17 +120,7 @@ impl Responder {
         let outcome = answer::answer(&self.zone.load(), q.bytes, &local, q.transport);
         // Counted here, not from the audit: answers are audited once a
         // minute per device and name, refusals within a budget.
-        crate::metrics::global().dns_query(
-            match outcome.verdict {
-                Verdict::Answered { .. } => "answered",
-                Verdict::Refused { .. } => "refused",
-                Verdict::Malformed { .. } => "malformed",
-            },
-            match q.transport {
-                Transport::Udp => "udp",
-                Transport::Tcp => "tcp",
-            },
-        );
+        self.counters.count(&outcome.verdict, q.transport);
         if let Some(record) = self.record(&q, &outcome.verdict) {
             self.audit.log(record).await;
         }
@@ -117,7 +144,10 @@ impl Responder {
                 qtype,
                 records,
             } => {
-                let key = (device_ip, name.clone(), qtype.clone());
+                let key = std::hash::BuildHasher::hash_one(
+                    &self.answered_keys,
+                    (device_ip, name.as_str(), qtype.as_str()),
+                );
                 let due = self
                     .answered
                     .lock()

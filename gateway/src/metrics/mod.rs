@@ -268,12 +268,18 @@ impl Metrics {
     /// A device's DNS query: `answered`, `refused` or `malformed`, over
     /// `udp` or `tcp`.
     pub fn dns_query(&self, result: &'static str, transport: &'static str) {
+        self.dns_counter(result, transport).inc();
+    }
+
+    /// The `dns_queries_total` series of `result` and `transport`, for a
+    /// caller that counts often and keeps it (the counter is shared).
+    pub fn dns_counter(&self, result: &'static str, transport: &'static str) -> Counter {
         self.dns_queries
             .get_or_create(&vec![
                 ("result", result.to_owned()),
                 ("transport", transport.to_owned()),
             ])
-            .inc();
+            .clone()
     }
 
     /// Registers every metric of `self` and the scrape-time state of

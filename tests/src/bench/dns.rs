@@ -113,9 +113,15 @@ pub fn run(b: &mut Bench<'_, '_>) -> Result<()> {
                 } else {
                     dnsmasq_pid
                 };
+                let perf = if label == "gateway" {
+                    b.perf(&format!("dns-{mix}"), run)?
+                } else {
+                    None
+                };
                 let cpu_before = cpu_seconds(pid)?;
                 let r = dnsperf(&b.site.dev_ns, server, file, secs)?;
                 let cpu = cpu_seconds(pid)? - cpu_before;
+                drop(perf);
                 let wrong: Vec<&(String, u64)> =
                     r.rcodes.iter().filter(|(c, _)| c != rcode).collect();
                 ensure!(

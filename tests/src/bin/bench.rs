@@ -16,7 +16,7 @@ const USAGE: &str =
   --sections L   which sections to run, by issue letter (default abcdefh)
   --out DIR      write BENCHMARKS.md and benchmarks.json into DIR
   --perf DIR     perf record the gateway in the first run of (a) 16 clients,
-                 (b) 8 clients and (c) into DIR/<measurement>.data";
+                 (b) 8 clients, (c) and (h) into DIR/<measurement>.data";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()).and_then(|o| bench::run(o).map(|_| ())) {

@@ -266,3 +266,91 @@ fn random_bytes_never_panic() {
         let _ = answer(&zone(), &bytes, &local(), Transport::Udp);
     }
 }
+
+/// The fast path answers byte for byte what the general path does, for
+/// every shape it takes (and declines the rest).
+#[test]
+fn the_fast_path_matches_the_general_path() {
+    let zone = zone();
+    let mut big = zone.clone();
+    big.answer = (1..=40)
+        .map(|i| IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, i)))
+        .collect();
+    let with_edns = |name: &str, qtype: RecordType, payload: u16| {
+        let mut m = Message::new(0x4321, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+        let mut e = Edns::new();
+        e.set_max_payload(payload);
+        m.set_edns(e);
+        m.to_vec().expect("encode")
+    };
+    let mut taken = 0;
+    for name in [
+        "registry-1.docker.io.",
+        "REGISTRY-1.Docker.IO",
+        "wfm.site.example",
+        "mis.site.example.",
+        "evil.example",
+        "a_b.example",
+        "x.registry-1.docker.io",
+    ] {
+        for qtype in [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::ANY,
+            RecordType::HTTPS,
+            RecordType::MX,
+            RecordType::Unknown(65280),
+        ] {
+            for bytes in [
+                query(name, qtype),
+                with_edns(name, qtype, 4096),
+                with_edns(name, qtype, 100),
+            ] {
+                for z in [&zone, &big] {
+                    for transport in [Transport::Udp, Transport::Tcp] {
+                        let general = general(z, &bytes, &local(), transport);
+                        if let Some(fast) =
+                            super::super::fast::answer(z, &bytes, &local(), transport)
+                        {
+                            taken += 1;
+                            assert_eq!(fast.verdict, general.verdict, "{name} {qtype}");
+                            assert_eq!(fast.response, general.response, "{name} {qtype}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Everything but the truncated (big zone over classic UDP) cases.
+    assert!(taken > 7 * 6 * 3 * 2, "fast path taken {taken} times");
+    // Declined: a compressed name, two questions, an OPT with an option,
+    // an odd class, a response.
+    let mut two = Message::new(1, MessageType::Query, OpCode::Query);
+    two.add_query(Query::query(
+        Name::from_ascii("a.example").expect("n"),
+        RecordType::A,
+    ));
+    two.add_query(Query::query(
+        Name::from_ascii("b.example").expect("n"),
+        RecordType::A,
+    ));
+    let mut cookie = with_edns("registry-1.docker.io", RecordType::A, 1232);
+    let n = cookie.len();
+    cookie[n - 2..].copy_from_slice(&[0, 4]);
+    cookie.extend_from_slice(&[0, 10, 0, 0]);
+    let mut chaos = query("registry-1.docker.io", RecordType::A);
+    let n = chaos.len();
+    chaos[n - 1] = 3;
+    let mut response = query("registry-1.docker.io", RecordType::A);
+    response[2] |= 0x80;
+    let mut pointer = query("registry-1.docker.io", RecordType::A);
+    pointer.truncate(12);
+    pointer.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+    for bytes in [two.to_vec().expect("two"), cookie, chaos, response, pointer] {
+        assert!(
+            super::super::fast::answer(&zone, &bytes, &local(), Transport::Udp).is_none(),
+            "{bytes:?}"
+        );
+    }
+}
