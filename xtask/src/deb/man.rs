@@ -135,7 +135,7 @@ fn render(version: &str, about: &str, top: &str, sections: &[(String, String)]) 
          SIGUSR1 reopens the audit log.\n\
          .SH EXIT STATUS\n\
          64 when the configuration is wrong (the message names the key), 2 when the command line \
-         is, 1 on other errors, 0 otherwise.\n\
+         is, 3 when \\fBgateway cache verify\\fR quarantined a blob, 1 on other errors, 0 otherwise.\n\
          .SH SEE ALSO\n\
          .BR systemctl (1),\n.BR journalctl (1),\n.BR logrotate (8)\n",
     );
