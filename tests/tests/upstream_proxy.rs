@@ -7,9 +7,10 @@
 //! the tunnel through Squid reaches them.
 //!
 //! 1. A device pulls a manifest (the token dance) and a layer (the CDN
-//!    redirect) through the gateway with curl: the right bytes, and
-//!    Squid's access log shows the gateway's authenticated CONNECTs to
-//!    all three hosts.
+//!    redirect) through the gateway with curl, a file from a `files` site
+//!    and a chart from a `helm` site (nginx behind the same Squid): the
+//!    right bytes, and Squid's access log shows the gateway's
+//!    authenticated CONNECTs to all five hosts.
 //! 2. A wrong password in the proxy's password file, `gateway reload`:
 //!    the next uncached pull fails with 502 and an error naming the proxy
 //!    and its 407, in the device's answer, the audit record and `gateway
@@ -20,13 +21,18 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    os::unix::fs::PermissionsExt as _,
+    time::Duration,
+};
 
 use gateway_tests::{
-    Gateway, GatewayConfig, Site,
+    Gateway, GatewayConfig, Site, helm,
     hub::{self, Hub, HubOptions},
     in_ns, incidental,
     netns::ip_batch_in,
+    nginx::{Nginx, NginxConfig, SiteAddress, TlsFiles},
     oci::{LINUX_AMD64, LayerSpec, Layout},
     registry::{
         self, Registry, RegistryOptions,
@@ -46,6 +52,21 @@ const AUDIT_WAIT: Duration = Duration::from_secs(20);
 const SQUID_LOG_WAIT: Duration = Duration::from_secs(60);
 const KIB: u64 = 1024;
 const PROXY_USER: &str = "gateway";
+/// The files and helm sites' origin: nginx, reached only through Squid.
+const FILES_HOST: &str = "downloads.example.test";
+const CHARTS_HOST: &str = "charts.example.test";
+const ORIGIN_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 7);
+
+/// `https://{host}{path}` from the device through the gateway.
+fn device_fetch(device: &Client, host: &str, path: &str) -> CurlResponse {
+    device
+        .curl(&[
+            "--resolve",
+            &format!("{host}:443:{}", addr::GW_DEV_V4),
+            &format!("https://{host}{path}"),
+        ])
+        .unwrap()
+}
 
 fn device_get(device: &Client, path: &str, accept: &str) -> CurlResponse {
     device
@@ -80,9 +101,45 @@ fn pulls_go_through_squid_and_a_wrong_password_is_named() {
     reg.push(&layout, "library/app", &img.manifest, "1")
         .unwrap();
 
+    // A download tree and a chart repository on nginx.
+    let www = site.tmp_dir().join("www");
+    std::fs::create_dir_all(www.join("pub")).unwrap();
+    std::fs::create_dir_all(www.join("stable")).unwrap();
+    let tool = gateway_tests::device::random_bytes(incidental(96 * KIB) as usize);
+    std::fs::write(www.join("pub/tool.bin"), &tool).unwrap();
+    let chart = helm::package("app", "1.0.0", "through squid").unwrap();
+    std::fs::write(www.join("stable/app-1.0.0.tgz"), &chart).unwrap();
+    let index = helm::index_yaml(&[helm::Entry {
+        name: "app",
+        version: "1.0.0",
+        url: "app-1.0.0.tgz".to_owned(),
+        digest: Some(helm::sha256_hex(&chart)),
+    }]);
+    std::fs::write(www.join("stable/index.yaml"), index).unwrap();
+    let origin_tls = TlsFiles::generate(
+        &site.tmp_dir().join("origin-tls"),
+        &[FILES_HOST, CHARTS_HOST],
+    )
+    .unwrap();
+    let _origin_address = SiteAddress::add(&site, ORIGIN_V4).unwrap();
+    let _nginx = Nginx::start(
+        &site.up_ns,
+        &site.tmp_dir().join("nginx"),
+        NginxConfig::tls(
+            "files and charts origin",
+            ORIGIN_V4,
+            &[FILES_HOST, CHARTS_HOST],
+            &www,
+            origin_tls.server.clone(),
+        ),
+    )
+    .unwrap();
+
     // Squid knows the origins by name; the gateway knows only Squid.
     let mut hosts = hub::host_entries();
     hosts.push((registry::HOST.to_owned(), registry::ADDR_V4.to_string()));
+    hosts.push((FILES_HOST.to_owned(), ORIGIN_V4.to_string()));
+    hosts.push((CHARTS_HOST.to_owned(), ORIGIN_V4.to_string()));
     let password = format!("proxy-{}", hex_of(&gateway_tests::device::random_bytes(8)));
     let squid = Squid::start(&site, PROXY_USER, &password, &hosts).unwrap();
     let origins = [
@@ -90,6 +147,7 @@ fn pulls_go_through_squid_and_a_wrong_password_is_named() {
         hub::AUTH_V4,
         hub::CDN_V4,
         registry::ADDR_V4,
+        ORIGIN_V4,
     ];
     let routes: Vec<Vec<String>> = origins
         .iter()
@@ -127,12 +185,18 @@ fn pulls_go_through_squid_and_a_wrong_password_is_named() {
     write_password(&password);
     let tmp = site.tmp_dir();
     let q = |p: &std::path::Path| Value::String(p.to_string_lossy().into_owned());
+    let origin_sites = format!(
+        "  - {{host: {FILES_HOST}, kind: files, paths: [\"/pub/**\"], ca_file: {ca}}}\n\
+         \x20 - {{host: {CHARTS_HOST}, kind: helm, upstream: \"https://{CHARTS_HOST}/stable\", ca_file: {ca}}}\n",
+        ca = q(&origin_tls.ca_pem),
+    );
     let mut config = GatewayConfig::for_site(&site);
     config.extra_yaml.push_str(&format!(
-        "tls:\n  ca_dir: {}\nsites:\n{}cache:\n  dir: {}\n\
+        "tls:\n  ca_dir: {}\nsites:\n{}{}cache:\n  dir: {}\n\
          upstream_proxy:\n  url: {}\n  username: {PROXY_USER}\n  password_file: {}\n",
         q(&tmp.join("ca")),
         hub.site_entry().yaml(),
+        origin_sites,
         q(&tmp.join("cache")),
         squid.url(),
         q(&password_file),
@@ -159,6 +223,16 @@ fn pulls_go_through_squid_and_a_wrong_password_is_named() {
         "{}",
         hub.diagnostics()
     );
+    // A file and a chart (its index, then the archive it names, verified
+    // against the index's digest by the gateway).
+    let r = device_fetch(&device, FILES_HOST, "/pub/tool.bin");
+    assert_eq!(r.code, 200, "{}\n{}", r.describe(), evidence(&gw));
+    assert_eq!(r.body(), tool);
+    let r = device_fetch(&device, CHARTS_HOST, "/stable/index.yaml");
+    assert_eq!(r.code, 200, "{}\n{}", r.describe(), evidence(&gw));
+    let r = device_fetch(&device, CHARTS_HOST, "/stable/app-1.0.0.tgz");
+    assert_eq!(r.code, 200, "{}\n{}", r.describe(), evidence(&gw));
+    assert_eq!(r.body(), chart);
 
     // (2) A wrong password. The reload also drops the old clients, whose
     // tunnels Squid then logs.
@@ -179,7 +253,13 @@ fn pulls_go_through_squid_and_a_wrong_password_is_named() {
                 && l.user == PROXY_USER
         }
     };
-    for host in [hub::REGISTRY_HOST, hub::AUTH_HOST, hub::CDN_HOST] {
+    for host in [
+        hub::REGISTRY_HOST,
+        hub::AUTH_HOST,
+        hub::CDN_HOST,
+        FILES_HOST,
+        CHARTS_HOST,
+    ] {
         squid
             .wait_access(tunnelled(host), SQUID_LOG_WAIT)
             .unwrap_or_else(|e| panic!("{e:#}\n{}", gw.diagnostics()));
