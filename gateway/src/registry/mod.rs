@@ -16,6 +16,19 @@ use crate::{
     proxy::body::Body,
 };
 
+/// Seconds since the Unix epoch (0 for a clock before it): what cache
+/// entries record as `fetched_at`.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Seconds since `fetched_at` (negative when the clock went back).
+pub(crate) fn age_secs(fetched_at: i64) -> i64 {
+    unix_now().saturating_sub(fetched_at)
+}
+
 /// What a site handler answers, with what the audit record needs.
 pub struct Outcome {
     pub response: Response<Body>,

@@ -10,7 +10,7 @@
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use futures::{Stream, StreamExt as _};
@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::{FilesSite, policy, readback, serve};
+use crate::registry::{age_secs, unix_now};
 use crate::{
     audit::CacheStatus,
     cache::{Blob, Cache, CacheError, Digest, Fill, FillReader, FillWriter, ObjectEntry},
@@ -75,9 +76,10 @@ impl FilesSite {
             // Verified content: whichever key stored it, it is this path's.
             if let Ok(Some(blob)) = self.cache.get(&digest).await {
                 let (headers, age) = match &found {
-                    Some(f) if f.blob.digest() == digest => {
-                        (f.headers.clone(), Some(age(f.entry.fetched_at)))
-                    }
+                    Some(f) if f.blob.digest() == digest => (
+                        f.headers.clone(),
+                        Some(age_secs(f.entry.fetched_at).max(0) as u64),
+                    ),
                     _ => (HeaderMap::new(), None),
                 };
                 send(report, Some((digest, blob.size())));
@@ -85,7 +87,7 @@ impl FilesSite {
             }
         } else if let Some(found) = found {
             let lifetime = policy::lifetime(&found.headers, self.ttl);
-            if policy::fresh(request, found.entry.fetched_at, lifetime, now()) {
+            if policy::fresh(request, found.entry.fetched_at, lifetime, unix_now()) {
                 send(report, Some((found.blob.digest(), found.blob.size())));
                 return self.hit(method, request, &found, CacheStatus::Hit);
             }
@@ -168,7 +170,7 @@ impl FilesSite {
                 }
             }
             found.entry.headers = from_map(&found.headers);
-            found.entry.fetched_at = now();
+            found.entry.fetched_at = unix_now();
             if let Err(e) = self
                 .cache
                 .put_object(&self.host, &found.key, found.entry.clone())
@@ -426,7 +428,7 @@ impl FilesSite {
         found: &Found,
         cache: CacheStatus,
     ) -> Outcome {
-        let age = Some(age(found.entry.fetched_at));
+        let age = Some(age_secs(found.entry.fetched_at).max(0) as u64);
         self.stored(
             method,
             request,
@@ -546,7 +548,7 @@ impl FillTask {
             digest: blob.digest().to_string(),
             size: blob.size(),
             headers: from_map(&self.headers),
-            fetched_at: now(),
+            fetched_at: unix_now(),
         };
         let mut keys = vec![self.key.clone()];
         if !self.variant.is_empty() {
@@ -627,16 +629,6 @@ fn from_map(h: &HeaderMap) -> Vec<(String, String)> {
     h.iter()
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect()
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn age(fetched_at: i64) -> u64 {
-    now().saturating_sub(fetched_at).max(0) as u64
 }
 
 fn ms(started: Instant) -> u64 {

@@ -9,7 +9,7 @@
 //! once and kept (a chart version's provenance does not change); upstream's
 //! 404 for one is passed on and not remembered.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
@@ -293,9 +293,7 @@ pub(super) async fn prov(
                     .iter()
                     .map(|v| ("content-type".to_owned(), v.clone()))
                     .collect(),
-                fetched_at: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64),
+                fetched_at: super::super::unix_now(),
             };
             if let Err(e) = site.cache.put_object(&site.host, &key, entry).await {
                 tracing::warn!(error = %e, %key, "could not record a provenance file");

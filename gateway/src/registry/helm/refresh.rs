@@ -8,7 +8,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -121,7 +121,8 @@ pub(super) async fn held(site: &HelmSite) -> Option<(Arc<Index>, ObjectEntry)> {
 /// else refreshed from upstream, or the copy held served stale. `Err` is
 /// the answer when there is no index to give.
 pub(super) async fn current(site: &HelmSite, force: bool) -> Result<Current, Outcome> {
-    let fresh = |entry: &ObjectEntry| age_secs(entry.fetched_at) < site.ttl.as_secs() as i64;
+    let fresh =
+        |entry: &ObjectEntry| super::super::age_secs(entry.fetched_at) < site.ttl.as_secs() as i64;
     if !force && let Some((index, entry)) = held(site).await.filter(|(_, e)| fresh(e)) {
         return Ok(hit(index, entry));
     }
@@ -139,7 +140,7 @@ pub(super) async fn current(site: &HelmSite, force: bool) -> Result<Current, Out
                 entry.headers.retain(|(n, _)| *n != name);
                 entry.headers.push((name, value));
             }
-            entry.fetched_at = now_secs();
+            entry.fetched_at = super::super::unix_now();
             remember(site, &entry).await;
             Ok(Current {
                 index,
@@ -160,7 +161,7 @@ pub(super) async fn current(site: &HelmSite, force: bool) -> Result<Current, Out
                 digest: format!("sha256:{}", index.digest.hex()),
                 size: index.upstream_bytes().len() as u64,
                 headers,
-                fetched_at: now_secs(),
+                fetched_at: super::super::unix_now(),
             };
             if let Err(e) = store_bytes(&site.cache, index.upstream_bytes()).await {
                 tracing::warn!(site = %site.host, error = %e, "could not cache index.yaml");
@@ -346,14 +347,4 @@ async fn parse(site: &HelmSite, bytes: Bytes) -> Result<Index, String> {
     tokio::task::spawn_blocking(move || Index::parse(&repo, bytes))
         .await
         .map_err(|e| format!("index.yaml: the parse did not finish: {e}"))?
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn age_secs(fetched_at: i64) -> i64 {
-    now_secs().saturating_sub(fetched_at)
 }

@@ -9,7 +9,7 @@
 //! Referrers lists go through [`resolve`] too, with a fetch of their own
 //! (`referrers.rs`).
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -209,9 +209,9 @@ pub(super) async fn resolve(
         Some(entry) => load(site, entry).await,
         None => None,
     };
-    let fresh = cached
-        .as_ref()
-        .is_some_and(|entry| age_secs(entry.fetched_at) < site.tag_ttl.as_secs() as i64);
+    let fresh = cached.as_ref().is_some_and(|entry| {
+        super::super::age_secs(entry.fetched_at) < site.tag_ttl.as_secs() as i64
+    });
     let held = match held {
         Some(doc) if fresh => {
             return Ok(Resolved {
@@ -581,7 +581,7 @@ pub(super) async fn remember(site: &OciSite, name: &str, key: &str, doc: &Doc, k
         digest: doc.digest.clone(),
         media_type: doc.media_type.clone(),
         size: doc.bytes.len() as u64,
-        fetched_at: now_secs(),
+        fetched_at: super::super::unix_now(),
     };
     let mut keys = vec![key.to_owned()];
     if kind == Kind::Manifest {
@@ -663,16 +663,6 @@ fn media_type_of(bytes: &[u8]) -> String {
 
 fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn age_secs(fetched_at: i64) -> i64 {
-    now_secs().saturating_sub(fetched_at)
 }
 
 fn ms(started: Instant) -> u64 {
