@@ -61,7 +61,13 @@ fn content_with(config: &Config, cache: Cache) -> anyhow::Result<Content> {
             SiteKind::Oci => {
                 oci.insert(
                     site.host.to_ascii_lowercase(),
-                    OciSite::new(&site.host, upstream, cache.clone(), config.cache.tag_ttl),
+                    OciSite::with_stale_while_revalidate(
+                        &site.host,
+                        upstream,
+                        cache.clone(),
+                        config.cache.tag_ttl,
+                        config.cache.stale_while_revalidate,
+                    ),
                 );
             }
             SiteKind::Helm => {

@@ -208,6 +208,16 @@ pub struct Cache {
     /// upstream. Default `5m`.
     #[serde(default = "default_tag_ttl", deserialize_with = "duration")]
     pub tag_ttl: Duration,
+    /// Past `tag_ttl` by less than this, a tag is served from the cache at
+    /// once and revalidated upstream in the background (a device never
+    /// waits on an upstream that is down; a moved tag is seen one request
+    /// later). Default `0s`: revalidated before answering, so a moved or
+    /// revoked tag is seen at once.
+    #[serde(
+        default = "default_stale_while_revalidate",
+        deserialize_with = "duration"
+    )]
+    pub stale_while_revalidate: Duration,
     /// The largest blob a fill accepts: a larger announced size is
     /// refused before a byte is written, a body without one is cut off
     /// past it. Default half of `max_size`, at most `16GiB`; at most
@@ -238,6 +248,7 @@ impl Default for Cache {
             dir: default_cache_dir(),
             max_size: default_max_size(),
             tag_ttl: default_tag_ttl(),
+            stale_while_revalidate: default_stale_while_revalidate(),
             max_blob_size: None,
             max_concurrent_fills: default_max_concurrent_fills(),
         }
@@ -252,6 +263,9 @@ fn default_max_size() -> u64 {
 }
 fn default_tag_ttl() -> Duration {
     Duration::from_secs(300)
+}
+fn default_stale_while_revalidate() -> Duration {
+    Duration::ZERO
 }
 fn default_max_concurrent_fills() -> usize {
     crate::cache::DEFAULT_MAX_CONCURRENT_FILLS

@@ -188,6 +188,10 @@ fn example_config_shows_every_default() {
     assert_eq!(example.cache.dir, minimal.cache.dir);
     assert_eq!(example.cache.max_size, minimal.cache.max_size);
     assert_eq!(example.cache.tag_ttl, minimal.cache.tag_ttl);
+    assert_eq!(
+        example.cache.stale_while_revalidate,
+        minimal.cache.stale_while_revalidate
+    );
     assert_eq!(example.cache.limits(), minimal.cache.limits());
     assert_eq!(example.upstream, minimal.upstream);
 }

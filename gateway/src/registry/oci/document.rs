@@ -53,15 +53,11 @@ pub async fn manifest(
     let path = format!("/v2/{name}/manifests/{}", reference.as_str());
     match reference {
         Reference::Tag(tag) => {
-            mutable(
-                site,
-                method,
-                name,
-                &format!("manifests/{tag}"),
-                &path,
-                Kind::Manifest,
-            )
-            .await
+            let key = format!("manifests/{tag}");
+            if let Some(o) = stale_at_once(site, method, name, &key, &path).await {
+                return o;
+            }
+            mutable(site, method, name, &key, &path, Kind::Manifest).await
         }
         Reference::Digest(d) => by_digest(site, method, name, d, &path).await,
     }
@@ -159,6 +155,33 @@ impl Resolved {
         }
         o
     }
+}
+
+/// A tag past `tag_ttl` but inside `cache.stale_while_revalidate`: its
+/// held manifest at once, while it is revalidated in the background
+/// (swr.rs). `None` when the tag is fresh, past the window, not held, or
+/// no revalidation could be started: the caller resolves it as usual.
+async fn stale_at_once(
+    site: &OciSite,
+    method: &Method,
+    name: &str,
+    key: &str,
+    path: &str,
+) -> Option<Outcome> {
+    if site.stale_while_revalidate.is_zero() {
+        return None;
+    }
+    let entry = site.cache.get_ref(&site.host, name, key).await.ok()??;
+    if !super::swr::in_window(site, entry.fetched_at) {
+        return None;
+    }
+    let doc = load(site, &entry).await?;
+    if !super::swr::start(site, name, key, path) {
+        return None;
+    }
+    let mut o = serve(method, &doc, Kind::Manifest, CacheStatus::Stale, None);
+    o.detail = Some("past tag_ttl: served at once, revalidating in the background".to_owned());
+    Some(o)
 }
 
 async fn mutable(

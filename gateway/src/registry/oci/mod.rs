@@ -18,10 +18,15 @@ mod referrers;
 mod response;
 mod route;
 pub mod seed;
+mod swr;
 #[cfg(test)]
 mod tests;
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -37,6 +42,12 @@ pub struct OciSite {
     pub upstream: Upstream,
     pub cache: Cache,
     pub tag_ttl: Duration,
+    /// `cache.stale_while_revalidate`: past `tag_ttl` by less than this, a
+    /// tag is served at once and revalidated in the background (swr.rs).
+    pub stale_while_revalidate: Duration,
+    /// This site, for the background revalidations it starts.
+    me: Weak<OciSite>,
+    revalidations: swr::Revalidations,
 }
 
 impl SiteService for OciSite {
@@ -48,12 +59,29 @@ impl SiteService for OciSite {
 }
 
 impl OciSite {
+    /// A site that revalidates tags before answering once `tag_ttl` has
+    /// passed.
     pub fn new(host: &str, upstream: Upstream, cache: Cache, tag_ttl: Duration) -> Arc<Self> {
-        Arc::new(Self {
+        Self::with_stale_while_revalidate(host, upstream, cache, tag_ttl, Duration::ZERO)
+    }
+
+    /// A site that serves a tag past `tag_ttl` by less than `window` at
+    /// once and revalidates it in the background.
+    pub fn with_stale_while_revalidate(
+        host: &str,
+        upstream: Upstream,
+        cache: Cache,
+        tag_ttl: Duration,
+        window: Duration,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             host: host.to_ascii_lowercase(),
             upstream,
             cache,
             tag_ttl,
+            stale_while_revalidate: window,
+            me: me.clone(),
+            revalidations: swr::Revalidations::default(),
         })
     }
 

@@ -428,3 +428,111 @@ async fn a_manifest_by_digest_is_streamed_from_its_file() {
     let other = ask(&site, &format!("/v2/other/manifests/{digest}")).await;
     assert_eq!(other.response.status(), StatusCode::NOT_FOUND);
 }
+
+/// `cache.stale_while_revalidate`: a tag past its TTL is answered from the
+/// cache at once, marked stale, and revalidated in the background, after
+/// which it is fresh again; with upstream gone it is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_tag_is_served_at_once_and_revalidated_in_the_background() {
+    use crate::audit::CacheStatus;
+    const MT: &str = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#,
+    );
+    let path = "/v2/app/manifests/v1".to_owned();
+    let up = Upstreamish::start(vec![(path.clone(), Answer::Bytes(MT, manifest.clone()))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open_with(dir.path(), small()).await.unwrap();
+    let config: Site = serde_yaml::from_str(&format!(
+        "host: registry.test\nkind: oci\nupstream: http://{}\n",
+        up.addr
+    ))
+    .unwrap();
+    let upstream = Upstream::with_timeouts(&config, Timeouts::default()).unwrap();
+    let site = OciSite::with_stale_while_revalidate(
+        "registry.test",
+        upstream,
+        cache,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    );
+    let miss = ask(&site, &path).await;
+    assert_eq!(miss.cache, Some(CacheStatus::Miss));
+    assert_eq!(read(miss).await, (manifest.to_vec(), true));
+    // Two minutes old: past the TTL, inside the window.
+    let age = |site: Arc<OciSite>| async move {
+        let key = ("registry.test", "app", "manifests/v1");
+        let mut e = site
+            .cache
+            .get_ref(key.0, key.1, key.2)
+            .await
+            .unwrap()
+            .unwrap();
+        e.fetched_at -= 120;
+        site.cache.put_ref(key.0, key.1, key.2, e).await.unwrap();
+    };
+    age(site.clone()).await;
+    let asked = up.asked(&path);
+
+    let stale = ask(&site, &path).await;
+    assert_eq!(stale.cache, Some(CacheStatus::Stale));
+    assert!(
+        stale.detail.as_deref().unwrap_or("").contains("background"),
+        "{:?}",
+        stale.detail
+    );
+    assert_eq!(stale.fault, None, "upstream was not asked for this answer");
+    assert_eq!(read(stale).await, (manifest.to_vec(), true));
+    // The revalidation refreshes the tag: a later request is a hit.
+    let mut hit = false;
+    for _ in 0..200 {
+        if ask(&site, &path).await.cache == Some(CacheStatus::Hit) {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hit, "the tag was never revalidated in the background");
+    assert!(up.asked(&path) > asked, "upstream was not asked");
+
+    // Upstream gone: still answered from the cache, still stale.
+    drop(up);
+    age(site.clone()).await;
+    for _ in 0..3 {
+        let o = ask(&site, &path).await;
+        assert_eq!(o.cache, Some(CacheStatus::Stale));
+        assert_eq!(read(o).await, (manifest.to_vec(), true));
+    }
+}
+
+/// With the window at 0 (the default) a tag past its TTL is revalidated
+/// before the answer: a revalidated or missed answer, never stale while
+/// upstream answers.
+#[tokio::test]
+async fn without_the_window_a_stale_tag_is_revalidated_first() {
+    use crate::audit::CacheStatus;
+    const MT: &str = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#,
+    );
+    let path = "/v2/app/manifests/v1".to_owned();
+    let up = Upstreamish::start(vec![(path.clone(), Answer::Bytes(MT, manifest.clone()))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = site(&up, dir.path(), small()).await;
+    assert_eq!(ask(&site, &path).await.cache, Some(CacheStatus::Miss));
+    let key = ("registry.test", "app", "manifests/v1");
+    let mut e = site
+        .cache
+        .get_ref(key.0, key.1, key.2)
+        .await
+        .unwrap()
+        .unwrap();
+    e.fetched_at -= 600;
+    site.cache.put_ref(key.0, key.1, key.2, e).await.unwrap();
+    let o = ask(&site, &path).await;
+    assert!(
+        matches!(o.cache, Some(CacheStatus::Revalidated | CacheStatus::Miss)),
+        "{:?}",
+        o.cache
+    );
+}
