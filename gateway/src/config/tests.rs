@@ -372,6 +372,10 @@ fn bad_sites_are_named() {
     let e = err(&format!("{MINIMAL}cache:\n  tag_ttl: soon\n"));
     assert!(e.contains("soon"), "{e}");
     let e = err(&format!(
+        "{MINIMAL}cache:\n  stale_while_revalidate: forever\n"
+    ));
+    assert!(e.contains("cache") && e.contains("forever"), "{e}");
+    let e = err(&format!(
         "{MINIMAL}sites:\n  - host: a.test\n    kind: git\n"
     ));
     assert!(e.contains("git"), "{e}");
