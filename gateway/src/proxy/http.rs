@@ -34,6 +34,8 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub struct HttpContext {
     pub sites: Arc<Sites>,
     pub audit: Audit,
+    /// `devices.groups`, when configured.
+    pub groups: Option<Arc<crate::policy::groups::Groups>>,
 }
 
 /// Serves one connection until it closes. `sni` is the TLS server name, or
@@ -150,6 +152,20 @@ async fn handle(
         return refused(StatusCode::FORBIDDEN, "host_not_allowed", record);
     };
     let mut req = req;
+    if let Some(groups) = &ctx.groups {
+        // Checked per request too: plain HTTP has no handshake to refuse,
+        // and a reload may have changed the groups since the handshake.
+        let group = groups.of(device.ip());
+        record.group = Some(group.name.to_string());
+        let Some(repositories) = group.host(&host) else {
+            return refused(StatusCode::FORBIDDEN, crate::policy::DENY_GROUP, record);
+        };
+        req.extensions_mut()
+            .insert(crate::policy::groups::Membership {
+                group: group.name.clone(),
+                repositories: repositories.clone(),
+            });
+    }
     if sni.is_none() {
         // Plain HTTP crosses the device network in clear and unauthenticated:
         // only for sites that say `http: true`.
