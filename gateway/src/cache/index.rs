@@ -10,7 +10,7 @@
 //! - `pins`: pin name → JSON array of digest strings.
 //! - `objects`: (site, key) → [`super::ObjectEntry`] as JSON (objects.rs).
 //! - `vouched`: (site, repo, blob hex) → when that repository's upstream
-//!   said it has the blob (vouch.rs; written only with device groups).
+//!   said it has the blob (vouch.rs; read only with device groups).
 //!
 //! Every function blocks (redb does file I/O); callers use `spawn_blocking`.
 //! redb also holds a lock on the file, so a second process cannot open the

@@ -4,6 +4,11 @@
 //! upstream has said it has it too, so a device that learnt a digest from
 //! another group's repository cannot fetch it through its own.
 //!
+//! A fill (its leader's own upstream GET) and an upstream HEAD answering
+//! 200 record their repository whether or not groups are configured, so
+//! content cached before groups were (or by `gateway cache seed`) is
+//! served without asking once they are; only groups read the table.
+//!
 //! Table `vouched`: (site, repository, digest hex) → seconds since the
 //! Unix epoch when it was recorded. Rows outlive an evicted blob: the digest
 //! names the same bytes whenever it is fetched again, and upstream's word

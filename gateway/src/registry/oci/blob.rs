@@ -50,10 +50,16 @@ pub async fn blob(
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     // With device groups, bytes held for another repository are served
     // through this one only once its upstream vouched for the digest.
-    let mut vouched = !groups || vouch::recorded(site, name, &d).await;
+    // What upstream says for this repository is recorded with or without
+    // groups, so content fetched before groups were configured (or by
+    // `cache seed`) is served offline once they are.
+    let mut vouched = groups && vouch::recorded(site, name, &d).await;
     match site.cache.get(&d).await {
         Ok(Some(blob)) => {
-            if !vouched && let Err(o) = vouch::ask(site, name, &d).await {
+            if groups
+                && !vouched
+                && let Err(o) = vouch::ask(site, name, &d).await
+            {
                 return o;
             }
             return serve_hit(method, digest, range_header, blob);
@@ -75,7 +81,7 @@ pub async fn blob(
         Ok(f) => f,
         Err(e) => return refused(&e),
     };
-    if !vouched && !matches!(fill, Fill::Leader(_)) {
+    if groups && !vouched && !matches!(fill, Fill::Leader(_)) {
         // Held or being fetched for another repository meanwhile.
         if let Err(o) = vouch::ask(site, name, &d).await {
             return o;
@@ -106,9 +112,10 @@ pub async fn blob(
     };
     let mut o = match known {
         Ok(size) => {
-            if !vouched && size.is_some() {
+            if leader && !vouched && size.is_some() {
                 // This request's own upstream GET answered: its repository
-                // has the digest.
+                // has the digest (a follower's answer came for the
+                // leader's repository, which may be another).
                 vouch::record(site, name, &d).await;
             }
             serve_reader(method, digest, &reader, range_header)
