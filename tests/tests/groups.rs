@@ -148,6 +148,7 @@ fn groups_limit_sites_repositories_and_cached_blobs() {
     ));
     assert_eq!(r["group"], "default", "{r}");
     assert_eq!(r["status"], 403, "{r}");
+    assert_eq!(r["reason"], "group_not_allowed", "{r}");
 
     // The cross-group probe: line-3/app's own layer is in the cache, but
     // library/base's upstream does not have it, so default gets the 404

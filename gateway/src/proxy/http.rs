@@ -180,6 +180,7 @@ async fn handle(
     record.upstream_ms = outcome.upstream_ms;
     record.fault = outcome.fault;
     record.detail = outcome.detail;
+    record.reason = outcome.reason.map(str::to_owned);
     finish(outcome.response, record, &ctx.audit)
 }
 

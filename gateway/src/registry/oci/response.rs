@@ -61,6 +61,7 @@ pub fn denied(group: &str, repository: &str) -> Outcome {
     let mut o = Outcome::new(resp);
     o.fault = Some(Fault::Device);
     o.detail = Some(message);
+    o.reason = Some(crate::policy::DENY_GROUP);
     o
 }
 
@@ -70,6 +71,7 @@ mod tests {
     async fn denied_is_the_spec_error_with_group_and_repository() {
         let o = super::denied("line3", "line-4/app");
         assert_eq!(o.response.status(), http::StatusCode::FORBIDDEN);
+        assert_eq!(o.reason, Some(crate::policy::DENY_GROUP));
         let bytes = http_body_util::BodyExt::collect(o.response.into_body())
             .await
             .expect("body")
