@@ -158,22 +158,24 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
             .reason(reason)
     };
     let decision = proxy.policy.decide(original_dst);
-    let metrics = crate::metrics::global();
-    match &decision {
-        Decision::Passthrough { service, .. } => metrics.connection("passthrough", Some(service)),
-        Decision::Dns => metrics.connection("dns", None),
-        Decision::Deny { .. } => metrics.connection("denied", None),
-        Decision::Inspect => metrics.connection("inspect", None),
-    }
     let group = proxy
         .policy
         .groups
         .as_ref()
         .map(|g| g.of(device.ip()).clone());
+    let group_refuses = |service: &str| group.as_ref().is_some_and(|g| !g.allows_service(service));
+    let metrics = crate::metrics::global();
+    match &decision {
+        Decision::Passthrough { service, .. } if group_refuses(service) => {
+            metrics.connection("denied", None);
+        }
+        Decision::Passthrough { service, .. } => metrics.connection("passthrough", Some(service)),
+        Decision::Dns => metrics.connection("dns", None),
+        Decision::Deny { .. } => metrics.connection("denied", None),
+        Decision::Inspect => metrics.connection("inspect", None),
+    }
     match decision {
-        Decision::Passthrough { service, .. }
-            if group.as_ref().is_some_and(|g| !g.allows_service(&service)) =>
-        {
+        Decision::Passthrough { service, .. } if group_refuses(&service) => {
             // Refused like a destination no rule names: the device's group
             // may not reach this service.
             drop(stream);
