@@ -14,7 +14,8 @@
 //! upstream has not confirmed for `library/base` (the shared layer is
 //! served from the cache after one upstream HEAD); cell9 gets no
 //! certificate, NXDOMAIN and no manager; each refusal is audited with its
-//! group; a reload moves a device into another group.
+//! group; a group naming an unknown site is refused (exit 64, and by a
+//! reload); a reload moves a device into another group.
 
 #![expect(
     clippy::unwrap_used,
@@ -260,9 +261,29 @@ fn groups_limit_sites_repositories_and_cached_blobs() {
     assert_eq!(r["group"], "cell9", "{r}");
     assert!(from(&r, CELL_DEV), "{r}");
 
-    // A reload moves default's device into line3: line-3/app is its now.
+    // A group naming a site that is not configured: check-config exits 64
+    // naming the key, and a reload refuses it.
     let config_path = gw.gw.config_path().to_owned();
     let text = std::fs::read_to_string(&config_path).unwrap();
+    let default_site =
+        "        - host: registry.example.test\n          repositories: [\"library/*\"]\n";
+    assert!(text.contains(default_site), "{text}");
+    std::fs::write(
+        &config_path,
+        text.replace(default_site, "        - host: nowhere.example.test\n"),
+    )
+    .unwrap();
+    let check = gw.gw.must(cli(&gw.gw, &["check-config"]));
+    assert_eq!(check.status.code(), Some(64), "{}", check.stderr);
+    assert!(
+        check.stderr.contains("devices.groups[2].sites[0].host"),
+        "{}",
+        check.stderr
+    );
+    let out = gw.gw.must(cli(&gw.gw, &["reload"]));
+    assert!(!out.success(), "a bad reload was applied: {}", out.stderr);
+
+    // A reload moves default's device into line3: line-3/app is its now.
     std::fs::write(
         &config_path,
         text.replace("\"10.77.1.0/25\"", "\"10.77.1.0/25\", \"10.77.1.130/32\""),
