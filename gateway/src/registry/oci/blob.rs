@@ -73,7 +73,7 @@ pub async fn blob(
         // Not worth a fill: answer from upstream's HEAD.
         let o = head_upstream(site, &path, name, digest, started).await;
         if !vouched && o.response.status() == StatusCode::OK {
-            vouch::record(site, name, &d).await;
+            vouch::record(site, name, &d);
         }
         return o;
     }
@@ -116,7 +116,7 @@ pub async fn blob(
                 // This request's own upstream GET answered: its repository
                 // has the digest (a follower's answer came for the
                 // leader's repository, which may be another).
-                vouch::record(site, name, &d).await;
+                vouch::record(site, name, &d);
             }
             serve_reader(method, digest, &reader, range_header)
         }

@@ -21,12 +21,21 @@ pub(super) async fn recorded(site: &OciSite, name: &str, digest: &Digest) -> boo
     }
 }
 
-/// Records that `name`'s upstream has `digest` (logged when it cannot be:
-/// the next request asks upstream again).
-pub(super) async fn record(site: &OciSite, name: &str, digest: &Digest) {
-    if let Err(e) = site.cache.vouch(&site.host, name, digest).await {
-        tracing::warn!(error = %e, repository = name, %digest, "could not record a repository's blob");
-    }
+/// Records that `name`'s upstream has `digest`, in the background: an
+/// index commit (an fsync) must not delay the answer. Logged when it
+/// cannot be recorded; the next request then asks upstream again.
+pub(super) fn record(site: &OciSite, name: &str, digest: &Digest) {
+    let (cache, host, name, digest) = (
+        site.cache.clone(),
+        site.host.clone(),
+        name.to_owned(),
+        *digest,
+    );
+    tokio::spawn(async move {
+        if let Err(e) = cache.vouch(&host, &name, &digest).await {
+            tracing::warn!(error = %e, repository = %name, %digest, "could not record a repository's blob");
+        }
+    });
 }
 
 /// Asks `name`'s upstream whether it has `digest`; `Ok` (and recorded)
@@ -50,7 +59,11 @@ pub(super) async fn ask(site: &OciSite, name: &str, digest: &Digest) -> Result<(
         }
     };
     if status == StatusCode::OK {
-        record(site, name, digest).await;
+        // Recorded before answering (the upstream round trip dwarfs the
+        // commit): the device's next request finds it.
+        if let Err(e) = site.cache.vouch(&site.host, name, digest).await {
+            tracing::warn!(error = %e, repository = name, %digest, "could not record a repository's blob");
+        }
         return Ok(());
     }
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
