@@ -153,8 +153,9 @@ async fn handle(
     };
     let mut req = req;
     if let Some(groups) = &ctx.groups {
-        // Checked per request too: plain HTTP has no handshake to refuse,
-        // and a reload may have changed the groups since the handshake.
+        // Checked here too: plain HTTP has no handshake to refuse. (A
+        // connection keeps the groups of the config it was accepted under,
+        // as it keeps every other setting across a reload.)
         let group = groups.of(device.ip());
         record.group = Some(group.name.to_string());
         let Some(repositories) = group.host(&host) else {
