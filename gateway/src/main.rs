@@ -224,6 +224,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { .. } => {
             println!("config ok");
+            let (groups, warning) = config.group_summary();
+            for line in groups {
+                println!("{line}");
+            }
+            if let Some(warning) = warning {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
         Command::Status { json, .. } => gateway::status::status(&config).map(|mut v| {

@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     pub attach: Option<&'static str>,
     /// Appended verbatim (extra top-level keys for a test of its own).
     pub extra_yaml: String,
+    /// Appended verbatim under `devices:` (indented keys such as
+    /// `groups:`).
+    pub devices_yaml: String,
 }
 
 /// The default policy-routing table (`kernel.route_table`), as documented
@@ -75,6 +78,7 @@ impl GatewayConfig {
             drop_event_interval_ms: 1000,
             attach: None,
             extra_yaml: String::new(),
+            devices_yaml: String::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl GatewayConfig {
                 )
             );
         }
+        y.push_str(&self.devices_yaml);
         let _ = writeln!(y, "manager:");
         let _ = writeln!(y, "  name: {}", q(&self.manager_name));
         let addrs = self

@@ -44,9 +44,25 @@ impl Dig {
 /// `dig @server name type` from the device namespace, over TCP when `tcp`.
 /// One try with a short timeout: a lost answer is a failure, not a retry.
 pub fn dig(site: &Site, server: IpAddr, name: &str, qtype: &str, tcp: bool) -> Result<Dig> {
+    dig_from(site, None, server, name, qtype, tcp)
+}
+
+/// [`dig`] from a given source address of the device namespace (`-b`),
+/// as a second device on the same link would ask.
+pub fn dig_from(
+    site: &Site,
+    source: Option<IpAddr>,
+    server: IpAddr,
+    name: &str,
+    qtype: &str,
+    tcp: bool,
+) -> Result<Dig> {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", &site.dev_ns, "dig"])
-        .arg(format!("@{server}"))
+    c.args(["netns", "exec", &site.dev_ns, "dig"]);
+    if let Some(source) = source {
+        c.arg("-b").arg(source.to_string());
+    }
+    c.arg(format!("@{server}"))
         .args([name, qtype, "+time=3", "+tries=1", "+nocookie"]);
     if tcp {
         c.arg("+tcp");

@@ -145,6 +145,9 @@ pub struct Record {
     /// configured name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The device's group (`devices.groups`), when groups are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// DNS: the name asked for, and the record type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -203,6 +206,7 @@ impl Record {
             bytes_down: None,
             duration_ms: None,
             service: None,
+            group: None,
             name: None,
             qtype: None,
             suppressed: None,

@@ -9,6 +9,8 @@
 //! - `refs`: (site, repo, reference) → [`RefEntry`] as JSON.
 //! - `pins`: pin name → JSON array of digest strings.
 //! - `objects`: (site, key) → [`super::ObjectEntry`] as JSON (objects.rs).
+//! - `vouched`: (site, repo, blob hex) → when that repository's upstream
+//!   said it has the blob (vouch.rs; read only with device groups).
 //!
 //! Every function blocks (redb does file I/O); callers use `spawn_blocking`.
 //! redb also holds a lock on the file, so a second process cannot open the
@@ -47,6 +49,8 @@ impl Index {
             tx.open_table(REFS).map_err(CacheError::index(op))?;
             tx.open_table(PINS).map_err(CacheError::index(op))?;
             tx.open_table(super::objects::OBJECTS)
+                .map_err(CacheError::index(op))?;
+            tx.open_table(super::vouch::VOUCHED)
                 .map_err(CacheError::index(op))?;
         }
         tx.commit().map_err(CacheError::index("commit"))?;

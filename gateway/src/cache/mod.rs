@@ -69,6 +69,7 @@ mod store;
 mod tests;
 mod usage;
 mod verify;
+mod vouch;
 mod walk;
 
 use std::{

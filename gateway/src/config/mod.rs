@@ -6,6 +6,7 @@
 //! documented example lives in `config/gateway.yaml` at the repository root.
 
 mod admin;
+mod groups;
 mod host;
 mod kinds;
 mod proxy;
@@ -22,6 +23,7 @@ use std::{
 use serde::Deserialize;
 
 pub use admin::{Admin, DEFAULT_ADMIN_LISTEN};
+pub use groups::{DEFAULT_GROUP, Group, GroupSite, network, repository_allowed};
 pub use kinds::{glob_match, parse_sha256};
 pub use proxy::{SiteProxy, UpstreamProxy, parse_proxy_url};
 pub use services::{Dns, PassthroughService, Service, Time};
@@ -98,6 +100,11 @@ pub struct Devices {
     /// seconds). Link-local sources stay allowed for neighbour discovery.
     #[serde(default)]
     pub prefixes: Vec<String>,
+    /// Device groups: which sites, repositories and passthrough services
+    /// devices may use, by source prefix (groups.rs). Default none: every
+    /// device may use everything configured.
+    #[serde(default)]
+    pub groups: Vec<Group>,
 }
 
 /// `ip/len` with the address's family's length bound; host bits may be

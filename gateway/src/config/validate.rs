@@ -58,7 +58,8 @@ impl Config {
         self.validate_kernel()?;
         self.admin.validate(self.proxy.port)?;
         self.validate_sites()?;
-        self.validate_kinds()
+        self.validate_kinds()?;
+        self.validate_groups()
     }
 
     fn validate_sites(&self) -> Result<(), ConfigError> {

@@ -16,6 +16,7 @@ mod fast;
 mod limit;
 mod local;
 pub mod tcp;
+mod zones;
 
 use std::{
     net::SocketAddr,
@@ -42,7 +43,7 @@ const ANSWERED_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct Responder {
     /// Replaced by a config reload; each query reads the current one.
-    zone: crate::reload::Shared<Zone>,
+    zone: crate::reload::Shared<zones::Zones>,
     interfaces: local::Interfaces,
     audit: Audit,
     refused: Mutex<Budget>,
@@ -98,7 +99,7 @@ pub struct Query<'a> {
 impl Responder {
     pub fn new(config: &Config, audit: Audit) -> Self {
         Self {
-            zone: crate::reload::Shared::new(Zone::new(config)),
+            zone: crate::reload::Shared::new(zones::Zones::new(config)),
             interfaces: local::Interfaces::new(&config.devices.interfaces),
             audit,
             refused: Mutex::new(Budget::new(REFUSED_BURST, REFUSED_EVERY)),
@@ -111,17 +112,28 @@ impl Responder {
     /// The names and answers of a reloaded config (sites, passthrough
     /// services, `dns.answer`, `dns.ttl`). The audit budgets carry over.
     pub fn set_zone(&self, config: &Config) {
-        self.zone.store(std::sync::Arc::new(Zone::new(config)));
+        self.zone
+            .store(std::sync::Arc::new(zones::Zones::new(config)));
     }
 
     /// The answer to send back, if any; audits the decision.
     pub async fn handle(&self, q: Query<'_>) -> Option<Vec<u8>> {
         let local = self.interfaces.for_device(q.ifindex, q.device.ip());
-        let outcome = answer::answer(&self.zone.load(), q.bytes, &local, q.transport);
+        let zones = self.zone.load();
+        let (zone, group) = zones.for_device(q.device.ip());
+        let outcome = answer::answer(zone, q.bytes, &local, q.transport);
         // Counted here, not from the audit: answers are audited once a
         // minute per device and name, refusals within a budget.
         self.counters.count(&outcome.verdict, q.transport);
-        if let Some(record) = self.record(&q, &outcome.verdict) {
+        if let Some(mut record) = self.record(&q, &outcome.verdict) {
+            if let Some(group) = group {
+                record.group = Some(group.to_string());
+                if let Verdict::Refused { name, .. } = &outcome.verdict
+                    && zones.answers_anyone(&name.to_ascii_lowercase())
+                {
+                    record.reason = Some(crate::policy::DENY_GROUP.into());
+                }
+            }
             self.audit.log(record).await;
         }
         outcome.response

@@ -6,6 +6,8 @@
 //! passthrough goes. DNS over TCP (port 53, any address) is answered by the
 //! gateway itself. Everything else is inspected by name or denied.
 
+pub mod groups;
+
 use std::{net::SocketAddr, sync::Arc};
 
 use gateway_common::DNS_PORT;
@@ -35,6 +37,8 @@ pub const DENY_NO_RULE: &str = "no_rule_for_destination";
 pub const DENY_NO_SNI: &str = "no_sni";
 /// A ClientHello for a name that is not a configured site.
 pub const DENY_SNI_NOT_ALLOWED: &str = "sni_not_allowed";
+/// A site or passthrough service the device's group may not use.
+pub const DENY_GROUP: &str = "group_not_allowed";
 
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -44,6 +48,8 @@ pub struct Policy {
     dns: bool,
     /// Lowercase site host names.
     sites: Vec<String>,
+    /// `devices.groups`, when configured.
+    pub groups: Option<Arc<groups::Groups>>,
 }
 
 impl Policy {
@@ -61,7 +67,13 @@ impl Policy {
                 .collect(),
             dns: config.dns.enabled,
             sites: config.served_hosts(),
+            groups: groups::Groups::new(config),
         }
+    }
+
+    /// The device's group's name, when groups are configured.
+    pub fn group_of(&self, device: std::net::IpAddr) -> Option<Arc<str>> {
+        self.groups.as_ref().map(|g| g.of(device).name.clone())
     }
 
     /// Decides on a TLS connection by its server name: the configured site

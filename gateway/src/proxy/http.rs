@@ -34,6 +34,8 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub struct HttpContext {
     pub sites: Arc<Sites>,
     pub audit: Audit,
+    /// `devices.groups`, when configured.
+    pub groups: Option<Arc<crate::policy::groups::Groups>>,
 }
 
 /// Serves one connection until it closes. `sni` is the TLS server name, or
@@ -150,6 +152,21 @@ async fn handle(
         return refused(StatusCode::FORBIDDEN, "host_not_allowed", record);
     };
     let mut req = req;
+    if let Some(groups) = &ctx.groups {
+        // Checked here too: plain HTTP has no handshake to refuse. (A
+        // connection keeps the groups of the config it was accepted under,
+        // as it keeps every other setting across a reload.)
+        let group = groups.of(device.ip());
+        record.group = Some(group.name.to_string());
+        let Some(repositories) = group.host(&host) else {
+            return refused(StatusCode::FORBIDDEN, crate::policy::DENY_GROUP, record);
+        };
+        req.extensions_mut()
+            .insert(crate::policy::groups::Membership {
+                group: group.name.clone(),
+                repositories: repositories.clone(),
+            });
+    }
     if sni.is_none() {
         // Plain HTTP crosses the device network in clear and unauthenticated:
         // only for sites that say `http: true`.
@@ -164,6 +181,7 @@ async fn handle(
     record.upstream_ms = outcome.upstream_ms;
     record.fault = outcome.fault;
     record.detail = outcome.detail;
+    record.reason = outcome.reason.map(str::to_owned);
     finish(outcome.response, record, &ctx.audit)
 }
 

@@ -158,16 +158,35 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
             .reason(reason)
     };
     let decision = proxy.policy.decide(original_dst);
+    let group = proxy
+        .policy
+        .groups
+        .as_ref()
+        .map(|g| g.of(device.ip()).clone());
+    let group_refuses = |service: &str| group.as_ref().is_some_and(|g| !g.allows_service(service));
     let metrics = crate::metrics::global();
     match &decision {
+        Decision::Passthrough { service, .. } if group_refuses(service) => {
+            metrics.connection("denied", None);
+        }
         Decision::Passthrough { service, .. } => metrics.connection("passthrough", Some(service)),
         Decision::Dns => metrics.connection("dns", None),
         Decision::Deny { .. } => metrics.connection("denied", None),
         Decision::Inspect => metrics.connection("inspect", None),
     }
     match decision {
+        Decision::Passthrough { service, .. } if group_refuses(&service) => {
+            // Refused like a destination no rule names: the device's group
+            // may not reach this service.
+            drop(stream);
+            let mut r = denied(crate::policy::DENY_GROUP);
+            r.service = Some(service.to_string());
+            r.group = group.map(|g| g.name.to_string());
+            r.fault = Some(Fault::Device);
+            proxy.audit.log(r).await;
+        }
         Decision::Passthrough { upstream, service } => {
-            let record = passthrough::splice(
+            let mut record = passthrough::splice(
                 stream,
                 device,
                 original_dst,
@@ -177,6 +196,7 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
                 proxy.passthrough_idle,
             )
             .await;
+            record.group = group.map(|g| g.name.to_string());
             proxy.audit.log(record).await;
         }
         Decision::Dns => match &proxy.dns {
@@ -210,6 +230,20 @@ async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, d
                     return;
                 }
             };
+            if let Some(groups) = &proxy.policy.groups {
+                // A site the device's group may not use is refused like a
+                // name that is no site: no certificate is minted for it.
+                let group = groups.of(device.ip());
+                if !group.allows_host(&host) {
+                    let _ = stream.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+                    let mut r = denied(crate::policy::DENY_GROUP);
+                    r.host = Some(host);
+                    r.group = Some(group.name.to_string());
+                    r.fault = Some(Fault::Device);
+                    proxy.audit.log(r).await;
+                    return;
+                }
+            }
             let Some(acceptor) = proxy.tls.clone() else {
                 proxy.audit.log(denied("tls_not_configured")).await;
                 return;

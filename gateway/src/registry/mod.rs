@@ -39,6 +39,9 @@ pub struct Outcome {
     /// Whose fault it was when the request failed.
     pub fault: Option<Fault>,
     pub detail: Option<String>,
+    /// The audit record's `reason`, for a refusal that has one (a
+    /// repository outside the device's group).
+    pub reason: Option<&'static str>,
 }
 
 impl Outcome {
@@ -49,6 +52,7 @@ impl Outcome {
             upstream_ms: None,
             fault: None,
             detail: None,
+            reason: None,
         }
     }
 }

@@ -79,8 +79,10 @@ pub fn build_proxy(
     dns: Option<Arc<Responder>>,
     audit: &Audit,
 ) -> Proxy {
+    let policy = Policy::new(config);
+    let groups = policy.groups.clone();
     Proxy {
-        policy: Policy::new(config),
+        policy,
         limits,
         refused: std::sync::Mutex::new(crate::dns::Budget::new(10, Duration::from_secs(2))),
         idle_timeout: Duration::from_secs(config.proxy.idle_timeout_secs),
@@ -93,6 +95,7 @@ pub fn build_proxy(
         http: Arc::new(HttpContext {
             sites: Arc::new(serving.sites),
             audit: audit.clone(),
+            groups,
         }),
     }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use futures::Stream;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use super::{OciSite, response};
+use super::{OciSite, response, vouch};
 use crate::{
     audit::{CacheStatus, Fault},
     cache::{Blob, CacheError, Digest, FailCause, Fill},
@@ -34,6 +34,7 @@ pub async fn blob(
     name: &str,
     digest: &str,
     headers: &HeaderMap,
+    groups: bool,
 ) -> Outcome {
     let d = match Digest::parse(digest) {
         Ok(d) => d,
@@ -47,8 +48,22 @@ pub async fn blob(
         }
     };
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    // With device groups, bytes held for another repository are served
+    // through this one only once its upstream vouched for the digest.
+    // What upstream says for this repository is recorded with or without
+    // groups, so content fetched before groups were configured (or by
+    // `cache seed`) is served offline once they are.
+    let mut vouched = groups && vouch::recorded(site, name, &d).await;
     match site.cache.get(&d).await {
-        Ok(Some(blob)) => return serve_hit(method, digest, range_header, blob),
+        Ok(Some(blob)) => {
+            if groups
+                && !vouched
+                && let Err(o) = vouch::ask(site, name, &d).await
+            {
+                return o;
+            }
+            return serve_hit(method, digest, range_header, blob);
+        }
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "cache read failed; going upstream"),
     }
@@ -56,12 +71,23 @@ pub async fn blob(
     let started = Instant::now();
     if method == Method::HEAD {
         // Not worth a fill: answer from upstream's HEAD.
-        return head_upstream(site, &path, name, digest, started).await;
+        let o = head_upstream(site, &path, name, digest, started).await;
+        if !vouched && o.response.status() == StatusCode::OK {
+            vouch::record(site, name, &d);
+        }
+        return o;
     }
     let fill = match site.cache.begin_fill(&d, None).await {
         Ok(f) => f,
         Err(e) => return refused(&e),
     };
+    if groups && !vouched && !matches!(fill, Fill::Leader(_)) {
+        // Held or being fetched for another repository meanwhile.
+        if let Err(o) = vouch::ask(site, name, &d).await {
+            return o;
+        }
+        vouched = true;
+    }
     let (reader, leader) = match fill {
         Fill::Done(blob) => return serve_hit(method, digest, range_header, blob),
         Fill::Follower(reader) => (reader, false),
@@ -85,7 +111,15 @@ pub async fn blob(
             .unwrap_or(Ok(None)),
     };
     let mut o = match known {
-        Ok(_) => serve_reader(method, digest, &reader, range_header),
+        Ok(size) => {
+            if leader && !vouched && size.is_some() {
+                // This request's own upstream GET answered: its repository
+                // has the digest (a follower's answer came for the
+                // leader's repository, which may be another).
+                vouch::record(site, name, &d);
+            }
+            serve_reader(method, digest, &reader, range_header)
+        }
         Err(e) => refused(&e),
     };
     o.cache = Some(CacheStatus::Miss);

@@ -21,6 +21,7 @@ pub mod seed;
 mod swr;
 #[cfg(test)]
 mod tests;
+mod vouch;
 
 use std::{
     pin::Pin,
@@ -32,7 +33,7 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use super::{Outcome, SiteService};
-use crate::{audit::Fault, cache::Cache, upstream::Upstream};
+use crate::{audit::Fault, cache::Cache, policy::groups::Membership, upstream::Upstream};
 use query::Query;
 use route::Route;
 
@@ -118,7 +119,18 @@ impl OciSite {
             }
         };
         let headers = &req.headers;
-        let mut outcome = match route::route(req.uri.path()) {
+        let route = route::route(req.uri.path());
+        // Set by the proxy when `devices.groups` is configured: the
+        // device's group and its repository patterns on this site.
+        let member = req.extensions.get::<Membership>();
+        if let (Some(m), Some(name)) = (member, route.repository())
+            && !m.allows(name)
+        {
+            let mut o = response::denied(&m.group, name);
+            response::api_version(&mut o.response);
+            return o;
+        }
+        let mut outcome = match route {
             Route::Base => {
                 let mut resp = http::Response::new(crate::proxy::body::full("{}"));
                 resp.headers_mut().insert(
@@ -135,7 +147,7 @@ impl OciSite {
                 referrers::referrers(self, &method, &name, &digest, &query.referrers_query()).await
             }
             Route::Blob { name, digest } => {
-                blob::blob(self, &method, &name, &digest, headers).await
+                blob::blob(self, &method, &name, &digest, headers, member.is_some()).await
             }
             Route::Upload { .. } => response::failed(
                 StatusCode::METHOD_NOT_ALLOWED,

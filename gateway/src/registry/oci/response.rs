@@ -41,3 +41,50 @@ pub fn api_version(resp: &mut Response<body::Body>) {
         HeaderValue::from_static("registry/2.0"),
     );
 }
+
+/// The answer to a repository outside the device's group's patterns:
+/// the distribution spec's `DENIED` (403), with the group and repository
+/// in `detail` and in the audit record.
+pub fn denied(group: &str, repository: &str) -> Outcome {
+    let message = format!("repository {repository} is not allowed for device group {group}");
+    let json = serde_json::json!({ "errors": [{
+        "code": "DENIED",
+        "message": message,
+        "detail": { "group": group, "repository": repository },
+    }] });
+    let mut resp = Response::new(body::full(json.to_string()));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut o = Outcome::new(resp);
+    o.fault = Some(Fault::Device);
+    o.detail = Some(message);
+    o.reason = Some(crate::policy::DENY_GROUP);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn denied_is_the_spec_error_with_group_and_repository() {
+        let o = super::denied("line3", "line-4/app");
+        assert_eq!(o.response.status(), http::StatusCode::FORBIDDEN);
+        assert_eq!(o.reason, Some(crate::policy::DENY_GROUP));
+        let bytes = http_body_util::BodyExt::collect(o.response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(v["errors"][0]["code"], "DENIED");
+        assert_eq!(v["errors"][0]["detail"]["group"], "line3");
+        assert_eq!(v["errors"][0]["detail"]["repository"], "line-4/app");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("line-4/app")),
+            "{v}"
+        );
+    }
+}

@@ -52,6 +52,20 @@ pub enum Route {
     NotFound,
 }
 
+impl Route {
+    /// The repository a route names, if any.
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            Self::Manifest { name, .. }
+            | Self::Blob { name, .. }
+            | Self::Tags { name }
+            | Self::Referrers { name, .. }
+            | Self::Upload { name } => Some(name),
+            Self::Base | Self::Invalid(_) | Self::NotFound => None,
+        }
+    }
+}
+
 /// Routes a request path (without the query).
 pub fn route(path: &str) -> Route {
     if path == "/v2/" || path == "/v2" {
