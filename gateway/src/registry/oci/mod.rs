@@ -13,6 +13,8 @@ mod blob;
 mod document;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod mirror;
+mod mirror_content;
 mod query;
 mod referrers;
 mod response;
