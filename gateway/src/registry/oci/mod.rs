@@ -15,6 +15,8 @@ mod document;
 pub mod fuzzing;
 pub mod mirror;
 mod mirror_content;
+#[cfg(test)]
+mod mirror_tests;
 mod query;
 mod referrers;
 mod response;
