@@ -171,20 +171,19 @@ fn mirror_fetches_ahead_of_devices_follows_moved_tags_and_holds_its_rate() {
     reg.put_manifest(&layout, APP, &listing, &referrers_tag(&b.manifest.digest))
         .unwrap();
     // Two images of one big layer each: one mirrored unlimited, the other
-    // at a third of its size per second.
+    // at half its size per second.
     let big = incidental(4 * MIB);
     let big_a = image_big(&layout, big, 5, "big-a");
     let big_b = image_big(&layout, big, 6, "big-b");
     reg.push(&layout, "big/a", &big_a.manifest, "v1").unwrap();
     reg.push(&layout, "big/b", &big_b.manifest, "v1").unwrap();
-    let rate_kib = big / 3 / KIB;
+    let rate_kib = big / 2 / KIB;
     let rate = rate_kib * KIB;
 
     let keys = OciKeys::for_registry(&reg, "1h");
     let mut config = keys.config(&site);
-    config
-        .extra_yaml
-        .push_str(&mirror_yaml(&format!("{rate_kib}KiB/s")));
+    let mirrors = mirror_yaml(&format!("{rate_kib}KiB/s"));
+    config.extra_yaml.push_str(&mirrors);
     let gw = start_oci_gateway_with(&site, keys, config).unwrap();
 
     // --dry-run: what would be fetched, and nothing fetched.
@@ -339,6 +338,50 @@ fn mirror_fetches_ahead_of_devices_follows_moved_tags_and_holds_its_rate() {
                 "{digest} of the old v1.1 still pinned: {pins:?}"
             );
         }
+    }
+
+    // The daemon's own schedule, after a reload replaced the entries: an
+    // `every` entry without a window runs 10 s after it appeared.
+    let path = gw.gw.config_path().to_owned();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let scheduled = format!(
+        "mirror:\n  - site: {HOST}\n    repositories: [\"{APP}\"]\n    tags: [\"v2.*\"]\n    every: 1h\n"
+    );
+    assert!(text.contains(&mirrors), "the mirror section moved");
+    std::fs::write(&path, text.replace(&mirrors, &scheduled)).unwrap();
+    let reloaded = std::time::Instant::now();
+    let reload = gw.must(cli(&gw.gw, &["reload"]));
+    assert!(reload.success(), "reload: {}", reload.stderr);
+    assert!(
+        reload.stdout_text().contains("mirror"),
+        "{}",
+        reload.stdout_text()
+    );
+    let record = gw.must(gw.gw.wait_audit(
+        |r| {
+            r["event"] == "mirror.synced"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("(synced: v2.0)"))
+        },
+        std::time::Duration::from_secs(60),
+    ));
+    eprintln!(
+        "scheduled run audited {:?} after the reload: {record}",
+        reloaded.elapsed()
+    );
+    // The v1 tags are no longer matched: their pins went.
+    assert!(
+        record["detail"].as_str().unwrap().contains(&pin("v1.0")),
+        "{record}"
+    );
+    let held = held_once_stored(&gw, &d.blob_digests());
+    for digest in d.blob_digests() {
+        assert_eq!(
+            pins_of(&held, &digest),
+            Some(&vec![pin("v2.0")]),
+            "{digest}"
+        );
     }
 }
 

@@ -21,7 +21,7 @@ pub const FIRST_RUN: Duration = Duration::from_secs(10);
 /// How often the task compares the running config's entries with its own:
 /// a reload stores the new config in one place, and this is cheaper than
 /// a hook in every reload path.
-const RECHECK: Duration = Duration::from_secs(5);
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// The second of the local day now (the host's time zone, as `cron`
 /// reads it).
