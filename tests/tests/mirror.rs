@@ -383,6 +383,41 @@ fn mirror_fetches_ahead_of_devices_follows_moved_tags_and_holds_its_rate() {
             "{digest}"
         );
     }
+
+    // A run whose entry fails (no such repository upstream) exits 1
+    // naming it, and is audited `mirror.failed`. The CLI runs the entries
+    // of the file it is given.
+    let failing = site.tmp_dir().join("failing.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &failing,
+        text.replace(&scheduled, &scheduled.replace(APP, "nothing/here")),
+    )
+    .unwrap();
+    let failing = failing.to_string_lossy().into_owned();
+    let mut run = gw.gw.command(&["mirror", "run", "--config", &failing]);
+    let out = gw.must(registry::cmd::output(
+        &mut run,
+        std::time::Duration::from_secs(60),
+    ));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        out.stdout_text(),
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("{HOST}/nothing/here")),
+        "{}",
+        out.stderr
+    );
+    let failed = gw.must(gw.gw.wait_audit(
+        |r| r["event"] == "mirror.failed",
+        std::time::Duration::from_secs(10),
+    ));
+    assert_eq!(failed["name"], "nothing/here", "{failed}");
+    assert_eq!(failed["fault"], "upstream", "{failed}");
 }
 
 fn image_big(layout: &Layout, size: u64, seed: u64, label: &str) -> gateway_tests::oci::Image {
