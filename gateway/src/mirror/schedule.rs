@@ -44,10 +44,11 @@ pub fn local_second_of_day() -> u32 {
 }
 
 /// Keeps one task per entry of the running config until `stop`.
+/// `control` holds the site handlers a reload replaces.
 pub fn spawn(
     runner: Arc<Runner>,
     config: Arc<Shared<Config>>,
-    handlers: Arc<crate::control::server::Control>,
+    control: Arc<crate::control::server::Control>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -64,7 +65,7 @@ pub fn spawn(
             });
             for (key, entry) in keys.into_iter().zip(entries) {
                 tasks.entry(key).or_insert_with(|| {
-                    tokio::spawn(entry_task(runner.clone(), handlers.clone(), entry))
+                    tokio::spawn(entry_task(runner.clone(), control.clone(), entry))
                 });
             }
             tokio::select! {
@@ -100,7 +101,6 @@ async fn entry_task(
                 tokio::time::sleep(secs(wait)).await;
             }
         }
-        let started = tokio::time::Instant::now();
         let handlers: Arc<Handlers> = control.handlers.load();
         let mode = RunMode {
             dry_run: false,
@@ -123,7 +123,7 @@ async fn entry_task(
                 while n <= tokio::time::Instant::now() {
                     n += every;
                 }
-                n.max(started)
+                n
             }
             Schedule::At(minute) => {
                 tokio::time::Instant::now()

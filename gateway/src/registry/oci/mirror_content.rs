@@ -87,7 +87,10 @@ pub(super) async fn collect(
             }
         }
         if rdepth < MAX_REFERRER_DEPTH {
-            for r in referrers_of(site, repo, &digest, dry_run).await? {
+            let (list, stored) = referrers_of(site, repo, &digest, dry_run).await?;
+            // The list devices are served offline is pinned with the rest.
+            out.digests.extend(stored);
+            for r in list {
                 pending.push((descriptor(&r)?.0, 0, rdepth + 1));
             }
         }
@@ -179,15 +182,16 @@ pub(super) async fn manifest(
     Ok(doc)
 }
 
-/// The referrers of `digest`: through the site's own referrers route
-/// (which caches the list for devices, and reads the tag schema when
-/// upstream lacks the API); a dry run asks upstream and stores nothing.
+/// The referrers of `digest`, and the digest the list is stored under:
+/// through the site's own referrers route (which caches the list for
+/// devices, and reads the tag schema when upstream lacks the API); a dry
+/// run asks upstream and stores nothing.
 async fn referrers_of(
     site: &OciSite,
     repo: &str,
     digest: &str,
     dry_run: bool,
-) -> anyhow::Result<Vec<Value>> {
+) -> anyhow::Result<(Vec<Value>, Option<Digest>)> {
     let path = format!("/v2/{repo}/referrers/{digest}");
     let bytes = if dry_run {
         let api = UpstreamRequest::get(&path)
@@ -207,7 +211,7 @@ async fn referrers_of(
                 match document::fetch(site, req, Kind::Manifest).await {
                     Ok(doc) => doc.bytes,
                     Err(Failure::Status(r)) if r.status() == StatusCode::NOT_FOUND => {
-                        return Ok(Vec::new());
+                        return Ok((Vec::new(), None));
                     }
                     Err(f) => anyhow::bail!("referrers of {digest}: {}", f.describe()),
                 }
@@ -237,8 +241,12 @@ async fn referrers_of(
         }
         body
     };
-    referrers::entries(&bytes)
-        .ok_or_else(|| anyhow::anyhow!("the referrers list of {digest} is not an image index"))
+    let list = referrers::entries(&bytes)
+        .ok_or_else(|| anyhow::anyhow!("the referrers list of {digest} is not an image index"))?;
+    let stored = (!dry_run)
+        .then(|| Digest::of(&bytes))
+        .filter(|d| site.cache.held_size(d).is_some());
+    Ok((list, stored))
 }
 
 /// How a blob fill ended for the mirror.
