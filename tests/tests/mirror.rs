@@ -1,10 +1,12 @@
 //! `mirror:` with the real registry: `gateway mirror run` fetches the tags
 //! an entry's patterns match (the platforms it names, the signatures of
-//! them) ahead of any device and pins them; a device's pull is then all
-//! hits with the upstream link cut; a moved tag is fetched again on the
+//! them) ahead of any device and pins them; a device's pull (and its
+//! read of the image's signature) is then all hits with the upstream link
+//! cut; a moved tag is fetched again on the
 //! next run and its old content unpinned, while unchanged tags cost a
 //! HEAD; `--dry-run` fetches nothing; and `max_rate` holds, measured
-//! against an unlimited mirror of a blob of the same size. (`cache
+//! against an unlimited mirror of a blob of the same size; the daemon's
+//! schedule runs entries a reload put in; a failing entry exits 1. (`cache
 //! verify` finding a rotted blob is tested in oci.rs.)
 
 #![expect(
@@ -294,6 +296,16 @@ fn mirror_fetches_ahead_of_devices_follows_moved_tags_and_holds_its_rate() {
     let dev = gw.must(gw.device());
     let pulled = gw.must(dev.skopeo_copy(&format!("{APP}:v1.1"), false));
     gw.must(pulled.check_image(&b));
+    // Its signature too: the referrers list and the signature's manifest.
+    let referrers = gw.must(dev.get(&format!("/v2/{APP}/referrers/{}", b.manifest.digest)));
+    assert_eq!(referrers.code, 200, "{}", referrers.describe());
+    let listed = String::from_utf8_lossy(&referrers.body()).into_owned();
+    assert!(listed.contains(&signature.manifest.digest), "{listed}");
+    let sig = gw.must(dev.get(&format!(
+        "/v2/{APP}/manifests/{}",
+        signature.manifest.digest
+    )));
+    assert_eq!(sig.code, 200, "{}", sig.describe());
     let after: Vec<Value> = gw.must(gw.requests()).split_off(before);
     assert!(after.len() > 2, "{after:?}");
     for r in after.iter().filter(|r| r["path"] != "/v2/") {
