@@ -1,13 +1,13 @@
 //! `mirror:` with the real registry: `gateway mirror run` fetches the tags
 //! an entry's patterns match (the platforms it names, the signatures of
-//! them) ahead of any device and pins them; a device's pull (and its
-//! read of the image's signature) is then all hits with the upstream link
-//! cut; a moved tag is fetched again on the
-//! next run and its old content unpinned, while unchanged tags cost a
-//! HEAD; `--dry-run` fetches nothing; and `max_rate` holds, measured
-//! against an unlimited mirror of a blob of the same size; the daemon's
-//! schedule runs entries a reload put in; a failing entry exits 1. (`cache
-//! verify` finding a rotted blob is tested in oci.rs.)
+//! them) ahead of any device and pins them; a device's pull (and its read
+//! of the image's signature) is then all hits with the upstream link cut;
+//! a moved tag is fetched again on the next run and its old content
+//! unpinned, while unchanged tags cost a HEAD; `--dry-run` fetches
+//! nothing; `max_rate` holds, measured against an unlimited mirror of a
+//! blob of the same size; the daemon's schedule runs the entries a reload
+//! put in; a failing entry exits 1. (`cache verify` finding a rotted blob
+//! is tested in oci.rs.)
 
 #![expect(
     clippy::unwrap_used,
