@@ -18,6 +18,8 @@
 //!   `BPF_PROG_TEST_RUN`, and passthrough throughput vs direct ([`kernel`]);
 //! - (f) the gateway's resident memory idle and with 1,000 open
 //!   connections ([`memory`]);
+//! - (g) a warm pull of a tag past `tag_ttl` with the upstream link up
+//!   and cut, with and without `stale_while_revalidate` ([`offline`]);
 //! - (h) DNS answers per CPU-second, throughput and p99 latency for an
 //!   allowed and refused names, with dnsperf: the gateway vs dnsmasq
 //!   ([`dns`]).
@@ -36,6 +38,7 @@ pub mod latency;
 pub mod machine;
 pub mod memory;
 pub mod nginx;
+pub mod offline;
 pub mod pki;
 pub mod proc;
 pub mod report;
@@ -91,7 +94,7 @@ pub struct Opts {
     pub iperf_secs: u64,
     /// `BPF_PROG_TEST_RUN` repetitions per packet and run.
     pub test_run_repeat: u32,
-    /// Sections to run, in issue letters (`abcdefh`).
+    /// Sections to run, in issue letters (`abcdefgh`).
     pub sections: String,
     /// Where BENCHMARKS.md and benchmarks.json go (none: print only).
     pub out_dir: Option<PathBuf>,
@@ -117,7 +120,7 @@ impl Opts {
             head_requests: 2000,
             iperf_secs: 5,
             test_run_repeat: 1_000_000,
-            sections: "abcdefh".to_owned(),
+            sections: "abcdefgh".to_owned(),
             out_dir: None,
             perf_dir: None,
         }
@@ -138,7 +141,7 @@ impl Opts {
             head_requests: 20,
             iperf_secs: 1,
             test_run_repeat: 1000,
-            sections: "abcdefh".to_owned(),
+            sections: "abcdefgh".to_owned(),
             out_dir: None,
             perf_dir: None,
         }
@@ -351,13 +354,15 @@ pub fn run(opts: Opts) -> Result<Report> {
     // Order: the sections that need the main gateway config first; (c)
     // re-creates the gateway with many names, so it runs last.
     let mut failures = Vec::new();
-    let sections: [(char, &str, SectionFn); 7] = [
+    let sections: [(char, &str, SectionFn); 8] = [
         ('a', "warm blob", warm::run),
         ('b', "cold blob", cold::run),
         ('d', "manifest HEAD latency", latency::run),
         ('f', "resident memory", memory::run),
         ('e', "kernel path", kernel::run),
         ('h', "DNS", dns::run),
+        // (g) and (c) each replace the gateway with one of their own.
+        ('g', "no stall while upstream is down", offline::run),
         ('c', "TLS handshakes", handshake::run),
     ];
     for (letter, what, f) in sections {

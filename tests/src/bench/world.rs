@@ -159,6 +159,10 @@ pub struct BenchGateway<'s> {
     pub hosts: Vec<String>,
 }
 
+/// `cache:` keys besides `dir` and `max_size`: tags fresh for five
+/// minutes, so that the sections measure cached tags, not revalidations.
+const DEFAULT_CACHE_KEYS: &str = "  tag_ttl: \"5m\"\n";
+
 /// Site hosts of the many-names configuration: `h<i>.bench.test`.
 pub fn bench_host(i: usize) -> String {
     format!("h{i}.bench.test")
@@ -174,6 +178,28 @@ impl<'s> BenchGateway<'s> {
         extra_hosts: usize,
         dir: &Path,
     ) -> Result<Self> {
+        Self::start_inner(site, registry, extra_hosts, dir, DEFAULT_CACHE_KEYS)
+    }
+
+    /// The origin registry as the one site, with `cache_keys` (YAML lines
+    /// under `cache:`, indented two spaces) instead of the default
+    /// `tag_ttl: 5m`.
+    pub fn start_with_cache(
+        site: &'s Site,
+        registry: &Registry<'_>,
+        dir: &Path,
+        cache_keys: &str,
+    ) -> Result<Self> {
+        Self::start_inner(site, registry, 0, dir, cache_keys)
+    }
+
+    fn start_inner(
+        site: &'s Site,
+        registry: &Registry<'_>,
+        extra_hosts: usize,
+        dir: &Path,
+        cache_keys: &str,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let cache_dir = dir.join("cache");
         let ca_dir = dir.join("ca");
@@ -186,7 +212,7 @@ impl<'s> BenchGateway<'s> {
         // Section (f) holds thousands of connections from the one device:
         // the per-device cap (256 by default) would refuse most of them.
         config.max_connections = Some((65_536, 65_536));
-        config.extra_yaml = gateway_yaml(registry, &hosts, &ca_dir, &cache_dir);
+        config.extra_yaml = gateway_yaml(registry, &hosts, &ca_dir, &cache_dir, cache_keys);
         let mut gw = Gateway::prepare(site, config)?;
         let init = oci_gateway::cli(&gw, &["ca", "init", "--force"])?;
         if !init.success() {
@@ -260,6 +286,7 @@ fn gateway_yaml(
     hosts: &[String],
     ca_dir: &Path,
     cache_dir: &Path,
+    cache_keys: &str,
 ) -> String {
     let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
     let p = |p: &Path| q(&p.to_string_lossy());
@@ -277,7 +304,7 @@ fn gateway_yaml(
         ));
     }
     y.push_str(&format!(
-        "cache:\n  dir: {}\n  max_size: \"40GiB\"\n  tag_ttl: \"5m\"\n",
+        "cache:\n  dir: {}\n  max_size: \"40GiB\"\n{cache_keys}",
         p(cache_dir)
     ));
     y

@@ -231,25 +231,45 @@ impl Pulls<'_, '_> {
             registry::ADDR_V4
         ));
 
-        // Back online: the stale tag is revalidated with a HEAD upstream.
-        let before = self.gw.requests()?.len();
+        // Back online: the stale tag is revalidated with a HEAD upstream,
+        // once the wait the site set itself after the outage's failed
+        // attempts has passed (1 s, doubling; the gateway serves the held
+        // tag at once until then).
         let log_before = self.registry.access_log()?.len();
         let device = self.gw.device()?;
-        let r = device.get(&tag_path())?;
-        ensure!(r.code == 200, "GET of the tag: {}", r.describe());
-        ensure!(
-            r.body()
-                == self
-                    .pushed
-                    .layout
-                    .read_blob(&self.pushed.index.index.digest)?,
-            "the tag's index differs from the pushed one"
-        );
-        let rec = self.wait_new_request(before, &tag_path())?;
+        let back = Instant::now();
+        let rec = loop {
+            let before = self.gw.requests()?.len();
+            let r = device.get(&tag_path())?;
+            ensure!(r.code == 200, "GET of the tag: {}", r.describe());
+            ensure!(
+                r.body()
+                    == self
+                        .pushed
+                        .layout
+                        .read_blob(&self.pushed.index.index.digest)?,
+                "the tag's index differs from the pushed one"
+            );
+            let rec = self.wait_new_request(before, &tag_path())?;
+            let backing_off = rec["cache"] == "stale"
+                && rec["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("last attempt"));
+            if !backing_off || back.elapsed() > Duration::from_secs(65) {
+                break rec;
+            }
+            thread::sleep(Duration::from_millis(500));
+        };
         ensure!(
             rec["cache"] == "revalidated",
             "tag after the link came back: {rec}"
         );
+        if back.elapsed() > Duration::from_secs(1) {
+            shown.push(format!(
+                "served from the cache for {} more after the link came back: the gateway waits before asking an upstream it found down again",
+                secs(back.elapsed())
+            ));
+        }
         let upstream = new_upstream(self.registry, log_before)?;
         let heads = upstream
             .iter()

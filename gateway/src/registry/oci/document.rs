@@ -246,6 +246,22 @@ pub(super) async fn resolve(
         }
         other => other,
     };
+    // Upstream was just found unreachable (swr.rs): the held copy at once,
+    // not another wait on upstream for every request of an outage.
+    let held = match held {
+        Some(doc) if site.revalidations.backing_off(Instant::now()) => {
+            return Ok(Resolved {
+                doc,
+                cache: CacheStatus::Stale,
+                started: None,
+                stale_because: Some(
+                    "upstream unreachable at the last attempt: served from the cache until the next retry"
+                        .to_owned(),
+                ),
+            });
+        }
+        other => other,
+    };
 
     let started = Instant::now();
     let refresh = async {
@@ -286,6 +302,14 @@ pub(super) async fn resolve(
     } else {
         refresh.await
     };
+    if held.is_some() {
+        let reached = match &refreshed {
+            Refresh::Unchanged | Refresh::Fetched(Ok(_)) => true,
+            Refresh::Fetched(Err(Failure::Status(resp))) => !is_outage(resp.status()),
+            Refresh::Fetched(Err(_)) => false,
+        };
+        super::swr::attempted(site, reached);
+    }
     let fetched = match (refreshed, held) {
         (Refresh::Unchanged, Some(doc)) => {
             remember(site, name, key, &doc, kind).await;

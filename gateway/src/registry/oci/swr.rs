@@ -8,10 +8,12 @@
 //! (one request later than with the window at 0, which revalidates before
 //! answering, as past the window).
 //!
-//! One background revalidation per tag at a time; while they fail because
-//! upstream is unreachable, the site waits before the next one (1 s,
-//! doubling up to a minute), so an outage costs a probe a minute, not one
-//! per request.
+//! One background revalidation per tag at a time. Whenever an attempt to
+//! refresh a tag finds upstream unreachable (in the background or before
+//! an answer, with the window at 0 too), the site backs off (1 s, doubling
+//! up to a minute): until then a held copy past `tag_ttl` is served stale
+//! at once instead of waiting on upstream again, so an outage costs a
+//! probe a minute, not a stall per request.
 
 use std::{
     collections::HashSet,
@@ -47,8 +49,8 @@ struct State {
 }
 
 impl Revalidations {
-    /// Claims the revalidation of `name`/`key`: false when one runs or
-    /// the site is backing off.
+    /// Claims the background revalidation of `name`/`key`: false when one
+    /// runs or the site is backing off.
     fn claim(&self, name: &str, key: &str, now: Instant) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.retry_at.is_some_and(|at| now < at) {
@@ -57,11 +59,24 @@ impl Revalidations {
         s.in_flight.insert((name.to_owned(), key.to_owned()))
     }
 
-    /// Ends a claim; `reached` says whether upstream answered. True when
-    /// this changed whether upstream is known down (worth a log line).
-    fn done(&self, name: &str, key: &str, reached: bool, now: Instant) -> bool {
+    /// Ends a claim.
+    fn done(&self, name: &str, key: &str) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.in_flight.remove(&(name.to_owned(), key.to_owned()));
+    }
+
+    /// Whether upstream was found unreachable and the wait before the next
+    /// attempt has not passed.
+    pub(super) fn backing_off(&self, now: Instant) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.retry_at.is_some_and(|at| now < at)
+    }
+
+    /// Records whether an attempt to refresh a held tag reached upstream.
+    /// True when this changed whether upstream is known down (worth a log
+    /// line).
+    fn record(&self, reached: bool, now: Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let was_down = s.failures > 0;
         if reached {
             s.failures = 0;
@@ -74,6 +89,21 @@ impl Revalidations {
             s.retry_at = Some(now + wait);
         }
         was_down == reached
+    }
+}
+
+/// Records the result of refreshing a held tag for the site's backoff,
+/// logging when upstream is found down or back.
+pub(super) fn attempted(site: &OciSite, reached: bool) {
+    if site.revalidations.record(reached, Instant::now()) {
+        if reached {
+            tracing::info!(site = %site.host, "upstream reachable again: tags are revalidated");
+        } else {
+            tracing::warn!(
+                site = %site.host,
+                "upstream unreachable: tags past tag_ttl are served from the cache while it is retried (1 s, doubling up to a minute)"
+            );
+        }
     }
 }
 
@@ -112,21 +142,9 @@ pub(super) fn start(site: &OciSite, name: &str, key: &str, path: &str) -> bool {
             document::fetch(&me, get, kind),
         )
         .await;
-        // Stale means upstream did not answer in time or at all; any
-        // answer (a new digest, the same one, a 404 or 403 that removes
-        // the tag) means it is reachable.
-        let reached = !matches!(&got, Ok(r) if r.cache == CacheStatus::Stale);
-        tracing::debug!(site = %me.host, %name, %key, reached, "background revalidation");
-        if me.revalidations.done(&name, &key, reached, Instant::now()) {
-            if reached {
-                tracing::info!(site = %me.host, "upstream reachable again: tags are revalidated");
-            } else {
-                tracing::warn!(
-                    site = %me.host,
-                    "upstream unreachable: tags past tag_ttl are served from the cache while it is retried (1 s, doubling up to a minute)"
-                );
-            }
-        }
+        // resolve() has recorded whether upstream was reached.
+        tracing::debug!(site = %me.host, %name, %key, stale = matches!(&got, Ok(r) if r.cache == CacheStatus::Stale), "background revalidation");
+        me.revalidations.done(&name, &key);
     });
     true
 }
@@ -142,31 +160,36 @@ mod tests {
         assert!(r.claim("a", "manifests/v1", t0));
         assert!(!r.claim("a", "manifests/v1", t0), "one at a time per tag");
         assert!(r.claim("a", "manifests/v2", t0), "other tags go on");
-        assert!(r.done("a", "manifests/v1", false, t0), "down: logged");
+        assert!(!r.backing_off(t0));
+        assert!(r.record(false, t0), "down: logged");
+        r.done("a", "manifests/v1");
+        assert!(r.backing_off(t0 + Duration::from_millis(500)));
         assert!(
             !r.claim("a", "manifests/v1", t0 + Duration::from_millis(500)),
             "backing off after a failure"
         );
+        assert!(!r.backing_off(t0 + Duration::from_secs(1)));
         assert!(r.claim("a", "manifests/v1", t0 + Duration::from_secs(1)));
         assert!(
-            !r.done("a", "manifests/v1", false, t0 + Duration::from_secs(1)),
+            !r.record(false, t0 + Duration::from_secs(1)),
             "still down: not logged again"
         );
+        r.done("a", "manifests/v1");
         // Second failure: two seconds.
         assert!(!r.claim("a", "manifests/v1", t0 + Duration::from_millis(2900)));
         assert!(r.claim("a", "manifests/v1", t0 + Duration::from_secs(3)));
-        assert!(
-            r.done("a", "manifests/v1", true, t0 + Duration::from_secs(3)),
-            "back: logged"
-        );
-        assert!(!r.done("a", "manifests/v2", true, t0 + Duration::from_secs(3)));
+        assert!(r.record(true, t0 + Duration::from_secs(3)), "back: logged");
+        r.done("a", "manifests/v1");
+        assert!(!r.record(true, t0 + Duration::from_secs(3)));
+        r.done("a", "manifests/v2");
         assert!(r.claim("a", "manifests/v1", t0 + Duration::from_secs(3)));
+        r.done("a", "manifests/v1");
         // Many failures: capped at a minute.
         let mut t = t0;
         for _ in 0..20 {
-            let _ = r.done("a", "manifests/v1", false, t);
+            let _ = r.record(false, t);
             t += BACKOFF_MAX;
-            assert!(r.claim("a", "manifests/v1", t));
+            assert!(!r.backing_off(t));
         }
     }
 }

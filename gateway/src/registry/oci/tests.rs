@@ -53,6 +53,8 @@ enum Answer {
     /// 404 MANIFEST_UNKNOWN, as a registry answers a digest it has no
     /// manifest for.
     ManifestUnknown,
+    /// 503 with an empty body: a registry in an outage.
+    Unavailable,
 }
 
 struct Upstreamish {
@@ -134,6 +136,10 @@ fn reply(answer: Option<Answer>) -> Response<Body> {
                 .body(BodyExt::boxed(StreamBody::new(chunks)))
                 .unwrap()
         }
+        Some(Answer::Unavailable) => builder
+            .status(503)
+            .body(http_body_util::Full::new(Bytes::new()).boxed())
+            .unwrap(),
         Some(Answer::ManifestUnknown) | None => builder
             .status(404)
             .header("content-type", "application/json")
@@ -553,4 +559,67 @@ async fn without_the_window_a_stale_tag_is_revalidated_first() {
         "{:?}",
         o.cache
     );
+}
+
+/// With the window at 0, an outage stalls one request, not every one: a
+/// tag past its TTL whose refresh finds upstream down is served stale,
+/// and while the site backs off (swr.rs) the next requests get the held
+/// copy without asking upstream again.
+#[tokio::test]
+async fn an_outage_found_once_is_not_asked_again_for_every_request() {
+    use crate::audit::CacheStatus;
+    const MT: &str = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#,
+    );
+    let path = "/v2/app/manifests/v1".to_owned();
+    let up = Upstreamish::start(vec![(path.clone(), Answer::Bytes(MT, manifest.clone()))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let online = site(&up, dir.path(), small()).await;
+    assert_eq!(ask(&online, &path).await.cache, Some(CacheStatus::Miss));
+    let key = ("registry.test", "app", "manifests/v1");
+    let mut e = online
+        .cache
+        .get_ref(key.0, key.1, key.2)
+        .await
+        .unwrap()
+        .unwrap();
+    e.fetched_at -= 600;
+    online.cache.put_ref(key.0, key.1, key.2, e).await.unwrap();
+
+    // The same cache behind an upstream in an outage.
+    let down = Upstreamish::start(vec![(path.clone(), Answer::Unavailable)]).await;
+    let config: Site = serde_yaml::from_str(&format!(
+        "host: registry.test\nkind: oci\nupstream: http://{}\n",
+        down.addr
+    ))
+    .unwrap();
+    let offline = OciSite::new(
+        "registry.test",
+        Upstream::with_timeouts(&config, Timeouts::default()).unwrap(),
+        online.cache.clone(),
+        Duration::from_secs(60),
+    );
+    let first = ask(&offline, &path).await;
+    assert_eq!(first.cache, Some(CacheStatus::Stale));
+    // (The upstream client retries a 503 itself.)
+    assert!(down.asked(&path) >= 1, "the first request asks upstream");
+    assert_eq!(read(first).await, (manifest.to_vec(), true));
+    // The backoff after a failure is a second, doubling: one of three
+    // requests made right after a failed attempt skips upstream however
+    // slow this machine is.
+    let mut skipped = false;
+    for _ in 0..3 {
+        let before = down.asked(&path);
+        let o = ask(&offline, &path).await;
+        assert_eq!(o.cache, Some(CacheStatus::Stale));
+        let detail = o.detail.clone().unwrap_or_default();
+        assert_eq!(read(o).await, (manifest.to_vec(), true));
+        if down.asked(&path) == before {
+            assert!(detail.contains("last attempt"), "{detail}");
+            skipped = true;
+            break;
+        }
+    }
+    assert!(skipped, "every request during the outage asked upstream");
 }
