@@ -148,3 +148,12 @@ pub async fn cache_verify(config: &Config, json: bool) -> anyhow::Result<()> {
 pub async fn cache_du(config: &Config, json: bool) -> anyhow::Result<()> {
     crate::control::client::du(config, json).await
 }
+
+pub async fn mirror_run(
+    config: &Config,
+    site: Option<&str>,
+    dry_run: bool,
+    respect_window: bool,
+) -> anyhow::Result<()> {
+    crate::control::client::mirror_run(config, site, dry_run, respect_window).await
+}

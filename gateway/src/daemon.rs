@@ -206,6 +206,7 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     )));
     let serve_task = tokio::spawn(proxy::serve(proxy.clone(), listeners, stop_rx.clone()));
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
+    let mirror = Arc::new(crate::mirror::Runner::new(Some(audit.clone())));
     // The control socket exists whenever the daemon runs: `gateway
     // status` asks it, with or without sites.
     let control = Arc::new(crate::control::server::Control {
@@ -219,7 +220,10 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             generation: CONFIG_GENERATION,
         })),
         reload: Some(reload_tx),
+        mirror: Some(mirror.clone()),
     });
+    let mirror_task =
+        crate::mirror::schedule::spawn(mirror, current.clone(), control.clone(), stop_rx.clone());
     let live = Live {
         path: std::fs::canonicalize(&path).unwrap_or(path),
         config: current,
@@ -305,6 +309,7 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     }
     let _ = local_task.await;
     let _ = control_task.await;
+    let _ = mirror_task.await;
     // The admin registry holds a cache handle and the maps: let it go.
     if let Some((admin, task)) = admin {
         let _ = task.await;

@@ -14,6 +14,7 @@ pub mod flows;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod mirror;
 pub mod notify;
 pub mod pidfile;
 pub mod policy;

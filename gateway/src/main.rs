@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Repositories fetched ahead of devices (`mirror:` entries).
+    Mirror {
+        #[command(subcommand)]
+        action: MirrorAction,
+    },
     /// Per device: what it reached and what it was refused, from the
     /// audit log and its rotated files.
     Flows(gateway::flows::FlowsArgs),
@@ -113,6 +118,29 @@ enum CaAction {
     Activate {
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MirrorAction {
+    /// Run the config's `mirror:` entries now, through the running daemon
+    /// (its cache, its fills): new and moved tags are fetched and pinned.
+    /// A progress bar on a terminal, lines otherwise. Ignores the entries'
+    /// `window` unless --respect-window. Exits 1 naming each entry that
+    /// failed.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// List the tags, blobs and bytes a run would fetch; fetch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only the entries of this site.
+        #[arg(long, value_name = "HOST")]
+        site: Option<String>,
+        /// Outside an entry's window skip it, and stop fetching when the
+        /// window closes, as scheduled runs do.
+        #[arg(long)]
+        respect_window: bool,
     },
 }
 
@@ -196,6 +224,9 @@ fn main() -> ExitCode {
         Command::Status { config, .. }
         | Command::Uninstall { config }
         | Command::Flows(gateway::flows::FlowsArgs { config, .. })
+        | Command::Mirror {
+            action: MirrorAction::Run { config, .. },
+        }
         | Command::Ca {
             action:
                 CaAction::Init { config, .. }
@@ -250,6 +281,26 @@ fn main() -> ExitCode {
         Command::Run { config: file } => run(config, file),
         Command::Reload { config: file } => return reload(&config, &file),
         Command::Flows(args) => gateway::flows::run(&config, &args),
+        Command::Mirror {
+            action:
+                MirrorAction::Run {
+                    dry_run,
+                    site,
+                    respect_window,
+                    ..
+                },
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(gateway::cli::mirror_run(
+                    &config,
+                    site.as_deref(),
+                    dry_run,
+                    respect_window,
+                ))
+            }),
         Command::Uninstall { .. } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -48,6 +48,15 @@ pub enum Event {
     /// `detail` says why.
     #[serde(rename = "config.reload_failed")]
     ConfigReloadFailed,
+    /// A mirror run of one repository ended (`host`, `name`: the
+    /// repository, `bytes` fetched, `duration_ms`; `detail` counts the
+    /// tags synced and unchanged and the blobs fetched).
+    #[serde(rename = "mirror.synced")]
+    MirrorSynced,
+    /// A mirror run of one repository failed, wholly or for some tags
+    /// (`detail` says which and why).
+    #[serde(rename = "mirror.failed")]
+    MirrorFailed,
 }
 
 /// Whose fault it was when a flow or request ended in error.

@@ -9,6 +9,7 @@ mod admin;
 mod groups;
 mod host;
 mod kinds;
+mod mirror;
 mod proxy;
 mod services;
 mod sites;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 pub use admin::{Admin, DEFAULT_ADMIN_LISTEN};
 pub use groups::{DEFAULT_GROUP, Group, GroupSite, network, repository_allowed};
 pub use kinds::{glob_match, parse_sha256};
+pub use mirror::{Mirror, Schedule, Window, until as mirror_until};
 pub use proxy::{SiteProxy, UpstreamProxy, parse_proxy_url};
 pub use services::{Dns, PassthroughService, Service, Time};
 pub use sites::{Cache, Checksum, Credentials, Site, SiteKind, Tls};
@@ -76,6 +78,9 @@ pub struct Config {
     /// The admin listener (metrics and health probes).
     #[serde(default)]
     pub admin: Admin,
+    /// Repositories fetched ahead of devices on a schedule (mirror.rs).
+    #[serde(default)]
+    pub mirror: Vec<Mirror>,
 }
 
 /// The device-facing side.

@@ -59,7 +59,15 @@ impl Config {
         self.admin.validate(self.proxy.port)?;
         self.validate_sites()?;
         self.validate_kinds()?;
-        self.validate_groups()
+        self.validate_groups()?;
+        super::mirror::validate(
+            &self.mirror,
+            &self
+                .sites
+                .iter()
+                .map(|s| (s.host.to_ascii_lowercase(), s.kind))
+                .collect(),
+        )
     }
 
     fn validate_sites(&self) -> Result<(), ConfigError> {

@@ -146,6 +146,85 @@ pub async fn verify(config: &Config, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// `gateway mirror run`: the file's `mirror:` entries (those of `site`
+/// only, if given) now, through the daemon; fails naming every entry that
+/// failed.
+pub async fn mirror_run(
+    config: &Config,
+    site: Option<&str>,
+    dry_run: bool,
+    respect_window: bool,
+) -> anyhow::Result<()> {
+    let entries: Vec<crate::config::Mirror> = config
+        .mirror
+        .iter()
+        .filter(|m| site.is_none_or(|s| m.site.eq_ignore_ascii_case(s)))
+        .cloned()
+        .collect();
+    if entries.is_empty() {
+        match site {
+            Some(s) => anyhow::bail!("no `mirror:` entry names site {s}"),
+            None => anyhow::bail!("the config has no `mirror:` entries"),
+        }
+    }
+    let req = Request::Mirror {
+        entries,
+        dry_run,
+        respect_window,
+    };
+    let v = run(config, req).await?;
+    let mut failed = Vec::new();
+    for e in v["entries"].as_array().into_iter().flatten() {
+        let label = e["entry"].as_str().unwrap_or("?");
+        if let Some(why) = e["skipped"].as_str() {
+            println!("{label}: skipped, {why}");
+        }
+        for r in e["repositories"].as_array().into_iter().flatten() {
+            let list = |k: &str| {
+                r[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let (synced, verb) = if dry_run {
+                ("would sync", "to fetch")
+            } else {
+                ("synced", "fetched")
+            };
+            println!(
+                "{}/{}: {synced} [{}], unchanged [{}], {} blob(s) {verb}, {} bytes{}",
+                r["site"].as_str().unwrap_or("?"),
+                r["repository"].as_str().unwrap_or("?"),
+                list("synced"),
+                list("unchanged"),
+                r["blobs"],
+                r["bytes"],
+                r["stopped"]
+                    .as_str()
+                    .map(|s| format!("; stopped: {s}"))
+                    .unwrap_or_default(),
+            );
+            for f in r["failed"].as_array().into_iter().flatten() {
+                failed.push(format!(
+                    "{label}: tag {}: {}",
+                    f["tag"].as_str().unwrap_or("?"),
+                    f["error"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        for err in e["errors"].as_array().into_iter().flatten() {
+            failed.push(format!("{label}: {}", err.as_str().unwrap_or("?")));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("mirror run failed:\n  {}", failed.join("\n  "))
+    }
+}
+
 pub async fn du(config: &Config, json: bool) -> anyhow::Result<()> {
     let v = run(config, Request::Du).await?;
     if json {
@@ -178,7 +257,7 @@ impl Progress {
                 let bar = self.bar.get_or_insert_with(|| {
                     let bar = ProgressBar::new(step.total);
                     if let Ok(style) = ProgressStyle::with_template(
-                        "{wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+                        "{wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ({eta}) {msg}",
                     ) {
                         bar.set_style(style);
                     }
@@ -186,8 +265,13 @@ impl Progress {
                 });
                 bar.set_length(step.total);
                 bar.set_position(step.done);
-                bar.set_message(step.line.clone());
+                // An empty line is a tick: the bar moves, the text stays.
+                if !step.line.is_empty() {
+                    bar.set_message(step.line.clone());
+                }
             }
+            // Ticks are for the bar only.
+            Reply::Step(step) if step.line.is_empty() => {}
             Reply::Step(step) => eprintln!("{}", step.line),
             Reply::Ok(_) | Reply::Error(_) => {}
         }
@@ -286,7 +370,7 @@ async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Va
     // Only a seed starts a cache; the others would make an empty one where
     // a mistyped cache.dir points.
     let index = config.cache.dir.join("index.redb");
-    if !matches!(req, Request::Seed { .. }) && !index.exists() {
+    if !matches!(req, Request::Seed { .. } | Request::Mirror { .. }) && !index.exists() {
         anyhow::bail!(
             "no cache in {} (cache.dir; no gateway daemon answers on {} either): nothing cached yet",
             config.cache.dir.display(),
@@ -300,6 +384,7 @@ async fn offline(config: &Config, req: Request) -> anyhow::Result<serde_json::Va
         audit: None,
         daemon: None,
         reload: None,
+        mirror: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {

@@ -14,7 +14,8 @@
 //! `gateway status` adds about the daemon: see `stats.rs`) or
 //! `{"cmd":"reload","path":"/etc/gateway/gateway.yaml"}`, or
 //! `{"cmd":"pin"|"rm","reference":"host/repo:tag"}`, `{"cmd":"unpin","name":"..."}`,
-//! `{"cmd":"verify"}`, `{"cmd":"du"}`; the server answers with
+//! `{"cmd":"verify"}`, `{"cmd":"du"}`,
+//! `{"cmd":"mirror","entries":[...],"dry_run":false,"respect_window":false}`; the server answers with
 //! `{"progress":"..."}` lines (and `{"step":{...}}` for a progress bar) and
 //! ends with `{"ok":...}` or `{"error":"..."}`. The daemon always serves the socket, with or
 //! without sites.
@@ -22,6 +23,7 @@
 pub mod client;
 mod listing;
 mod manage;
+mod mirror;
 pub mod server;
 mod stats;
 
@@ -80,6 +82,15 @@ pub enum Request {
     Verify,
     /// Bytes per site and repository.
     Du,
+    /// Run these `mirror:` entries now (`gateway mirror run`: the entries
+    /// of the file the client read).
+    Mirror {
+        entries: Vec<crate::config::Mirror>,
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default)]
+        respect_window: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -32,6 +32,9 @@ pub struct Control {
     /// Where `reload` requests go: the daemon's main loop, which applies
     /// them one at a time (as it does SIGHUP). `None` without a daemon.
     pub reload: Option<mpsc::Sender<ReloadAsk>>,
+    /// Runs `mirror:` entries (the daemon's, shared with its schedule, so
+    /// runs of one entry never overlap); `None` without a daemon.
+    pub mirror: Option<Arc<crate::mirror::Runner>>,
 }
 
 /// A `reload` request handed to the daemon's main loop; the answer is the
@@ -161,6 +164,17 @@ pub async fn execute(
         Request::Rm { reference } => super::manage::rm(control.cache()?, &reference).await,
         Request::Verify => super::manage::verify(control.cache()?, progress).await,
         Request::Du => super::manage::du(control.cache()?).await,
+        Request::Mirror {
+            entries,
+            dry_run,
+            respect_window,
+        } => {
+            let mode = crate::mirror::RunMode {
+                dry_run,
+                respect_window,
+            };
+            super::mirror::run(control, &entries, mode, progress).await
+        }
         Request::Stats => match (&control.audit, &control.daemon) {
             (Some(audit), Some(daemon)) => Ok(super::stats::stats(
                 audit,
@@ -240,6 +254,7 @@ mod tests {
             audit: None,
             daemon: None,
             reload: Some(tx),
+            mirror: None,
         };
         let main_loop = tokio::spawn(async move {
             let ask = rx.recv().await.expect("a request");
@@ -282,6 +297,7 @@ mod tests {
             audit: None,
             daemon: None,
             reload: None,
+            mirror: None,
         });
         let (mut client, server) = UnixStream::pair().expect("pair");
         let task = tokio::spawn(handle(control, server));
@@ -302,6 +318,7 @@ mod tests {
             audit: None,
             daemon: None,
             reload: None,
+            mirror: None,
         });
         let (mut client, server) = UnixStream::pair().expect("pair");
         let task = tokio::spawn(handle(control, server));

@@ -66,6 +66,11 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     pub evictions: Counter,
     pub evicted_bytes: Counter,
+    /// Mirror runs of a repository (audited `mirror.synced` /
+    /// `mirror.failed`), by site and result.
+    pub mirror_runs: Family<Labels, Counter>,
+    /// Bytes mirror runs fetched, by site.
+    pub mirror_bytes: Family<Labels, Counter>,
     /// The recent refusals, for `gateway status`.
     pub refused: refused::Recent,
     /// Hits and lookups per site, for `gateway status`'s hit ratio.
@@ -118,6 +123,8 @@ impl Metrics {
             errors: Family::default(),
             evictions: Counter::default(),
             evicted_bytes: Counter::default(),
+            mirror_runs: Family::default(),
+            mirror_bytes: Family::default(),
             refused: refused::Recent::default(),
             hit_ratio: Mutex::new(HashMap::new()),
             sites: RwLock::new(HashSet::new()),
@@ -179,6 +186,22 @@ impl Metrics {
                 }
             }
             Event::Request => self.observe_request(r),
+            Event::MirrorSynced | Event::MirrorFailed => {
+                let site = self.site_label(r.host.as_deref());
+                let result = if r.event == Event::MirrorSynced {
+                    "synced"
+                } else {
+                    "failed"
+                };
+                self.mirror_runs
+                    .get_or_create(&vec![("site", site.clone()), ("result", result.to_owned())])
+                    .inc();
+                if let Some(n) = r.bytes {
+                    self.mirror_bytes
+                        .get_or_create(&vec![("site", site)])
+                        .inc_by(n);
+                }
+            }
             _ => {}
         }
         if let Some(fault) = r.fault {
@@ -367,6 +390,17 @@ impl Metrics {
             prometheus_client::registry::Unit::Bytes,
             self.evicted_bytes.clone(),
         );
+        r.register(
+            "mirror_runs",
+            "Mirror runs of a repository, by site and result (synced, failed)",
+            self.mirror_runs.clone(),
+        );
+        r.register_with_unit(
+            "mirror_fetched",
+            "Blob bytes mirror runs fetched, by site",
+            prometheus_client::registry::Unit::Bytes,
+            self.mirror_bytes.clone(),
+        );
     }
 }
 
@@ -399,6 +433,8 @@ fn event_label(e: Event) -> &'static str {
         Event::TimeServed => "time.served",
         Event::ConfigReloaded => "config.reloaded",
         Event::ConfigReloadFailed => "config.reload_failed",
+        Event::MirrorSynced => "mirror.synced",
+        Event::MirrorFailed => "mirror.failed",
     }
 }
 

@@ -61,6 +61,10 @@ fn exercised() -> &'static Metrics {
     pass.bytes_up = Some(10);
     pass.bytes_down = Some(20);
     m.observe(&pass);
+    let mut mirrored = Record::new(Event::MirrorSynced);
+    mirrored.host = Some("reg.test".into());
+    mirrored.bytes = Some(4096);
+    m.observe(&mirrored);
     m.connection("passthrough", Some("wfm.test"));
     m.connection("denied", None);
     m.tls_handshake("ok");

@@ -45,10 +45,21 @@ pub(super) async fn read_blob(blob: &Blob, max: usize) -> Result<bytes::Bytes, s
 /// The fill's task: asks upstream, declares the size, pumps the body; or
 /// stops once no client follows the fill any more (its temp file goes).
 pub(super) async fn lead(upstream: Upstream, req: UpstreamRequest, writer: FillWriter) {
+    lead_pulled(upstream, req, writer, None).await;
+}
+
+/// [`lead`], with the body read through `pull` (a mirror's `max_rate` and
+/// byte count) when given.
+pub(super) async fn lead_pulled(
+    upstream: Upstream,
+    req: UpstreamRequest,
+    writer: FillWriter,
+    pull: Option<std::sync::Arc<crate::mirror::rate::Pull>>,
+) {
     let digest = writer.digest();
     let unfollowed = writer.unfollowed();
     tokio::select! {
-        () = fetch_into(&upstream, req, writer) => {}
+        () = fetch_into(&upstream, req, writer, pull) => {}
         () = unfollowed => {
             // Dropping the fetch dropped the writer, which failed the fill
             // and removed its temp file.
@@ -59,7 +70,12 @@ pub(super) async fn lead(upstream: Upstream, req: UpstreamRequest, writer: FillW
 
 /// Requests the blob and writes it into the fill, failing the fill with
 /// the cause its readers answer by.
-async fn fetch_into(upstream: &Upstream, req: UpstreamRequest, writer: FillWriter) {
+async fn fetch_into(
+    upstream: &Upstream,
+    req: UpstreamRequest,
+    writer: FillWriter,
+    pull: Option<std::sync::Arc<crate::mirror::rate::Pull>>,
+) {
     let resp = match upstream.send(req).await {
         Ok(r) => r,
         Err(e) => {
@@ -94,8 +110,24 @@ async fn fetch_into(upstream: &Upstream, req: UpstreamRequest, writer: FillWrite
         tracing::warn!(digest = %writer.digest(), error = %e, "blob fill refused");
         return;
     }
-    let stream = Box::pin(upstream.body_stream(resp));
-    pump(writer, stream).await;
+    let body = upstream.body_stream(resp);
+    match pull {
+        None => pump(writer, Box::pin(body)).await,
+        Some(pull) => {
+            // Each chunk is counted, and waits for the limit, before the
+            // next is read.
+            let paced = body.then(move |chunk| {
+                let pull = pull.clone();
+                async move {
+                    if let Ok(c) = &chunk {
+                        pull.take(c.len()).await;
+                    }
+                    chunk
+                }
+            });
+            pump(writer, Box::pin(paced)).await;
+        }
+    }
 }
 
 /// Upstream chunks that have already arrived are written together up to

@@ -182,7 +182,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<Changes, Refusal> {
     }
 
     let mut changes = Changes::default();
-    let top: [(&str, bool); 14] = [
+    let top: [(&str, bool); 15] = [
         ("devices", same(&old.devices, &new.devices)),
         ("manager", same(&old.manager, &new.manager)),
         ("passthrough", same(&old.passthrough, &new.passthrough)),
@@ -200,6 +200,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<Changes, Refusal> {
         ("cache", same(&old.cache, &new.cache)),
         ("time", same(&old.time, &new.time)),
         ("admin", same(&old.admin, &new.admin)),
+        ("mirror", same(&old.mirror, &new.mirror)),
     ];
     changes.keys = top
         .iter()

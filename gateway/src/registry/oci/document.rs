@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Largest document the gateway reads into memory (manifests are KiB).
-const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
+pub(super) const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
 const DIGEST_HEADER: &str = "docker-content-digest";
 /// How long a device waits on upstream when a copy is held; past it the
 /// copy is served, marked stale.
@@ -493,7 +493,7 @@ pub(super) enum Failure {
 }
 
 impl Failure {
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match self {
             Self::Status(r) => format!("upstream answered {}", r.status()),
             Self::Upstream(e) => e.to_string(),
@@ -697,7 +697,7 @@ pub(super) fn accept(mut req: UpstreamRequest) -> UpstreamRequest {
 }
 
 /// The `mediaType` a manifest declares, for one stored without its header.
-fn media_type_of(bytes: &[u8]) -> String {
+pub(super) fn media_type_of(bytes: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(bytes)
         .ok()
         .and_then(|v| {

@@ -13,6 +13,10 @@ mod blob;
 mod document;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod mirror;
+mod mirror_content;
+#[cfg(test)]
+mod mirror_tests;
 mod query;
 mod referrers;
 mod response;

@@ -96,7 +96,7 @@ async fn fetch(site: &OciSite, name: &str, digest: &str) -> Result<Doc, Failure>
 
 /// What a registry without the referrers API answers to it: no route
 /// (404), or a route that refuses the method or is not implemented.
-fn lacks_api(status: StatusCode) -> bool {
+pub(super) fn lacks_api(status: StatusCode) -> bool {
     matches!(
         status,
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
@@ -161,12 +161,12 @@ async fn from_tag_schema(
 
 /// `sha256:<hex>` -> `sha256-<hex>` (the route admits sha256 digests only,
 /// whose hex is within the schema's 64 characters).
-fn schema_tag(digest: &str) -> String {
+pub(super) fn schema_tag(digest: &str) -> String {
     digest.replacen(':', "-", 1)
 }
 
 /// The descriptors of an image index, if `bytes` is one.
-fn entries(bytes: &[u8]) -> Option<Vec<Value>> {
+pub(super) fn entries(bytes: &[u8]) -> Option<Vec<Value>> {
     let doc: Value = serde_json::from_slice(bytes).ok()?;
     let list = doc.get("manifests")?.as_array()?;
     list.iter().all(Value::is_object).then(|| list.clone())
