@@ -273,7 +273,10 @@ pub(super) async fn fill_blob(
     total: u64,
 ) -> anyhow::Result<Filled> {
     let (reader, fetched) = match site.cache.begin_fill(&digest, None).await? {
-        Fill::Done(_) => return Ok(Filled::Present),
+        Fill::Done(_) => {
+            vouch(site, repo, &digest).await;
+            return Ok(Filled::Present);
+        }
         Fill::Follower(reader) => (reader, false),
         Fill::Leader(writer) => {
             let reader = writer.reader();
@@ -298,10 +301,22 @@ pub(super) async fn fill_blob(
         tokio::select! {
             done = &mut wait => {
                 let size = done.map_err(|e| anyhow::anyhow!("blob {digest}: {e}"))?;
+                vouch(site, repo, &digest).await;
                 return Ok(if fetched { Filled::Fetched(size) } else { Filled::Present });
             }
             _ = tick.tick() => watch.bytes(pull.pulled(), total, ""),
             () = &mut stop => return Ok(Filled::Stopped),
         }
+    }
+}
+
+/// Records that `repo`'s upstream has `digest` (a manifest it serves lists
+/// it, and a registry accepts a manifest only when its blobs are in the
+/// repository): with device groups, a device allowed `repo` is then served
+/// the mirrored blob through it without an upstream HEAD, which the
+/// upstream link being down would otherwise turn into a 502 (vouch.rs).
+async fn vouch(site: &OciSite, repo: &str, digest: &Digest) {
+    if let Err(e) = site.cache.vouch(&site.host, repo, digest).await {
+        tracing::warn!(site = %site.host, %repo, %digest, error = %e, "cannot record a mirrored blob's repository");
     }
 }
