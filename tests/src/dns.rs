@@ -5,7 +5,6 @@
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     path::Path,
-    process::Command,
     time::Duration,
 };
 
@@ -44,9 +43,8 @@ impl Dig {
 /// `dig @server name type` from the device namespace, over TCP when `tcp`.
 /// One try with a short timeout: a lost answer is a failure, not a retry.
 pub fn dig(site: &Site, server: IpAddr, name: &str, qtype: &str, tcp: bool) -> Result<Dig> {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &site.dev_ns, "dig"])
-        .arg(format!("@{server}"))
+    let mut c = crate::netns::exec_in(&site.dev_ns, "dig");
+    c.arg(format!("@{server}"))
         .args([name, qtype, "+time=3", "+tries=1", "+nocookie"]);
     if tcp {
         c.arg("+tcp");
@@ -207,8 +205,8 @@ pub fn chrony_query(site: &Site, server: IpAddr, dir: &Path) -> Result<ChronyQue
             dir.join("chronyd.pid").display()
         ),
     )?;
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &site.dev_ns, "chronyd", "-Q", "-u", "root"])
+    let mut c = crate::netns::exec_in(&site.dev_ns, "chronyd");
+    c.args(["-Q", "-u", "root"])
         .args(["-t", "15", "-f"])
         .arg(&conf);
     let out = cmd::output(&mut c, CLIENT_TIMEOUT)?;
