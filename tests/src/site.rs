@@ -128,8 +128,21 @@ impl Site {
     }
 
     fn build_links(&self) -> Result<()> {
+        // No duplicate address detection: addresses are usable at once, and
+        // the link-local ones used by neighbour discovery never sit tentative.
+        for ns in [&self.dev_ns, &self.gw_ns, &self.up_ns] {
+            in_ns(ns, || -> Result<()> {
+                for conf in ["all", "default"] {
+                    let path = format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad");
+                    std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
+                }
+                Ok(())
+            })??;
+        }
         // Both ends of each veth are created inside their namespaces by
-        // one netlink call, both veths by one `ip` process.
+        // one netlink call, both veths by one `ip` process; after the
+        // accept_dad defaults above, so that their link-local addresses
+        // never sit tentative either.
         ip_batch(&[
             &[
                 "link",
@@ -160,17 +173,6 @@ impl Site {
                 &self.up_ns,
             ],
         ])?;
-        // No duplicate address detection: addresses are usable at once, and
-        // the link-local ones used by neighbour discovery never sit tentative.
-        for ns in [&self.dev_ns, &self.gw_ns, &self.up_ns] {
-            in_ns(ns, || -> Result<()> {
-                for conf in ["all", "default"] {
-                    let path = format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad");
-                    std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
-                }
-                Ok(())
-            })??;
-        }
         let plan: [(&str, &str, &str, &str); 4] = [
             (&self.dev_ns, &self.dev_if, "10.77.1.2/24", "fd77:1::2/64"),
             (&self.gw_ns, &self.gw_dev_if, "10.77.1.1/24", "fd77:1::1/64"),
