@@ -18,7 +18,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -101,8 +101,8 @@ impl Containerd {
             config(&me.fs.join("root"), &me.fs.join("state"), &me.socket),
         )?;
         let log = std::fs::File::create(&me.log_path)?;
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, "containerd", "--config"])
+        let mut c = crate::netns::exec_in(ns, "containerd");
+        c.arg("--config")
             .arg(&config_path)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -142,11 +142,11 @@ impl Containerd {
         }
     }
 
-    /// `ip netns exec <ns> ctr --address … --namespace … <args>` with
+    /// `ctr --address … --namespace … <args>` with
     /// `timeout`, whatever its exit status.
     pub fn ctr_output(&self, args: &[&str], timeout: Duration) -> Result<Outcome> {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, "ctr", "--address"])
+        let mut c = crate::netns::exec_in(&self.ns, "ctr");
+        c.arg("--address")
             .arg(&self.socket)
             .args(["--namespace", NAMESPACE])
             .args(args)

@@ -5,7 +5,6 @@
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     path::Path,
-    process::Command,
     time::Duration,
 };
 
@@ -57,8 +56,7 @@ pub fn dig_from(
     qtype: &str,
     tcp: bool,
 ) -> Result<Dig> {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &site.dev_ns, "dig"]);
+    let mut c = crate::netns::exec_in(&site.dev_ns, "dig");
     if let Some(source) = source {
         c.arg("-b").arg(source.to_string());
     }
@@ -223,8 +221,8 @@ pub fn chrony_query(site: &Site, server: IpAddr, dir: &Path) -> Result<ChronyQue
             dir.join("chronyd.pid").display()
         ),
     )?;
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &site.dev_ns, "chronyd", "-Q", "-u", "root"])
+    let mut c = crate::netns::exec_in(&site.dev_ns, "chronyd");
+    c.args(["-Q", "-u", "root"])
         .args(["-t", "15", "-f"])
         .arg(&conf);
     let out = cmd::output(&mut c, CLIENT_TIMEOUT)?;

@@ -1,6 +1,7 @@
 //! The gateway daemon under test, run inside a site's gateway namespace.
 //!
-//! `ip netns exec` execs the gateway in place (no fork), so the child's pid
+//! The gateway runs in its namespace as under `ip netns exec`, set up
+//! between fork and exec ([`crate::netns::exec_in`]), so the child's pid
 //! is the gateway's and signals reach it directly. The gateway is ready when
 //! its audit log holds a new `gateway.start` record. Dropping the wrapper
 //! kills a still-running gateway by pid.
@@ -113,12 +114,11 @@ impl<'s> Gateway<'s> {
             .join(format!("gateway.{}.stderr", self.runs))
     }
 
-    /// `ip netns exec {P}-gw <gateway> <args…>` (not spawned).
+    /// `<gateway> <args…>` in `{P}-gw` as under `ip netns exec` (not
+    /// spawned; see [`crate::netns::exec_in`]: no `ip` process to start).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.site.gw_ns])
-            .arg(&self.bin)
-            .args(args);
+        let mut cmd = crate::netns::exec_in(&self.site.gw_ns, &self.bin);
+        cmd.args(args);
         cmd
     }
 
@@ -141,7 +141,7 @@ impl<'s> Gateway<'s> {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .context("spawning `ip netns exec … gateway run`")?;
+            .context("spawning `gateway run`")?;
         self.child = Some(child);
         Ok(())
     }

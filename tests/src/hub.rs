@@ -62,7 +62,7 @@ pub mod token;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
@@ -299,8 +299,8 @@ impl<'a> Hub<'a> {
         let stdout = std::fs::File::create(&self.registry_access_log_path)?;
         let stderr = std::fs::File::create(&self.registry_log_path)?;
         let site = self.registry.site();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &site.up_ns, "docker-registry", "serve"])
+        let mut cmd = crate::netns::exec_in(&site.up_ns, "docker-registry");
+        cmd.arg("serve")
             .arg(&config)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -24,7 +24,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
@@ -202,8 +202,8 @@ impl Nginx {
             config,
         };
         let stderr = std::fs::File::create(dir.join("stderr.log"))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, "nginx", "-p"])
+        let mut cmd = crate::netns::exec_in(ns, "nginx");
+        cmd.arg("-p")
             .arg(dir)
             .arg("-c")
             .arg(&conf)

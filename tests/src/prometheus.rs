@@ -91,10 +91,8 @@ impl Prometheus {
             ),
         )?;
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
-        // `ip netns exec` execs Prometheus itself: the child's pid is its.
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(bin)
+        // Entered between fork and exec: the child's pid is Prometheus's.
+        let child = crate::netns::exec_in(ns, bin)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -123,17 +121,8 @@ impl Prometheus {
 
     /// An instant query through the HTTP API; the `data.result` array.
     pub fn query(&self, promql: &str) -> Result<Vec<Value>> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "-G",
-            ])
+        let out = crate::netns::exec_in(&self.ns, "curl")
+            .args(["-sS", "--max-time", "5", "-G"])
             .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
             .arg("--data-urlencode")
             .arg(format!("query={promql}"))

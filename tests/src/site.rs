@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use tempfile::TempDir;
 
 use crate::{
-    netns::{in_ns, ip, ip_batch_in, ip_in, ip_json, ns_path},
+    netns::{in_ns, ip, ip_batch, ip_batch_in, ip_in, ns_path},
     servers::Servers,
 };
 
@@ -104,10 +104,7 @@ impl Site {
         let dev_ns = format!("{prefix}-dev");
         let gw_ns = format!("{prefix}-gw");
         let up_ns = format!("{prefix}-up");
-        let mut namespaces = Vec::new();
-        for ns in [&dev_ns, &gw_ns, &up_ns] {
-            namespaces.push(NetnsGuard::add(ns)?);
-        }
+        let namespaces = NetnsGuard::add_all(&[&dev_ns, &gw_ns, &up_ns])?;
         let bpffs_dir = bpffs.mount_point.clone();
         let mut site = Site {
             servers: Servers::default(),
@@ -142,36 +139,40 @@ impl Site {
                 Ok(())
             })??;
         }
-        // Both ends are created inside their namespaces in one netlink call.
-        ip(&[
-            "link",
-            "add",
-            &self.dev_if,
-            "netns",
-            &self.dev_ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.gw_dev_if,
-            "netns",
-            &self.gw_ns,
+        // Both ends of each veth are created inside their namespaces by
+        // one netlink call, both veths by one `ip` process; after the
+        // accept_dad defaults above, so that their link-local addresses
+        // never sit tentative either.
+        ip_batch(&[
+            &[
+                "link",
+                "add",
+                &self.dev_if,
+                "netns",
+                &self.dev_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &self.gw_dev_if,
+                "netns",
+                &self.gw_ns,
+            ],
+            &[
+                "link",
+                "add",
+                &self.gw_up_if,
+                "netns",
+                &self.gw_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &self.up_if,
+                "netns",
+                &self.up_ns,
+            ],
         ])?;
-        ip(&[
-            "link",
-            "add",
-            &self.gw_up_if,
-            "netns",
-            &self.gw_ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.up_if,
-            "netns",
-            &self.up_ns,
-        ])?;
-
         let plan: [(&str, &str, &str, &str); 4] = [
             (&self.dev_ns, &self.dev_if, "10.77.1.2/24", "fd77:1::2/64"),
             (&self.gw_ns, &self.gw_dev_if, "10.77.1.1/24", "fd77:1::1/64"),
@@ -189,20 +190,20 @@ impl Site {
             if ns == &self.up_ns {
                 commands.push(vec!["addr", "add", "10.77.9.9/32", "dev", "lo"]);
             }
+            if ns == &self.dev_ns {
+                // Only the device has default routes; the gateway must have
+                // none. Their next hops are on the link just set up (with
+                // addresses that never sit tentative), so they need no
+                // carrier yet.
+                commands.push(vec!["route", "add", "default", "via", "10.77.1.1"]);
+                commands.push(vec!["route", "add", "default", "via", "fd77:1::1"]);
+            }
             let refs: Vec<&[&str]> = commands.iter().map(Vec::as_slice).collect();
             ip_batch_in(ns, &refs)?;
         }
         for (ns, dev) in plan.iter().map(|(ns, dev, _, _)| (*ns, *dev)) {
             wait_link_ready(ns, dev)?;
         }
-        // Only the device has default routes; the gateway must have none.
-        ip_batch_in(
-            &self.dev_ns,
-            &[
-                &["route", "add", "default", "via", "10.77.1.1"],
-                &["route", "add", "default", "via", "fd77:1::1"],
-            ],
-        )?;
         Ok(())
     }
 
@@ -215,16 +216,8 @@ impl Site {
     /// `curl` of an HTTP `url` from the gateway namespace (the admin
     /// listener): (status, body). Panics if curl fails, as a test would.
     pub fn curl_in_gw(&self, url: &str) -> (u16, String) {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.gw_ns,
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-            ])
+        let out = crate::netns::exec_in(&self.gw_ns, "curl")
+            .args(["-sS", "--max-time", "5"])
             .args(["-w", "\n%{http_code}", url])
             .output()
             .unwrap_or_else(|e| panic!("running curl {url}: {e}"));
@@ -335,25 +328,66 @@ fn unique_prefix() -> Result<String> {
 }
 
 /// Waits until `dev` is up with carrier and none of its addresses is
-/// tentative.
+/// tentative. Asked in-process (`SIOCGIFFLAGS` and
+/// `/proc/thread-self/net/if_inet6` from a thread inside `ns`): under TCG
+/// each `ip` start costs more than the wait itself, and a site has four
+/// links to wait for.
 fn wait_link_ready(ns: &str, dev: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let link = ip_json(ns, &["link", "show", "dev", dev])?;
-        let addrs = ip_json(ns, &["addr", "show", "dev", dev])?;
-        let up = link[0]["operstate"] == "UP";
-        let tentative = addrs[0]["addr_info"]
-            .as_array()
-            .map(|infos| infos.iter().any(|a| a["tentative"].as_bool() == Some(true)))
-            .unwrap_or(true);
-        if up && !tentative {
+        let (flags, tentative) = in_ns(ns, || link_state(dev))??;
+        // IFF_RUNNING: the kernel's operstate is UP (carrier, and the
+        // link watcher has activated the queue).
+        let up = flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0;
+        if up && tentative.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{dev} in {ns} not ready: link {link} addrs {addrs}");
+            bail!(
+                "{dev} in {ns} not ready: flags {flags:#x}, tentative addresses {tentative:?}\n{}",
+                ip_in(ns, &["addr", "show", "dev", dev]).unwrap_or_else(|e| format!("{e:#}"))
+            );
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `dev`'s interface flags and its tentative IPv6 addresses, as seen by
+/// the calling thread's network namespace.
+fn link_state(dev: &str) -> Result<(i32, Vec<String>)> {
+    use std::os::fd::AsRawFd as _;
+    let sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .or_else(|_| std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)))
+        .context("a socket to ask for interface flags")?;
+    // SAFETY: an all-zero ifreq is valid; the name is NUL-terminated
+    // within IFNAMSIZ (checked), and the kernel writes only the flags.
+    let flags = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        let name = dev.as_bytes();
+        if name.len() >= req.ifr_name.len() {
+            bail!("interface name {dev} too long");
+        }
+        for (d, s) in req.ifr_name.iter_mut().zip(name) {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error()).context(format!("SIOCGIFFLAGS {dev}"));
+        }
+        i32::from(req.ifr_ifru.ifru_flags)
+    };
+    // `address ifindex prefixlen scope flags name`, flags in hex;
+    // IFA_F_TENTATIVE is 0x40.
+    let table = std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+        .context("reading /proc/thread-self/net/if_inet6")?;
+    let tentative = table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(4)?, 16).ok()?;
+            (f.get(5) == Some(&dev) && flags & 0x40 != 0).then(|| f[0].to_owned())
+        })
+        .collect();
+    Ok((flags, tentative))
 }
 
 /// A network namespace this harness created; deleted on drop (which also
@@ -363,18 +397,37 @@ struct NetnsGuard {
 }
 
 impl NetnsGuard {
-    fn add(name: &str) -> Result<Self> {
-        ip(&["netns", "add", name])?;
-        Ok(Self {
-            name: name.to_owned(),
-        })
+    /// `ip netns add` for each of `names` (none may exist yet), all in one
+    /// `ip -batch` process. On failure, the ones that were made are
+    /// deleted again.
+    fn add_all(names: &[&str]) -> Result<Vec<Self>> {
+        let commands: Vec<[&str; 3]> = names.iter().map(|n| ["netns", "add", n]).collect();
+        let refs: Vec<&[&str]> = commands.iter().map(|c| c.as_slice()).collect();
+        let made = ip_batch(&refs);
+        // The names were free (`unique_prefix`): whatever exists now is ours.
+        let guards: Vec<Self> = names
+            .iter()
+            .filter(|n| ns_path(n).exists())
+            .map(|n| Self {
+                name: (*n).to_owned(),
+            })
+            .collect();
+        made?;
+        Ok(guards)
     }
 }
 
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("warning: deleting network namespace {}: {e:#}", self.name);
+        // What `ip netns del` does, without a process: detach the bind
+        // mount that keeps the namespace alive, remove its file.
+        let path = ns_path(&self.name);
+        if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("warning: unmounting {}: {e}", path.display());
+            return; // never unlink a file that may still be a live mount
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            eprintln!("warning: removing {}: {e}", path.display());
         }
     }
 }

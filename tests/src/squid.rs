@@ -24,7 +24,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -96,9 +96,9 @@ impl Squid {
 
         let stdout = File::create(path("squid.stdout"))?;
         let stderr = File::create(path("squid.stderr"))?;
-        // `ip netns exec` execs in place: the child's pid is Squid's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &site.up_ns, "squid", "-N", "-f"])
+        // Entered between fork and exec: the child's pid is Squid's.
+        let child = crate::netns::exec_in(&site.up_ns, "squid")
+            .args(["-N", "-f"])
             .arg(path("squid.conf"))
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

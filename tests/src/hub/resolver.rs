@@ -11,7 +11,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -61,27 +61,26 @@ impl WrongResolver {
         )?;
         me.address_on = Some(site.up_if.clone());
         let stderr = std::fs::File::create(&me.stderr_path)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &site.up_ns, "dnsmasq"])
-            .args([
-                "--no-daemon",
-                // No /etc/dnsmasq.conf or conf-dir of the host's.
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                &format!("--address=/#/{WRONG_ANSWER_V4}"),
-                &format!("--listen-address={RESOLVER_V4}"),
-                // Only that address: nothing on the namespace's loopback.
-                "--bind-interfaces",
-                "--port=53",
-                "--log-queries",
-            ])
-            .arg(format!("--log-facility={}", me.log_path.display()))
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        let mut cmd = crate::netns::exec_in(&site.up_ns, "dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            // No /etc/dnsmasq.conf or conf-dir of the host's.
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            &format!("--address=/#/{WRONG_ANSWER_V4}"),
+            &format!("--listen-address={RESOLVER_V4}"),
+            // Only that address: nothing on the namespace's loopback.
+            "--bind-interfaces",
+            "--port=53",
+            "--log-queries",
+        ])
+        .arg(format!("--log-facility={}", me.log_path.display()))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
         let mut proc = Proc::spawn("dnsmasq (wrong resolver)", &mut cmd)?;
         // dnsmasq binds TCP and UDP before it serves; a TCP connect (not a
         // query: nothing is logged) tells that it is up.

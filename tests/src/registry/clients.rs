@@ -220,24 +220,26 @@ impl Client {
         ])
     }
 
-    /// A skopeo or podman command: in a private mount namespace whose
-    /// `/var/lib` is an overlay writing into this client's dir, then in the
-    /// client's network namespace, with a clean environment pointing every
-    /// config and state path into the client's dir. `unshare`, `sh` and
-    /// `ip netns exec` all exec in place: the pid is the tool's.
+    /// A skopeo or podman command: in the client's network namespace (as
+    /// under `ip netns exec`) and a mount namespace of its own whose
+    /// `/var/lib` is an overlay writing into this client's dir, with a
+    /// clean environment pointing every config and state path into the
+    /// client's dir. Set up between fork and exec
+    /// ([`crate::netns::exec_in_with`]): no `unshare`, `sh`, `mount` or
+    /// `ip` process, each of which costs a good part of a second under
+    /// TCG; the pid is the tool's.
     fn tool(&self, program: &str) -> Command {
         let d = &self.dir;
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(
-                "mount -t overlay overlay -o \"lowerdir=/var/lib,upperdir=$1,workdir=$2\" /var/lib \
-                 && shift 2 && exec \"$@\"",
-            )
-            .arg("sh")
-            .arg(d.join("varlib-upper"))
-            .arg(d.join("varlib-work"))
-            .args(["ip", "netns", "exec", &self.ns, program])
-            .env_clear()
+        let mut c = crate::netns::exec_in_with(
+            &self.ns,
+            program,
+            Some(crate::netns::Overlay {
+                target: Path::new("/var/lib"),
+                upper: &d.join("varlib-upper"),
+                work: &d.join("varlib-work"),
+            }),
+        );
+        c.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOME", d.join("home"))
             .env("XDG_CONFIG_HOME", d.join("home/.config"))

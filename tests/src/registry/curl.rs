@@ -4,7 +4,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
@@ -76,15 +75,16 @@ impl CurlResponse {
     }
 }
 
-/// `ip netns exec <ns> curl -sS <args>` with its response captured under
+/// `curl -sS <args>` in `ns` (as under `ip netns exec`, see
+/// [`crate::netns::exec_in`]) with its response captured under
 /// `scratch`. `args` carry the URL and any option (`--cacert`, `-H`, `-X`…).
 pub fn curl(ns: &str, scratch: &Path, args: &[String], timeout: Duration) -> Result<CurlResponse> {
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let header_path = scratch.join(format!("curl-{n}.headers"));
     let body_path = scratch.join(format!("curl-{n}.body"));
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, "curl", "-sS", "--max-time"])
+    let mut c = crate::netns::exec_in(ns, "curl");
+    c.args(["-sS", "--max-time"])
         .arg(timeout.as_secs().max(1).to_string())
         .arg("-D")
         .arg(&header_path)

@@ -54,7 +54,10 @@ impl Registry<'_> {
 
     /// Runs `f` with a connection from the upstream namespace, trusting the
     /// registry's CA and sending its credentials, if any.
-    fn with_conn<T: Send>(&self, f: impl FnOnce(&mut Conn) -> Result<T> + Send) -> Result<T> {
+    pub(super) fn with_conn<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T> + Send,
+    ) -> Result<T> {
         let auth = self.credentials.as_ref().map(|c| {
             let raw = format!("{}:{}", c.username, c.password);
             format!(
