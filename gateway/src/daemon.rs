@@ -332,6 +332,10 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
                 .detail("the kernel path stays installed and drops what it would hand to the daemon; `gateway uninstall` removes it"),
         )
         .await;
+    // The mirror runner, which the control state keeps, holds one too.
+    if let Some(mirror) = &control.mirror {
+        mirror.release_audit();
+    }
     drop(audit);
     audit_writer.close().await;
     if let Some(cache) = Arc::try_unwrap(control).ok().and_then(|c| c.cache)

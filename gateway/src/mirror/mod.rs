@@ -74,14 +74,16 @@ impl EntryReport {
 /// Runs entries, one run per entry at a time, auditing each repository.
 #[derive(Default)]
 pub struct Runner {
-    audit: Option<Audit>,
+    /// Taken at shutdown ([`Runner::release_audit`]): the audit writer
+    /// closes only once every handle is gone.
+    audit: Mutex<Option<Audit>>,
     busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Runner {
     pub fn new(audit: Option<Audit>) -> Self {
         Self {
-            audit,
+            audit: Mutex::new(audit),
             busy: Mutex::default(),
         }
     }
@@ -176,8 +178,18 @@ impl Runner {
         report
     }
 
+    /// Lets the audit log go: the daemon calls it before it closes the
+    /// audit writer; records of a run still going are then not written.
+    pub fn release_audit(&self) {
+        self.audit.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn audit(&self) -> Option<Audit> {
+        self.audit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     async fn synced(&self, r: &RepoReport, started: Instant) {
-        let Some(audit) = &self.audit else {
+        let Some(audit) = self.audit() else {
             return;
         };
         let mut detail = format!(
@@ -217,7 +229,7 @@ impl Runner {
     }
 
     async fn failed(&self, host: &str, repo: &str, error: &str, ms: u64) {
-        let Some(audit) = &self.audit else {
+        let Some(audit) = self.audit() else {
             return;
         };
         let mut rec = Record::new(Event::MirrorFailed).detail(error);

@@ -73,8 +73,11 @@ pub fn spawn(
                 _ = stop.changed() => break,
             }
         }
+        // Awaited, so that their handles (the runner's audit log among
+        // them) are gone when the daemon's teardown goes on.
         for task in tasks.into_values() {
             task.abort();
+            let _ = task.await;
         }
     })
 }
