@@ -43,6 +43,8 @@ const MT: &str = "application/vnd.oci.image.manifest.v1+json";
 struct Registry {
     docs: HashMap<String, (&'static str, Bytes)>,
     tags: Vec<String>,
+    /// A tag list answered instead of `tags`: body and `Link` header.
+    bad_list: Option<(&'static str, Option<&'static str>)>,
     asked: Vec<String>,
 }
 
@@ -72,6 +74,17 @@ fn answer(reg: &Shared, req: &Request<hyper::body::Incoming>) -> Response<Full<B
     let mut reg = reg.lock().unwrap();
     let path = req.uri().path().to_owned();
     reg.asked.push(format!("{} {path}", req.method()));
+    if path == "/v2/r/tags/list"
+        && let Some((body, link)) = reg.bad_list
+    {
+        let mut resp = Response::builder().header("content-type", "application/json");
+        if let Some(link) = link {
+            resp = resp.header("link", link);
+        }
+        return resp
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+    }
     if path == "/v2/r/tags/list" {
         // Two pages: the first tag, then the rest.
         let second = req.uri().query().unwrap_or_default().contains("last=");
@@ -291,4 +304,42 @@ async fn a_closed_window_stops_the_run_before_it_fetches() {
             .any(|a| a.contains("/blobs/")),
         "a blob was fetched after the window closed"
     );
+}
+
+/// A tag list upstream sends that is not JSON, or whose next page links to
+/// another repository, fails the run with an error naming it; nothing is
+/// fetched or pinned.
+#[tokio::test]
+async fn a_bad_tag_list_from_upstream_fails_the_run_and_keeps_nothing() {
+    for (bad, expect) in [
+        (("<html>oops</html>", None), "is not JSON"),
+        (
+            (
+                r#"{"name":"r","tags":["v1.0"]}"#,
+                Some("</v2/other/tags/list?n=1&last=v1.0>; rel=\"next\""),
+            ),
+            "links elsewhere",
+        ),
+    ] {
+        let reg: Shared = Arc::default();
+        image(&reg, "v1.0", 1);
+        reg.lock().unwrap().bad_list = Some(bad);
+        let addr = serve(reg.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let site = site(addr, dir.path()).await;
+        let err = sync_repository(&site, "r", &entry(), &opts(false), &Quiet)
+            .await
+            .expect_err("a bad tag list was taken");
+        assert!(format!("{err:#}").contains(expect), "{err:#}");
+        assert!(site.cache.list_pins().is_empty());
+        assert_eq!(site.cache.stats().blobs, 0);
+        assert!(
+            !reg.lock()
+                .unwrap()
+                .asked
+                .iter()
+                .any(|a| a.contains("/manifests/") || a.contains("/blobs/")),
+            "fetched after a bad tag list"
+        );
+    }
 }
