@@ -298,6 +298,95 @@ impl Site {
     }
 }
 
+/// A veth pair between two namespaces made by [`Site::link`]: `a` holds
+/// `10.77.{net}.1/24` and `fd77:{net}::1/64`, `b` the `.2` / `::2`.
+/// It goes when either namespace is deleted.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub a_ns: String,
+    pub a_if: String,
+    pub a_v4: Ipv4Addr,
+    pub b_ns: String,
+    pub b_if: String,
+    pub b_v4: Ipv4Addr,
+}
+
+impl Link {
+    /// Takes `a`'s end down: packets between the two are dropped (what a
+    /// cut cable does), nothing is refused.
+    pub fn cut(&self) -> Result<()> {
+        ip_in(&self.a_ns, &["link", "set", &self.a_if, "down"]).map(drop)
+    }
+
+    /// Brings `a`'s end up again and waits until it carries traffic.
+    pub fn restore(&self) -> Result<()> {
+        ip_in(&self.a_ns, &["link", "set", &self.a_if, "up"])?;
+        wait_link_ready(&self.a_ns, &self.a_if)
+    }
+}
+
+impl Site {
+    /// A further namespace `{P}-{suffix}` (loopback up, no DAD), deleted
+    /// with the site: for servers that need a host of their own (a store
+    /// node, a second gateway). `suffix` is short (a few ASCII letters or
+    /// digits) and not `dev`, `gw` or `up`.
+    pub fn add_namespace(&mut self, suffix: &str) -> Result<String> {
+        let name = format!("{}-{suffix}", self.prefix);
+        if ns_path(&name).exists() {
+            bail!("namespace {name} exists already");
+        }
+        self.namespaces.extend(NetnsGuard::add_all(&[&name])?);
+        in_ns(&name, || -> Result<()> {
+            for conf in ["all", "default"] {
+                let path = format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad");
+                std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
+            }
+            Ok(())
+        })??;
+        ip_in(&name, &["link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    /// Joins namespaces `a` and `b` (this site's or another's) by a veth
+    /// pair on subnet `10.77.{net}.0/24` (and `fd77:{net}::/64`), named
+    /// after this site's prefix, and waits until both ends carry traffic.
+    /// `net` must be unique among the links of this site, and not 1, 2 or
+    /// 9 (the site's own subnets). No route is added: each end reaches
+    /// only the other, unless the caller routes more over it.
+    pub fn link(&self, a: &str, b: &str, net: u8) -> Result<Link> {
+        if matches!(net, 0 | 1 | 2 | 9) {
+            bail!("subnet 10.77.{net}.0/24 is the site's own or invalid");
+        }
+        let a_if = format!("{}a{net}", self.prefix);
+        let b_if = format!("{}b{net}", self.prefix);
+        ip_batch(&[&[
+            "link", "add", &a_if, "netns", a, "type", "veth", "peer", "name", &b_if, "netns", b,
+        ]])?;
+        for (ns, dev, host) in [(a, &a_if, 1), (b, &b_if, 2)] {
+            let v4 = format!("10.77.{net}.{host}/24");
+            let v6 = format!("fd77:{net:x}::{host}/64");
+            ip_batch_in(
+                ns,
+                &[
+                    &["addr", "add", &v4, "dev", dev],
+                    &["addr", "add", &v6, "dev", dev, "nodad"],
+                    &["link", "set", dev, "up"],
+                ],
+            )?;
+        }
+        wait_link_ready(a, &a_if)?;
+        wait_link_ready(b, &b_if)?;
+        Ok(Link {
+            a_ns: a.to_owned(),
+            a_if,
+            a_v4: Ipv4Addr::new(10, 77, net, 1),
+            b_ns: b.to_owned(),
+            b_if,
+            b_v4: Ipv4Addr::new(10, 77, net, 2),
+        })
+    }
+}
+
 impl Drop for Site {
     fn drop(&mut self) {
         // Order matters: threads inside the namespaces hold them alive, and
@@ -438,7 +527,7 @@ const OWNER_FILE: &str = "owner";
 /// Removes the sites of test processes that died without cleaning up
 /// (killed, or their session ended): a run dir `/run/mg??????` whose
 /// `owner` pid no longer exists. Exactly what such a site made goes: its
-/// three namespaces (with their veths), its bpffs mount, its run dir.
+/// namespaces (with their veths), its bpffs mount, its run dir.
 /// Sites of live processes, and dirs without an owner file, are left.
 /// Returns the prefixes removed, with their owner's pid.
 pub fn sweep_stale_sites() -> Vec<(String, i32)> {
@@ -468,9 +557,15 @@ pub fn sweep_stale_sites() -> Vec<(String, i32)> {
         if !gone {
             continue;
         }
-        for side in ["dev", "gw", "up"] {
-            let ns = format!("{prefix}-{side}");
-            if ns_path(&ns).exists() {
+        // The three namespaces of the site, and any it added
+        // (`Site::add_namespace`): every `{prefix}-*`.
+        let own = format!("{prefix}-");
+        let namespaces = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten();
+        for ns in namespaces.map(|e| e.file_name().to_string_lossy().into_owned()) {
+            if ns.starts_with(&own) {
                 let _ = ip(&["netns", "del", &ns]);
             }
         }

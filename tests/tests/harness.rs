@@ -210,6 +210,8 @@ fn sites_of_dead_processes_are_swept() {
     let prefix = format!("mgdead{:02x}", dead & 0xff);
     let run_dir = Path::new("/run").join(&prefix);
     let ns = format!("{prefix}-dev");
+    // A namespace a site added (Site::add_namespace) goes too.
+    let added = format!("{prefix}-s1");
     std::fs::create_dir(&run_dir).unwrap();
     std::fs::write(run_dir.join("owner"), dead.to_string()).unwrap();
     std::fs::create_dir(run_dir.join("bpf")).unwrap();
@@ -222,6 +224,7 @@ fn sites_of_dead_processes_are_swept() {
     )
     .unwrap();
     ip(&["netns", "add", &ns]).unwrap();
+    ip(&["netns", "add", &added]).unwrap();
 
     let removed = gateway_tests::site::sweep_stale_sites();
     assert!(
@@ -231,14 +234,57 @@ fn sites_of_dead_processes_are_swept() {
         "{removed:?}"
     );
     assert!(!run_dir.exists(), "{} still there", run_dir.display());
-    assert!(
-        !Path::new("/run/netns").join(&ns).exists(),
-        "{ns} still there"
-    );
+    for ns in [&ns, &added] {
+        assert!(
+            !Path::new("/run/netns").join(ns).exists(),
+            "{ns} still there"
+        );
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&prefix), "bpffs of {prefix} still mounted");
     for ns in [&live.dev_ns, &live.gw_ns, &live.up_ns] {
         assert!(Path::new("/run/netns").join(ns).exists(), "{ns} was swept");
     }
     assert!(!removed.iter().any(|(p, _)| *p == live.prefix));
+}
+
+/// An added namespace and a link: the two ends reach each other and
+/// nothing else, a cut link drops traffic and a restored one carries it,
+/// and both go with the site.
+#[test]
+fn added_namespaces_and_links_work_and_go_with_the_site() {
+    require_root();
+    let mut site = Site::new("harness-link").unwrap();
+    let extra = site.add_namespace("x1").unwrap();
+    assert!(site.add_namespace("x1").is_err(), "a second x1 was made");
+    let link = site.link(&site.gw_ns, &extra, 20).unwrap();
+    let listener = in_ns(&extra, || TcpListener::bind((link.b_v4, 7000)))
+        .unwrap()
+        .unwrap();
+    let reach = |dst| {
+        in_ns(&site.gw_ns, || {
+            TcpStream::connect_timeout(&v4(dst, 7000), Duration::from_millis(700)).is_ok()
+        })
+        .unwrap()
+    };
+    assert!(
+        reach(link.b_v4),
+        "the gateway namespace did not reach the link's far end"
+    );
+    // The far end is not routed to anything else: not to the upstream.
+    let out = in_ns(&extra, || {
+        TcpStream::connect_timeout(&v4(addr::UP_V4, 8080), Duration::from_millis(500)).is_ok()
+    })
+    .unwrap();
+    assert!(!out, "the added namespace reached the upstream host");
+    link.cut().unwrap();
+    assert!(!reach(link.b_v4), "a cut link still carried a connection");
+    link.restore().unwrap();
+    assert!(reach(link.b_v4), "a restored link carried nothing");
+    drop(listener);
+    drop(site);
+    assert!(
+        !Path::new("/run/netns").join(&extra).exists(),
+        "{extra} outlived its site"
+    );
 }
