@@ -123,7 +123,9 @@ pub async fn blob(
         Err(e) => refused(&e),
     };
     o.cache = Some(CacheStatus::Miss);
-    if leader {
+    if reader.from_store() {
+        o.source = Some(crate::audit::Source::Store);
+    } else if leader {
         o.upstream_ms = Some(ms(started));
     }
     o
