@@ -75,6 +75,19 @@ pub async fn read_into(store: &SharedStore, digest: &Digest) -> ReadOutcome {
 }
 
 impl SharedStore {
+    /// The size of the store's copy of `digest`, if it holds one (and the
+    /// store is up).
+    pub async fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        if self.is_bad(digest) {
+            return None;
+        }
+        let key = self.key(&Self::blob_key(digest));
+        self.call(self.inner.objects.head(&key))
+            .await
+            .ok()
+            .map(|m| m.size)
+    }
+
     /// A read of `digest` filled the local cache: counted.
     pub fn read_done(&self, size: u64) {
         self.inner.stats.read_hit(size);
