@@ -169,3 +169,23 @@ fn the_secret_comes_from_a_private_file_or_the_environment() {
         "{e}"
     );
 }
+
+#[test]
+fn the_commented_example_in_gateway_yaml_parses_with_the_documented_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.yaml");
+    let text = std::fs::read_to_string(path).expect("example");
+    let block: Vec<String> = text
+        .lines()
+        .skip_while(|l| *l != "  # store:")
+        .take_while(|l| l.starts_with("  #"))
+        .map(|l| format!("  {}", &l[4..]))
+        .collect();
+    assert!(block.len() > 5, "no commented store example found");
+    let yaml = format!("{MINIMAL}cache:\n{}\n", block.join("\n"));
+    let c = Config::parse(&yaml).expect("the example parses");
+    let s = c.cache.store.expect("store");
+    assert_eq!(s.region, "garage");
+    assert_eq!(s.timeout, super::DEFAULT_STORE_TIMEOUT);
+    assert_eq!((s.prefix, s.ca_file, s.gateway_id), (None, None, None));
+    assert!(s.secret_access_key_file.is_some());
+}

@@ -140,3 +140,39 @@ async fn an_unreachable_store_is_skipped_until_a_probe_finds_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_ref_that_is_not_ours_is_refused_and_a_good_one_read_back() {
+    use object_store::ObjectStoreExt as _;
+    let objects = Arc::new(Faulty::default());
+    let store = tier(objects.clone(), "gw-a", quick()).await;
+    let key = |tag: &str| object_store::path::Path::from(format!("refs/reg.test/app/{tag}"));
+    for (tag, body) in [
+        ("garbage", b"not json".to_vec()),
+        (
+            "nodigest",
+            br#"{"digest":"md5:abc","confirmed_at":1}"#.to_vec(),
+        ),
+        ("huge", vec![b' '; 8192]),
+    ] {
+        objects.inner.put(&key(tag), body.into()).await.unwrap();
+        let e = store.get_ref("reg.test", "app", tag).await.unwrap_err();
+        assert!(matches!(e, super::StoreError::BadRef(_)), "{tag}: {e}");
+        assert!(store.is_up(), "a bad ref is no outage");
+    }
+    assert_eq!(
+        store.get_ref("reg.test", "app", "none").await.unwrap(),
+        None
+    );
+    let r = super::SharedRef {
+        digest: Digest::of(b"m").to_string(),
+        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+        confirmed_at: 1_800_000_000,
+        gateway: "gw-a".into(),
+    };
+    store.put_ref("REG.test", "app", "v1", &r).await.unwrap();
+    assert_eq!(
+        store.get_ref("reg.test", "app", "v1").await.unwrap(),
+        Some(r)
+    );
+}
