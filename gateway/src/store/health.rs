@@ -19,7 +19,7 @@ impl SharedStore {
 
     /// A HEAD of a key that need not exist: any answer (found or not
     /// found) means the store and the credentials work.
-    async fn probe_once(&self) -> Result<(), StoreError> {
+    pub(super) async fn probe_once(&self) -> Result<(), StoreError> {
         let timeout = self.inner.tuning.timeout;
         let key = self.key("probe");
         match tokio::time::timeout(timeout, self.inner.objects.head(&key)).await {

@@ -324,3 +324,5 @@ pub fn default_gateway_id() -> String {
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_http;
