@@ -49,8 +49,8 @@ pub const BUCKET: &str = "gateway-cache";
 /// The version `cargo xtask setup` builds (xtask/src/setup.rs).
 pub const VERSION: &str = "2.5.0";
 /// Bound on the cluster's set-up, from spawn to the S3 probe (under TCG
-/// each debug node takes seconds to start).
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// each debug node takes seconds to start, and a layout change more).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The garage binary: `$GARAGE_BIN`, else cargo's bin dir (where `cargo
 /// xtask setup` installs it: `$CARGO_HOME/bin`, `~/.cargo/bin`), else
@@ -171,12 +171,13 @@ impl Garage {
         };
         std::fs::write(&garage.secret_file, &garage.secret_access_key)?;
         std::fs::set_permissions(&garage.secret_file, std::fs::Permissions::from_mode(0o600))?;
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + READY_TIMEOUT;
         for i in 0..garage.nodes.len() {
             garage.spawn(i, &bin, &rpc_secret)?;
         }
         garage
-            .configure(deadline)
+            .configure(started, deadline)
             .with_context(|| format!("setting up the Garage cluster\n{}", garage.diagnostics()))?;
         Ok(garage)
     }
@@ -222,7 +223,7 @@ admin_token = "{token}"
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOME", &node.dir)
-            .env("RUST_LOG", "garage=warn,garage_api_s3=warn")
+            .env("RUST_LOG", "garage=info,garage_api_s3=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -240,7 +241,10 @@ admin_token = "{token}"
         }
     }
 
-    fn configure(&mut self, deadline: Instant) -> Result<()> {
+    /// Set-up through the admin API; each phase's time goes to stderr
+    /// (the test's output), for runs on slow machines.
+    fn configure(&mut self, started: Instant, deadline: Instant) -> Result<()> {
+        let phase = |what: &str| eprintln!("garage: {what} after {:?}", started.elapsed());
         for i in 0..self.nodes.len() {
             self.wait_listening(i, deadline)?;
             let info = self.admin(i).get("GetNodeInfo?node=self")?;
@@ -250,6 +254,7 @@ admin_token = "{token}"
                 .with_context(|| format!("no node id in {info}"))?;
             self.nodes[i].id = id;
         }
+        phase("every node answering");
         let peers: Vec<String> = self.nodes[1..]
             .iter()
             .map(|n| format!("{}@{}:{RPC_PORT}", n.id, n.v4))
@@ -271,6 +276,7 @@ admin_token = "{token}"
             .post("UpdateClusterLayout", &json!({ "roles": roles }))?;
         self.admin(0)
             .post("ApplyClusterLayout", &json!({ "version": 1 }))?;
+        phase("nodes connected, layout applied");
         // Writes need the layout on a quorum of nodes: retried until then.
         let key = json!({
             "accessKeyId": self.access_key_id,
@@ -292,7 +298,10 @@ admin_token = "{token}"
             "permissions": {"read": true, "write": true, "owner": true},
         });
         retry(deadline, || self.admin(0).post("AllowBucketKey", &allow))?;
-        retry(deadline, || self.probe())
+        phase("key and bucket made");
+        retry(deadline, || self.probe())?;
+        phase("S3 answering");
+        Ok(())
     }
 
     /// Waits until node `i`'s admin port accepts connections.

@@ -117,13 +117,17 @@ fn wait_store_up(gw: &OciGateway<'_>, up: bool, within: Duration) {
     }
 }
 
-/// Waits until the store holds `digest` (the gateways upload after a fill,
-/// in the background).
-fn wait_in_store(garage: &Garage, node: usize, digest: &str) {
+/// Waits until the store holds `digest` (`gw` uploads it after its fill,
+/// in the background; its status says why not, if it never does).
+fn wait_in_store(garage: &Garage, node: usize, digest: &str, gw: &OciGateway<'_>) {
     let key = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !garage.has_object(node, &key).unwrap() {
-        assert!(Instant::now() < deadline, "{key} never reached the store");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gw.must(garage.has_object(node, &key)) {
+        assert!(
+            Instant::now() < deadline,
+            "{key} never reached the store\n{}",
+            gw.gw.diagnostics()
+        );
         thread::sleep(Duration::from_millis(200));
     }
 }
@@ -201,7 +205,7 @@ fn two_gateways_share_a_garage_store() {
     let pulled = gw_a.must(dev_a.skopeo_copy("app:v1", false));
     gw_a.must(pulled.check_image(&v1));
     for blob in v1.blob_digests().iter().chain([&v1.manifest.digest]) {
-        wait_in_store(&garage, NODE_A, blob);
+        wait_in_store(&garage, NODE_A, blob, &gw_a);
     }
 
     // 2. B, its upstream cut, serves the whole pull from the store: the
@@ -265,7 +269,7 @@ fn two_gateways_share_a_garage_store() {
     let layer = &v3.layers[0];
     let path = format!("/v2/app/blobs/{}", layer.digest);
     assert_blob(&gw_a.must(dev_a.get(&path)), &layer.digest, layer.size);
-    wait_in_store(&garage, NODE_A, &layer.digest);
+    wait_in_store(&garage, NODE_A, &layer.digest, &gw_a);
     b_upstream.cut().unwrap();
     assert_blob(&gw_b.must(dev_b.get(&path)), &layer.digest, layer.size);
     eprintln!("node killed, fill and read: {:?}", t0.elapsed());

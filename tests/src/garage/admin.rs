@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use crate::netns::in_ns;
 
-/// Bound on one admin request (connect, write, read).
-const TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on one admin request (connect, write, read): generous, as under
+/// TCG a debug node's answer to a layout change takes many seconds.
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a node's admin API listens and the token it wants.
 pub struct Admin<'a> {
@@ -50,9 +51,11 @@ impl Admin<'_> {
                 .with_context(|| format!("connecting to {addr}"))?;
             s.set_read_timeout(Some(TIMEOUT))?;
             s.set_write_timeout(Some(TIMEOUT))?;
-            s.write_all(request.as_bytes())?;
+            s.write_all(request.as_bytes())
+                .with_context(|| format!("sending to {addr}"))?;
             let mut raw = Vec::new();
-            s.read_to_end(&mut raw)?;
+            s.read_to_end(&mut raw)
+                .with_context(|| format!("reading the answer from {addr} (bound {TIMEOUT:?})"))?;
             Ok(raw)
         })??;
         let (code, body) = parse_response(&raw)
