@@ -583,8 +583,8 @@ pub fn run() -> Result<ExitCode> {
         .map(|e| format!("{e:#}"));
     if r.done("setup", started, setup_failure) {
         // Garage (the shared-store tests' object store) builds from here
-        // on at the lowest CPU priority: about 4 minutes on a fresh
-        // machine, needed only by the root tests (step f).
+        // on at the lowest CPU priority: about 12 minutes of CPU on a
+        // fresh machine, needed only by the root tests (step f).
         let garage_build = start_garage_build();
 
         // b. formatting.
