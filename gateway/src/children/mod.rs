@@ -126,8 +126,9 @@ async fn accept_loop(
             continue;
         };
         let acceptor = acceptor.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            handle(proxy, acceptor, stream, peer).await;
+            handle(proxy, acceptor, stream, peer, stop).await;
             drop(permit);
         });
     }
@@ -138,6 +139,7 @@ async fn handle(
     acceptor: TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
@@ -191,7 +193,22 @@ async fn handle(
         })
     };
     let builder = builder();
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    // A child keeps its connection pooled between pulls: when the daemon
+    // stops, requests in flight finish and the connection closes, so it
+    // does not hold the daemon (and its audit log) open until it idles out.
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        () = async {
+            // The guard `wait_for` returns is not Send: drop it here.
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, child = %child, error = %e, "child connection ended with an error");
         if let Some(reason) = refused_by_parser(e.as_ref()) {
             let mut record = Record::new(Event::Request)
