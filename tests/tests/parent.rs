@@ -15,7 +15,10 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use gateway_tests::{
     GatewayConfig, Site, incidental,
@@ -108,7 +111,7 @@ fn curl_parent(site: &Site, ns: &str, ip: &str, ca: &Path, extra: &[&str]) -> Cu
         ns,
         &site.tmp_dir().join("curl-parent"),
         &args,
-        std::time::Duration::from_secs(30),
+        Duration::from_secs(30),
     )
     .unwrap()
 }
@@ -172,14 +175,27 @@ fn two_sites_under_one_regional_gateway_fetch_each_blob_once() {
     let (child_b, _etc_b) = start_child(b, &ip_b, &parent_ca, &certs, "site-b");
 
     // Both sites' devices pull the image, A first (the parent fills), then
-    // B (the parent serves from its cache).
-    for child in [&child_a, &child_b] {
+    // B (the parent serves from its cache). What the parent holds then:
+    // the manifest is held as a blob too.
+    let held =
+        image.manifest.size + image.config.size + image.layers.iter().map(|l| l.size).sum::<u64>();
+    let pull = |child: &OciGateway<'_>| {
         let device = child.device().unwrap();
         let pulled = child.gw.must(device.skopeo_copy("app:v1", false));
         assert_eq!(child.gw.must(pulled.tagged("pulled")), image.manifest);
         child.gw.must(pulled.check_image(&image));
         child.gw.must(pulled.verify_blobs());
+    };
+    pull(&child_a);
+    // The parent commits a fill a moment after its last byte went out:
+    // wait for it, so that B's requests find the blobs held rather than a
+    // fill to follow (which would be single-flight too).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while parent.gw.must(parent.cache_totals()).bytes < held {
+        assert!(Instant::now() < deadline, "the parent holds too little");
+        std::thread::sleep(Duration::from_millis(100));
     }
+    pull(&child_b);
 
     // The origin served each blob once, to the regional gateway only.
     let log = reg.access_log().unwrap();
@@ -226,7 +242,7 @@ fn two_sites_under_one_regional_gateway_fetch_each_blob_once() {
     assert_eq!(no_cert.code, 0, "{}", no_cert.describe());
     parent.gw.must(parent.gw.wait_audit(
         |r| r["event"] == "flow.denied" && r["reason"] == "child_certificate_refused",
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
     ));
     let cert = certs.join("site-a.pem").to_string_lossy().into_owned();
     let key = certs.join("site-a.key").to_string_lossy().into_owned();
@@ -247,7 +263,7 @@ fn two_sites_under_one_regional_gateway_fetch_each_blob_once() {
     assert_eq!(other.code, 403, "{}", other.describe());
     let refused = parent.gw.must(parent.gw.wait_audit(
         |r| r["reason"] == "origin_not_served",
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
     ));
     assert_eq!(refused["child"], "site-a", "{refused}");
     assert_eq!(refused["host"], "other.example.test", "{refused}");
