@@ -156,14 +156,10 @@ async fn handle(
     let tls = match tokio::time::timeout(proxy.inspect_timeout, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            let text = e.to_string();
-            // No client certificate, one from another CA, an expired one.
-            let reason = if text.contains("certificate") {
-                "child_certificate_refused"
-            } else {
-                "child_handshake_failed"
-            };
-            proxy.audit.log(denied(reason, text)).await;
+            proxy
+                .audit
+                .log(denied(handshake_refusal(&e), e.to_string()))
+                .await;
             return;
         }
         Err(_) => {
@@ -218,6 +214,24 @@ async fn handle(
             record.fault = Some(Fault::Device);
             audit.log(record).await;
         }
+    }
+}
+
+/// The audit reason for a failed handshake on the children listener.
+fn handshake_refusal(e: &std::io::Error) -> &'static str {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        // No client certificate, one from another CA, an expired one.
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => {
+            "child_certificate_refused"
+        }
+        // A server name other than `children.server_name` (or none).
+        Some(rustls::Error::General(m)) if m.contains("no server certificate") => {
+            "child_server_name_unknown"
+        }
+        _ => "child_handshake_failed",
     }
 }
 
@@ -296,6 +310,31 @@ pub fn origin_host(headers: &http::HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_failures_are_told_apart() {
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert_eq!(
+            handshake_refusal(&io(rustls::Error::NoCertificatesPresented)),
+            "child_certificate_refused"
+        );
+        assert_eq!(
+            handshake_refusal(&io(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))),
+            "child_certificate_refused"
+        );
+        assert_eq!(
+            handshake_refusal(&io(rustls::Error::General(
+                "no server certificate chain resolved".into()
+            ))),
+            "child_server_name_unknown"
+        );
+        assert_eq!(
+            handshake_refusal(&std::io::ErrorKind::UnexpectedEof.into()),
+            "child_handshake_failed"
+        );
+    }
 
     #[test]
     fn the_origin_host_is_one_dns_name() {
