@@ -16,12 +16,13 @@
 )]
 
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
-    GatewayConfig, Site, incidental,
+    Gateway, GatewayConfig, Site, incidental,
     oci::{LINUX_AMD64, LayerSpec, Layout},
     registry::{
         self, OciKeys, Registry, RegistryOptions,
@@ -38,13 +39,16 @@ const PARENT_PORT: u16 = 8443;
 const KIB: u64 = 1024;
 
 /// A child site's gateway: its registry site fed by the parent at
-/// `parent_ip`, presenting `name`'s client certificate from `certs`.
+/// `parent_ip`, presenting `name`'s client certificate from `certs`. With
+/// `check_key_mode`, first shows that the gateway refuses to run (exit 64,
+/// naming the key) while the key file is readable by others.
 fn start_child<'s>(
     site: &'s Site,
     parent_ip: &str,
     parent_ca: &Path,
     certs: &Path,
     name: &str,
+    check_key_mode: bool,
 ) -> (OciGateway<'s>, Vec<NetnsEtc>) {
     // The child's gateway resolves the parent; its device resolves the
     // registry's name (to any address: the gateway intercepts it).
@@ -91,6 +95,16 @@ fn start_child<'s>(
         q(certs.join(format!("{name}.key"))),
         q(keys.cache_dir.clone()),
     ));
+    if check_key_mode {
+        let key = certs.join(format!("{name}.key"));
+        let mode = |m| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(0o644);
+        let (status, stderr) =
+            Gateway::run_to_exit(site, config.clone(), Duration::from_secs(30)).unwrap();
+        assert_eq!(status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains("`sites[0].client_key`"), "{stderr}");
+        mode(0o600);
+    }
     (start_oci_gateway_with(site, keys, config).unwrap(), etc)
 }
 
@@ -171,8 +185,8 @@ fn two_sites_under_one_regional_gateway_fetch_each_blob_once() {
         assert!(out.success(), "issue-client {name}: {}", out.stderr.trim());
     }
 
-    let (child_a, _etc_a) = start_child(a, &ip_a, &parent_ca, &certs, "site-a");
-    let (child_b, _etc_b) = start_child(b, &ip_b, &parent_ca, &certs, "site-b");
+    let (child_a, _etc_a) = start_child(a, &ip_a, &parent_ca, &certs, "site-a", false);
+    let (child_b, _etc_b) = start_child(b, &ip_b, &parent_ca, &certs, "site-b", true);
 
     // Both sites' devices pull the image, A first (the parent fills), then
     // B (the parent serves from its cache). What the parent holds then:
