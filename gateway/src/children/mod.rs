@@ -122,6 +122,9 @@ async fn accept_loop(
         let proxy = current.load();
         // Children share the proxy's connection caps, per address too.
         let Ok(permit) = proxy.limits.acquire(peer.ip()) else {
+            // Logged, not audited: a child is a configured peer, and a
+            // flood from it is the admin's to see, not a device's deed.
+            tracing::warn!(%peer, "children listener: connection cap reached; closed");
             drop(stream);
             continue;
         };
