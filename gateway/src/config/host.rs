@@ -23,6 +23,7 @@ impl Config {
         self.admin
             .check_not_on_devices(&crate::dns::interface_addresses(&self.devices.interfaces))?;
         self.check_upstream_proxy_files()?;
+        self.check_children_files()?;
         self.check_site_ca()
     }
 
