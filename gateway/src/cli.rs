@@ -4,12 +4,52 @@ use anyhow::Context as _;
 
 use crate::{config::Config, tls};
 
+/// The names the site CA must cover: every site host, and the name a
+/// parent gateway serves its children under.
 fn site_hosts(config: &Config) -> Vec<String> {
     config
         .sites
         .iter()
         .map(|s| s.host.to_ascii_lowercase())
+        .chain(
+            config
+                .children
+                .iter()
+                .map(|c| c.server_name.to_ascii_lowercase()),
+        )
         .collect()
+}
+
+/// `gateway ca issue-client --name NAME --out DIR`: a client certificate
+/// for a child gateway, signed by this (parent) gateway's site CA.
+pub fn ca_issue_client(
+    config: &Config,
+    name: &str,
+    out: &std::path::Path,
+    validity: std::time::Duration,
+) -> anyhow::Result<()> {
+    if !tls::identity::valid_child_name(name) {
+        anyhow::bail!(
+            "--name `{name}`: use 1 to 64 letters, digits, `-`, `_` or `.` (it names the child \
+             in audit records and the files written)"
+        );
+    }
+    let ca = tls::SiteCa::load(&config.tls.ca_dir).with_context(|| {
+        format!(
+            "loading the site CA from {} (create it with `gateway ca init --config FILE`)",
+            config.tls.ca_dir.display()
+        )
+    })?;
+    let (cert, key) = tls::identity::issue_client(&ca, name, validity)?;
+    let (cert_path, key_path) = tls::identity::write_client(out, name, &cert, &key)?;
+    println!("client certificate for child `{name}` issued by the site CA");
+    println!("  certificate: {}", cert_path.display());
+    println!("  key:         {} (mode 0600)", key_path.display());
+    println!(
+        "copy both to the child gateway and name them in its site: client_cert, client_key; \
+         its ca_file must trust this CA (`gateway ca export`)"
+    );
+    Ok(())
 }
 
 /// `gateway ca init [--permit DOMAIN…]`: the CA covers the permitted

@@ -82,6 +82,11 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
 
+    // The children listener (a parent gateway's): bound and its TLS set
+    // up before the kernel is touched, like the admin listener.
+    let children_acceptor = crate::children::acceptor(&config)?;
+    let children_listeners = crate::children::bind(&config).await?;
+
     // Listeners first: the moment the program is attached, redirected
     // SYNs find a socket.
     let listeners = proxy::bind(config.proxy.port).with_context(|| {
@@ -205,6 +210,14 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         &audit,
     )));
     let serve_task = tokio::spawn(proxy::serve(proxy.clone(), listeners, stop_rx.clone()));
+    let children_task = children_acceptor.map(|acceptor| {
+        tokio::spawn(crate::children::serve(
+            proxy.clone(),
+            acceptor,
+            children_listeners,
+            stop_rx.clone(),
+        ))
+    });
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
     let mirror = Arc::new(crate::mirror::Runner::new(Some(audit.clone())));
     // The control socket exists whenever the daemon runs: `gateway
@@ -304,6 +317,9 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     notifier.stopping();
     let _ = stop_tx.send(true);
     let _ = serve_task.await;
+    if let Some(t) = children_task {
+        let _ = t.await;
+    }
     for t in udp_tasks {
         let _ = t.await;
     }

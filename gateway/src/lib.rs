@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod children;
 pub mod cli;
 pub mod config;
 pub mod control;

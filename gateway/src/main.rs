@@ -113,6 +113,23 @@ enum CaAction {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a client certificate for a child gateway (one whose site
+    /// `upstream` is this gateway's `children` listener): NAME.pem and
+    /// NAME.key (mode 0600) in DIR.
+    IssueClient {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The child's name, shown in this gateway's audit records.
+        #[arg(long)]
+        name: String,
+        /// Directory to write the certificate and key into.
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid (at most until the CA
+        /// expires).
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        validity: std::time::Duration,
+    },
     /// Make the pending successor the active CA; the old one moves to
     /// tls.ca_dir/retired. Takes effect when the gateway reloads or restarts.
     Activate {
@@ -232,6 +249,7 @@ fn main() -> ExitCode {
                 CaAction::Init { config, .. }
                 | CaAction::Export { config, .. }
                 | CaAction::Rotate { config, .. }
+                | CaAction::IssueClient { config, .. }
                 | CaAction::Activate { config },
         }
         | Command::Cache {
@@ -313,6 +331,12 @@ fn main() -> ExitCode {
                 gateway::cli::ca_rotate(&config, &permit, force)
             }
             CaAction::Activate { .. } => gateway::cli::ca_activate(&config),
+            CaAction::IssueClient {
+                name,
+                out,
+                validity,
+                ..
+            } => gateway::cli::ca_issue_client(&config, &name, &out, validity),
         },
         Command::Cache { action } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

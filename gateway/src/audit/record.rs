@@ -141,6 +141,10 @@ pub struct Record {
     /// The original destination `ip:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst: Option<String>,
+    /// On a parent gateway: the child gateway that asked (its client
+    /// certificate's name), in place of a device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
     /// `tcp`, `udp`, `icmp`, `icmpv6`, `ip-N` or `ethertype-0xNNNN`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proto: Option<String>,
@@ -220,6 +224,7 @@ impl Record {
             event,
             device: None,
             dst: None,
+            child: None,
             proto: None,
             reason: None,
             interface: None,
@@ -273,6 +278,7 @@ impl Record {
             &mut self.detail,
             &mut self.reason,
             &mut self.service,
+            &mut self.child,
         ]
         .into_iter()
         .flatten()

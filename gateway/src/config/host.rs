@@ -24,6 +24,7 @@ impl Config {
             .check_not_on_devices(&crate::dns::interface_addresses(&self.devices.interfaces))?;
         self.check_upstream_proxy_files()?;
         self.check_store_secret()?;
+        self.check_children_files()?;
         self.check_site_ca()
     }
 

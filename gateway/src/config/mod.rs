@@ -6,6 +6,7 @@
 //! documented example lives in `config/gateway.yaml` at the repository root.
 
 mod admin;
+mod children;
 mod groups;
 mod host;
 mod kinds;
@@ -25,6 +26,7 @@ use std::{
 use serde::Deserialize;
 
 pub use admin::{Admin, DEFAULT_ADMIN_LISTEN};
+pub use children::Children;
 pub use groups::{DEFAULT_GROUP, Group, GroupSite, network, repository_allowed};
 pub use kinds::{glob_match, parse_sha256};
 pub use mirror::{Mirror, Schedule, Window, until as mirror_until};
@@ -34,6 +36,7 @@ pub use sites::{Cache, Checksum, Credentials, Site, SiteKind, Tls};
 pub use store::{DEFAULT_STORE_TIMEOUT, SecretError, Store};
 pub use upstream::Upstream;
 pub use validate::ConfigError;
+pub(crate) use validate::is_dns_name;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +86,10 @@ pub struct Config {
     /// Repositories fetched ahead of devices on a schedule (mirror.rs).
     #[serde(default)]
     pub mirror: Vec<Mirror>,
+    /// This gateway as a parent of other gateways (children.rs). Default
+    /// none.
+    #[serde(default)]
+    pub children: Option<Children>,
 }
 
 /// The device-facing side.

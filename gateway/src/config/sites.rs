@@ -93,6 +93,14 @@ pub struct Site {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// A client certificate (PEM, the chain the parent gateway's CA
+    /// issued) presented to the upstream: set when `upstream` is a parent
+    /// gateway's `children` listener. With `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PKCS#8 PEM), mode 0600 or 0400.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     /// Hosts (DNS names or IP addresses, no port) that redirects and
     /// token realms of this site may lead to although their addresses are
     /// refused otherwise: loopback, link-local, private, CGNAT, unique
@@ -143,6 +151,8 @@ impl Site {
             upstream: None,
             ca_file: None,
             credentials: None,
+            client_cert: None,
+            client_key: None,
             redirect_hosts: Vec::new(),
             upstream_proxy: None,
             http: false,
@@ -167,6 +177,13 @@ impl Site {
         std::iter::once(&self.host)
             .chain(&self.chart_hosts)
             .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+    }
+
+    /// Whether `upstream` is a parent gateway (a client certificate is
+    /// configured): requests then name the origin host in
+    /// [`crate::children::ORIGIN_HOST_HEADER`].
+    pub fn via_parent(&self) -> bool {
+        self.client_cert.is_some()
     }
 
     /// The upstream base URL, without a trailing slash.

@@ -60,6 +60,7 @@ impl Config {
         self.validate_sites()?;
         self.validate_kinds()?;
         self.validate_groups()?;
+        self.validate_children()?;
         super::mirror::validate(
             &self.mirror,
             &self

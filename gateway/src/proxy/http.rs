@@ -44,21 +44,7 @@ pub async fn serve<IO>(io: IO, device: SocketAddr, sni: Option<String>, ctx: Arc
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS)
-        // No keep-alive pings: they would count as progress and keep an
-        // idle connection open forever; the connection's idle deadline
-        // (`proxy.idle_timeout_secs`) ends idle and dead ones alike.
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let builder = builder();
     let sni = sni.map(Arc::<str>::from);
     let host = sni.as_deref().map(str::to_owned);
     let audit = ctx.audit.clone();
@@ -86,8 +72,29 @@ where
     }
 }
 
+/// hyper's server for one connection, HTTP/1.1 and h2, with the limits
+/// and timers every terminated connection gets (device or child gateway).
+pub(crate) fn builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        // No keep-alive pings: they would count as progress and keep an
+        // idle connection open forever; the connection's idle deadline
+        // (`proxy.idle_timeout_secs`) ends idle and dead ones alike.
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder
+}
+
 /// Why hyper's own parser or timers ended a connection, when they did.
-fn refused_by_parser(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+pub(crate) fn refused_by_parser(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut source = Some(e);
     while let Some(err) = source {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
@@ -186,7 +193,7 @@ async fn handle(
     finish(outcome.response, record, &ctx.audit)
 }
 
-fn finish(resp: Response<Body>, record: Record, audit: &Audit) -> Response<Body> {
+pub(crate) fn finish(resp: Response<Body>, record: Record, audit: &Audit) -> Response<Body> {
     let (parts, inner) = resp.into_parts();
     let length = parts
         .headers

@@ -27,7 +27,7 @@ use crate::{
     audit::{Audit, Event, Fault, Record},
     policy::{Decision, Policy},
 };
-use idle::IdleIo;
+pub(crate) use idle::IdleIo;
 use peek::FirstBytes;
 
 /// A TLS alert record: fatal `unrecognized_name` (RFC 6066), sent to a

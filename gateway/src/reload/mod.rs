@@ -74,6 +74,10 @@ pub const RESTART_ONLY: &[(&str, &str)] = &[
     ("dns.enabled", "the DNS socket is bound (or not) at start"),
     ("time", "the NTP service is set up at start"),
     ("admin", "the admin listener is bound at start"),
+    (
+        "children",
+        "the children listener is bound and its client CA read at start",
+    ),
 ];
 
 /// What a reload changes.
@@ -144,7 +148,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<Changes, Refusal> {
         })
     };
     let (ok, nk) = (&old.kernel, &new.kernel);
-    let fixed: [(&str, bool); 17] = [
+    let fixed: [(&str, bool); 18] = [
         (
             "devices.interfaces",
             same(&old.devices.interfaces, &new.devices.interfaces),
@@ -174,6 +178,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<Changes, Refusal> {
         ("dns.enabled", old.dns.enabled == new.dns.enabled),
         ("time", same(&old.time, &new.time)),
         ("admin", same(&old.admin, &new.admin)),
+        ("children", same(&old.children, &new.children)),
     ];
     if let Some((key, _)) = fixed.iter().find(|(_, unchanged)| !unchanged) {
         return restart(key);

@@ -124,8 +124,14 @@ impl SharedStore {
             key: cfg.secret_key(),
             message: e.to_string(),
         })?;
-        let tls = crate::tls::client_config(cfg.ca_file.as_deref())
-            .map_err(|e| OpenError::Client(e.to_string()))?;
+        let plain = cfg.endpoint.to_ascii_lowercase().starts_with("http://");
+        let tls = match crate::tls::client_config(cfg.ca_file.as_deref()) {
+            Ok(tls) => tls,
+            // A plain-HTTP store needs no trust anchors: a host without a
+            // system CA bundle still starts.
+            Err(_) if plain && cfg.ca_file.is_none() => no_roots()?,
+            Err(e) => return Err(OpenError::Client(e.to_string())),
+        };
         let retry = object_store::RetryConfig {
             // The deadline is ours (Tuning::timeout); a failed call marks
             // the store down rather than retrying while a device waits.
@@ -139,7 +145,7 @@ impl SharedStore {
             .with_region(&cfg.region)
             .with_access_key_id(&cfg.access_key_id)
             .with_secret_access_key(secret.expose())
-            .with_allow_http(cfg.endpoint.to_ascii_lowercase().starts_with("http://"))
+            .with_allow_http(plain)
             .with_virtual_hosted_style_request(false)
             .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
             .with_retry(retry)
@@ -294,6 +300,19 @@ impl SharedStore {
             counts: self.inner.stats.snapshot(),
         }
     }
+}
+
+/// A TLS client configuration trusting nothing (never used to connect:
+/// the endpoint is plain HTTP).
+fn no_roots() -> Result<Arc<rustls::ClientConfig>, OpenError> {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| OpenError::Client(e.to_string()))?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The host name plus a random suffix: two gateways of one site may

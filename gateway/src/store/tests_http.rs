@@ -62,11 +62,16 @@ async fn the_s3_client_signs_path_style_requests_and_a_404_is_an_answer() {
             }
         }
     });
-    // SAFETY of the test: a variable name no other test reads.
-    let var = "GATEWAY_TEST_STORE_SECRET_HTTP";
-    unsafe { std::env::set_var(var, "s3cr3t-value") };
+    // A secret file, not an environment variable: setting one races with
+    // other tests reading theirs.
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s3.secret");
+    std::fs::write(&file, "s3cr3t-value\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = format!("secret_access_key_file: {}", file.display());
     let cfg: crate::config::Store = serde_yaml::from_str(&format!(
-        "endpoint: http://{addr}\nbucket: gateway-cache\nregion: garage\naccess_key_id: GK0123\nsecret_access_key_env: {var}\nprefix: site-a\n"
+        "endpoint: http://{addr}\nbucket: gateway-cache\nregion: garage\naccess_key_id: GK0123\n{secret}\nprefix: site-a\n"
     ))
     .unwrap();
     let store = SharedStore::open(&cfg).unwrap();
@@ -85,7 +90,7 @@ async fn the_s3_client_signs_path_style_requests_and_a_404_is_an_answer() {
     server.abort();
     let _ = server.await;
     let cfg_closed: crate::config::Store = serde_yaml::from_str(&format!(
-        "endpoint: http://127.0.0.1:1\nbucket: gateway-cache\nregion: garage\naccess_key_id: GK0123\nsecret_access_key_env: {var}\n"
+        "endpoint: http://127.0.0.1:1\nbucket: gateway-cache\nregion: garage\naccess_key_id: GK0123\n{secret}\n"
     ))
     .unwrap();
     let closed = SharedStore::open(&cfg_closed).unwrap();

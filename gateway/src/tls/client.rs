@@ -13,6 +13,19 @@ use super::{TlsError, provider};
 /// A TLS client configuration trusting the system roots and, when given,
 /// every certificate in the PEM file `extra_ca_file`.
 pub fn client_config(extra_ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Config {
+            side: "client",
+            source,
+        })?
+        .with_root_certificates(roots(extra_ca_file)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The system roots plus every certificate in `extra_ca_file`.
+pub(super) fn roots(extra_ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     // Unparsable system certificates are skipped: one bad file in
     // /etc/ssl/certs must not take every upstream down.
@@ -29,15 +42,7 @@ pub fn client_config(extra_ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, 
     if roots.is_empty() {
         return Err(TlsError::NoRoots);
     }
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Config {
-            side: "client",
-            source,
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(roots)
 }
 
 /// The system store, read once per process: it is hundreds of files, and
@@ -53,7 +58,7 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
     })
 }
 
-fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
+pub(super) fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
     let pem = std::fs::read(path).map_err(TlsError::io("read the CA file", path))?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 pub mod ca;
 pub mod client;
 mod files;
+pub mod identity;
 mod leaf;
 mod limit;
 mod lru;
@@ -173,6 +174,10 @@ pub enum TlsError {
          was given"
     )]
     NoRoots,
+    #[error("cannot verify client certificates against {}: {reason}", path.display())]
+    ClientVerifier { path: PathBuf, reason: String },
+    #[error("{} holds no PEM private key", path.display())]
+    NoPrivateKey { path: PathBuf },
     #[error("{} holds no PEM `CERTIFICATE` block", path.display())]
     NoCertificate { path: PathBuf },
     #[error("a certificate in {} is not usable as a trust anchor", path.display())]

@@ -15,6 +15,7 @@ use super::{SiteCa, init, provider};
 mod ca;
 mod client;
 mod handshake;
+mod identity;
 mod permit;
 mod resolver;
 mod rotation;

@@ -142,6 +142,9 @@ pub(super) struct Inner {
     pub(super) targets: Arc<Targets>,
     /// The site's upstream proxy, if it has one (`proxy.rs`).
     proxy: Option<Arc<ProxyRoute>>,
+    /// When the upstream is a parent gateway: the origin host to ask it
+    /// for, sent in [`crate::children::ORIGIN_HOST_HEADER`].
+    parent_origin: Option<HeaderValue>,
 }
 
 impl fmt::Debug for Upstream {
@@ -239,12 +242,24 @@ impl Upstream {
                 site: site.host.clone(),
                 source,
             })?;
-        let tls = crate::tls::client_config(site.ca_file.as_deref()).map_err(|source| {
-            UpstreamError::Tls {
-                site: site.host.clone(),
-                source,
-            }
+        let tls = match (&site.client_cert, &site.client_key) {
+            // A parent gateway: present the certificate its CA issued us.
+            (Some(cert), Some(key)) => crate::tls::identity::ClientIdentity::load(cert, key)
+                .and_then(|id| {
+                    crate::tls::identity::client_config_with_identity(site.ca_file.as_deref(), &id)
+                }),
+            _ => crate::tls::client_config(site.ca_file.as_deref()),
+        }
+        .map_err(|source| UpstreamError::Tls {
+            site: site.host.clone(),
+            source,
         })?;
+        // The origin host a parent gateway is asked for. The site's host
+        // passed validation as a DNS name, so it is a valid header value.
+        let parent_origin = site
+            .via_parent()
+            .then(|| HeaderValue::from_str(&site.host.to_ascii_lowercase()).ok())
+            .flatten();
         // The connector sets ALPN itself and panics if it is already set.
         let mut tls = (*tls).clone();
         tls.alpn_protocols.clear();
@@ -275,6 +290,7 @@ impl Upstream {
                 auth: Auth::new(credentials),
                 targets,
                 proxy,
+                parent_origin,
             }),
         })
     }
@@ -322,6 +338,17 @@ impl Upstream {
         let mut url = self.join(&path_and_query)?;
         let headers = sanitize(headers);
         let inner = &self.inner;
+        // Only the parent itself hears which origin we want; a host it
+        // redirected to (it does not, but a misconfigured upstream might)
+        // gets the plain request.
+        let to_origin = match &inner.parent_origin {
+            Some(origin) => {
+                let mut h = headers.clone();
+                h.insert(crate::children::ORIGIN_HOST_HEADER, origin.clone());
+                h
+            }
+            None => headers.clone(),
+        };
         let mut authorization = inner.auth.preemptive(scope.as_deref());
         let mut auth_answered = false;
         let mut redirects = 0;
@@ -333,8 +360,9 @@ impl Upstream {
             } else {
                 "redirect to"
             };
+            let sent_headers = if same_origin { &to_origin } else { &headers };
             let resp = inner
-                .send_with_retries(what, &method, &url, &headers, sent)
+                .send_with_retries(what, &method, &url, sent_headers, sent)
                 .await?;
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && same_origin && !auth_answered {

@@ -93,6 +93,9 @@ impl HelmSite {
             let client = build(&Site {
                 upstream: Some(format!("https://{host}")),
                 credentials: None,
+                // A chart host is reached directly, never as a parent.
+                client_cert: None,
+                client_key: None,
                 ..site.clone()
             })?;
             chart_hosts.insert(host, client);

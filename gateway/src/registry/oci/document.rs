@@ -389,6 +389,12 @@ async fn by_digest(
     if let Some(hit) = held_manifest(site, method, name, digest, &key).await {
         return hit;
     }
+    // Another gateway of the site fetched it for this repository.
+    if let Some((_, doc)) = super::shared::adopt(site, name, &key, Kind::Manifest, None).await {
+        let mut o = serve(method, &doc, Kind::Manifest, CacheStatus::Miss, None);
+        o.source = Some(crate::audit::Source::Store);
+        return o;
+    }
     if let Some(size) = Digest::parse(digest)
         .ok()
         .and_then(|d| site.cache.held_size(&d))

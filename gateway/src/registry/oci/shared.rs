@@ -3,7 +3,10 @@
 //! own copy of a tag is missing or older than the store's adopts the
 //! store's (the manifest from its cache or the store, verified), so a tag
 //! revalidated by one gateway is fresh for all, and a gateway that never
-//! saw a tag can serve it while its upstream is down.
+//! saw a tag can serve it while its upstream is down. Manifests fetched
+//! by digest get a ref under their digest the same way: a repository's
+//! manifest by digest is served only once that repository had it (here
+//! or on another gateway of the site).
 
 use super::{
     OciSite,
@@ -14,17 +17,19 @@ use crate::{
     store::SharedRef,
 };
 
-/// The tag of a manifest key (`manifests/<tag>`); `None` for a digest
-/// key or another kind of document.
-fn tag_of(key: &str, kind: Kind) -> Option<&str> {
-    let tag = key.strip_prefix("manifests/")?;
-    (kind == Kind::Manifest && !tag.contains(':')).then_some(tag)
+/// The shared ref name of a manifest key (`manifests/<tag>` or
+/// `manifests/sha256:<hex>`); `None` for another kind of document.
+fn ref_name(key: &str, kind: Kind) -> Option<&str> {
+    key.strip_prefix("manifests/")
+        .filter(|_| kind == Kind::Manifest)
 }
 
 /// Publishes that upstream confirmed `key` → `doc` now, in the
-/// background (no device waits for the store).
+/// background (no device waits for the store): the tag's ref, and the
+/// manifest's digest ref, which lets another gateway serve the manifest
+/// by digest for this repository (a platform manifest under an index).
 pub(super) fn publish(site: &OciSite, name: &str, key: &str, doc: &Doc, kind: Kind, at: i64) {
-    let (Some(store), Some(tag)) = (site.cache.shared(), tag_of(key, kind)) else {
+    let (Some(store), Some(first)) = (site.cache.shared(), ref_name(key, kind)) else {
         return;
     };
     if !store.is_up() {
@@ -36,10 +41,17 @@ pub(super) fn publish(site: &OciSite, name: &str, key: &str, doc: &Doc, kind: Ki
         confirmed_at: at,
         gateway: store.gateway_id().to_owned(),
     };
-    let (host, name, tag) = (site.host.clone(), name.to_owned(), tag.to_owned());
+    let mut names = vec![first.to_owned()];
+    if first != doc.digest {
+        names.push(doc.digest.clone());
+    }
+    let (host, name) = (site.host.clone(), name.to_owned());
     tokio::spawn(async move {
-        if let Err(e) = store.put_ref(&host, &name, &tag, &r).await {
-            tracing::debug!(error = %e, %name, %tag, "tag not published to the shared store");
+        for reference in names {
+            if let Err(e) = store.put_ref(&host, &name, &reference, &r).await {
+                tracing::debug!(error = %e, %name, %reference, "reference not published to the shared store");
+                return;
+            }
         }
     });
 }
@@ -55,16 +67,21 @@ pub(super) async fn adopt(
     kind: Kind,
     local: Option<&RefEntry>,
 ) -> Option<(RefEntry, Doc)> {
-    let tag = tag_of(key, kind)?;
+    let reference = ref_name(key, kind)?;
     let store = site.cache.shared().filter(|s| s.is_up())?;
-    let r = match store.get_ref(&site.host, name, tag).await {
+    let r = match store.get_ref(&site.host, name, reference).await {
         Ok(r) => r?,
         Err(e) => {
-            tracing::debug!(error = %e, %name, %tag, "shared store ref not read");
+            tracing::debug!(error = %e, %name, %reference, "shared store ref not read");
             return None;
         }
     };
     if local.is_some_and(|l| l.fetched_at >= r.confirmed_at) {
+        return None;
+    }
+    // A digest's ref names that digest, or it is not the manifest asked
+    // for (a bad ref: ignored).
+    if reference.contains(':') && r.digest != reference {
         return None;
     }
     let digest = Digest::parse(&r.digest).ok()?;

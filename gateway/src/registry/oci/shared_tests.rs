@@ -244,15 +244,29 @@ async fn a_tag_confirmed_by_one_gateway_is_served_by_another_with_its_upstream_d
     assert_eq!(read(o).await, (manifest.to_vec(), true));
     eventually("the tag and its manifest are shared", async || {
         let counts = a.status().counts;
-        counts.refs_written == 1 && counts.uploads == 1
+        counts.refs_written == 2 && counts.uploads == 1
     })
     .await;
+    // By digest: served for the repository that had it, from the
+    // store...
+    let digest = Digest::of(&manifest).to_string();
+    let by_digest = format!("/v2/app/manifests/{digest}");
+    let o = bounded(ask(&sb, &by_digest)).await;
+    assert_eq!(o.source, Some(Source::Store));
+    assert_eq!(read(o).await, (manifest.to_vec(), true));
+    assert_eq!(up_b.asked(&by_digest), 0);
+    // ...not for another repository, which upstream is asked about.
+    let other = format!("/v2/other/manifests/{digest}");
+    let o = bounded(ask(&sb, &other)).await;
+    assert_eq!(o.response.status(), http::StatusCode::NOT_FOUND);
+    assert_eq!(up_b.asked(&other), 1);
+    // The tag, fresh on a: served without b's upstream.
     let o = bounded(ask(&sb, &path)).await;
     assert_eq!(o.response.status(), http::StatusCode::OK);
     assert_eq!(o.response.headers()["content-type"], MT);
     assert_eq!(read(o).await, (manifest.to_vec(), true));
     assert_eq!(up_b.asked(&path), 0, "a fresh shared tag went upstream");
-    assert_eq!(b.status().counts.refs_adopted, 1);
+    assert_eq!(b.status().counts.refs_adopted, 2);
     // Adopted locally: the next request does not read the store.
     let reads = b.status().counts.reads_hit;
     let o = bounded(ask(&sb, &path)).await;

@@ -115,3 +115,37 @@ async fn https_upstream_refuses_plain_http_realm_and_redirect() {
     assert!(matches!(e, UpstreamError::InsecureRedirect { .. }), "{e:?}");
     assert_eq!(plain.hits(), 0, "nothing went out in clear");
 }
+
+/// A site whose upstream is a parent gateway (it has a client certificate)
+/// names the origin it wants in every request to the parent; a site
+/// without one never sends the header.
+#[tokio::test]
+async fn a_child_names_the_origin_to_its_parent_only() {
+    let pki = pki();
+    let server = Server::start_with(Some(acceptor(&pki)), |_| ok("{}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("parent-ca");
+    crate::tls::init(&ca_dir, &["parent.test".to_owned()], false).unwrap();
+    let ca = crate::tls::SiteCa::load(&ca_dir).unwrap();
+    let (cert, key) =
+        crate::tls::identity::issue_client(&ca, "site-a", std::time::Duration::from_secs(600))
+            .unwrap();
+    let (cert, key) =
+        crate::tls::identity::write_client(dir.path(), "site-a", &cert, &key).unwrap();
+
+    let mut child = https_site(&server, dir.path(), &pki);
+    child.client_cert = Some(cert);
+    child.client_key = Some(key);
+    let up = upstream(&child);
+    let resp = up
+        .send(UpstreamRequest::get("/v2/a/manifests/1"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let plain = upstream(&https_site(&server, dir.path(), &pki));
+    plain.send(UpstreamRequest::get("/v2/")).await.unwrap();
+
+    let seen = server.seen();
+    assert_eq!(seen[0].header("gateway-origin-host"), Some("registry.test"));
+    assert_eq!(seen[1].header("gateway-origin-host"), None);
+}
