@@ -24,6 +24,7 @@ pub mod registry;
 pub mod reload;
 pub mod sites;
 pub mod status;
+pub mod store;
 pub mod time;
 pub mod tls;
 pub mod udp;

@@ -102,8 +102,19 @@ fn content_with(config: &Config, cache: Cache) -> anyhow::Result<Content> {
 /// Loads the CA, opens the cache and builds the site handlers. With no
 /// sites configured nothing is loaded and every non-manager connection is
 /// refused.
+///
+/// The daemon's build: the shared store (`cache.store`) is put behind the
+/// cache here and probed in the background (the `cache` subcommands work
+/// on the local cache only).
 pub async fn build(config: &Config) -> anyhow::Result<Serving> {
-    build_with(config, None).await
+    let serving = build_with(config, None).await?;
+    if let (Some(cfg), Some(content)) = (&config.cache.store, &serving.content) {
+        let store = crate::store::SharedStore::open(cfg)?;
+        tracing::info!(store = ?store, "shared cache tier configured");
+        store.start();
+        content.cache.set_shared(Some(store));
+    }
+    Ok(serving)
 }
 
 /// [`build`] for a config reload: the CA and site handlers anew, on the

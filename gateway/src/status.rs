@@ -159,6 +159,29 @@ fn render_daemon(d: &Value, out: &mut String) {
                 .unwrap_or(0),
         ));
     }
+    if let Some(st) = d["store"].as_object() {
+        let s = |k: &str| st.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+        let c = |k: &str| st["counts"].get(k).and_then(Value::as_u64).unwrap_or(0);
+        let reach = if st.get("reachable").and_then(Value::as_bool) == Some(true) {
+            "reachable".to_owned()
+        } else {
+            format!(
+                "UNREACHABLE (serving from the local cache and upstream): {}",
+                s("last_error")
+            )
+        };
+        out.push_str(&format!(
+            "store {} as {}: {reach}, lease {}, reads {} hit / {} miss / {} error, {} read, {} written\n",
+            s("location"),
+            s("gateway_id"),
+            s("lease"),
+            c("reads_hit"),
+            c("reads_miss"),
+            c("reads_error"),
+            bytesize::ByteSize(c("bytes_read")),
+            bytesize::ByteSize(c("bytes_written")),
+        ));
+    }
     // Only when some site's proxy failed: most sites have no proxy.
     for p in d["upstream_proxy_problems"]
         .as_array()
@@ -232,6 +255,7 @@ mod tests {
                 { "host": "idle.test", "requests": 0, "hit_ratio": null },
             ],
             "cache": { "bytes": 512, "max_bytes": 1024, "fill_ratio": 0.5, "blobs": 3, "pinned_bytes": 0, "fills_in_progress": 1 },
+            "store": { "location": "http://garage.test:3900/gateway-cache", "gateway_id": "gw-a", "reachable": false, "last_error": "the shared store did not answer within 5s", "lease": "list", "counts": { "reads_hit": 2, "reads_miss": 1, "reads_error": 1, "bytes_read": 2048, "bytes_written": 0 } },
             "recent_refusals": [{ "ts": "2026-01-01T00:00:00Z", "event": "flow.denied", "device": "10.0.3.2:5000", "destination": "1.2.3.4:443", "reason": "no_rule" }],
             "upstream_proxy_problems": [{ "site": "reg.test", "proxy": "http://proxy.test:3128", "at": "2026-01-01T00:00:01Z", "error": "request to https://reg.test/v2/ failed: the upstream proxy http://proxy.test:3128 refused the gateway's credentials (407 Proxy Authentication Required)" }],
         });
@@ -242,6 +266,7 @@ mod tests {
             "site reg.test: 4 requests, hit ratio 75%",
             "site idle.test: 0 requests, no cache lookups yet",
             "(50% full), 3 blobs",
+            "store http://garage.test:3900/gateway-cache as gw-a: UNREACHABLE (serving from the local cache and upstream): the shared store did not answer within 5s, lease list, reads 2 hit / 1 miss / 1 error, 2.0 KiB read, 0 B written",
             "10.0.3.2:5000 -> 1.2.3.4:443 no_rule",
             "upstream proxy http://proxy.test:3128 for site reg.test: failing since 2026-01-01T00:00:01Z: request to https://reg.test/v2/ failed: the upstream proxy http://proxy.test:3128 refused the gateway's credentials (407 Proxy Authentication Required)",
         ] {

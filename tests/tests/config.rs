@@ -101,3 +101,58 @@ fn bad_service_dns_and_time_keys_exit_64_naming_the_key() {
         );
     }
 }
+
+/// `cache.store` (the shared tier): `gateway check-config` exits 64 and
+/// names the key, for a bad endpoint, two secret sources, and a secret
+/// file others may read (checked on the host, as at start).
+#[test]
+fn bad_store_keys_exit_64_naming_the_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root();
+    let site = Site::new("config-store").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("s3.secret");
+    std::fs::write(&secret, "not-a-real-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = |lines: &str| {
+        format!(
+            "cache:\n  store:\n    bucket: gateway-cache\n    region: garage\n    access_key_id: GK0123\n{lines}"
+        )
+    };
+    let file = format!("    secret_access_key_file: {}\n", secret.display());
+    for (yaml, key) in [
+        (
+            store(&format!("    endpoint: garage.site.internal:3900\n{file}")),
+            "cache.store.endpoint",
+        ),
+        (
+            store(&format!(
+                "    endpoint: http://10.77.9.9:3900\n{file}    secret_access_key_env: S3_SECRET\n"
+            )),
+            "cache.store.secret_access_key_env",
+        ),
+        (
+            store(&format!("    endpoint: http://10.77.9.9:3900\n{file}")),
+            "cache.store.secret_access_key_file",
+        ),
+    ] {
+        let mut config = GatewayConfig::for_site(&site);
+        config.extra_yaml.push_str(&yaml);
+        let gw = Gateway::prepare(&site, config).unwrap();
+        let path = gw.config_path().to_string_lossy().into_owned();
+        let out = gw
+            .command(&["check-config", "--config", &path])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{yaml}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{yaml}: does not name {key}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("not-a-real-secret"),
+            "the secret is in the error: {stderr}"
+        );
+    }
+}

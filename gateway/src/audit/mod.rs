@@ -29,7 +29,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use record::{CacheStatus, Event, Fault, Record, addr_text, ip_port_text};
+pub use record::{CacheStatus, Event, Fault, Record, Source, addr_text, ip_port_text};
 
 /// Records queued before senders wait for the writer.
 const QUEUE: usize = 4096;

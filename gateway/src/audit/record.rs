@@ -120,6 +120,15 @@ pub enum CacheStatus {
     Bypass,
 }
 
+/// Where a request's content came from, when not from upstream or the
+/// local cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The shared store (`cache.store`) filled the local cache.
+    Store,
+}
+
 /// One audit line. Absent fields are omitted from the JSON.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
@@ -188,6 +197,10 @@ pub struct Record {
     /// Requests: milliseconds spent waiting on upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<u64>,
+    /// Requests: where a fill's bytes came from when not from upstream:
+    /// `store` (the shared cache tier, `cache.store`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
     /// Who was at fault when a flow ended in error: `device`, `upstream`,
     /// `internal` or `local`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,6 +244,7 @@ impl Record {
             bytes: None,
             cache: None,
             upstream_ms: None,
+            source: None,
             fault: None,
             detail: None,
         }

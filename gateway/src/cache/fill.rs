@@ -100,6 +100,9 @@ pub(super) struct FillShared {
     /// Bytes in the temp file (the disk check counts what is still to come).
     pub(super) written: AtomicU64,
     pub(super) readers: Readers,
+    /// The bytes come from the shared store, not upstream (the audit
+    /// record's `source`); set before the size is declared.
+    pub(super) from_store: std::sync::atomic::AtomicBool,
 }
 
 impl FillShared {
@@ -113,6 +116,7 @@ impl FillShared {
             reserved: AtomicU64::new(0),
             written: AtomicU64::new(0),
             readers: Readers::default(),
+            from_store: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -242,6 +246,17 @@ impl FillWriter {
     }
 
     /// Bytes written so far.
+    /// The cache this fill writes to.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Marks the fill as read from the shared store (call before
+    /// [`FillWriter::set_size`], which readers wait for).
+    pub fn mark_from_store(&self) {
+        self.shared.from_store.store(true, Ordering::Release);
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }

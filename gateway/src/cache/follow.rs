@@ -52,6 +52,14 @@ impl FillReader {
         self.shared.digest
     }
 
+    /// Whether the leader reads the bytes from the shared store (known
+    /// once the size is).
+    pub fn from_store(&self) -> bool {
+        self.shared
+            .from_store
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The total size, if known yet (given to `begin_fill` or declared by
     /// the leader). Without it a caller cannot send a Content-Length: see
     /// [`FillReader::known_size`].

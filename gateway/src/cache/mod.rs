@@ -163,6 +163,8 @@ struct Inner {
     pin_writes: tokio::sync::Mutex<()>,
     /// Woken when an eviction pass finished unlinking.
     evicted: Notify,
+    /// The shared tier behind this cache (`cache.store`), if configured.
+    shared: Mutex<Option<crate::store::SharedStore>>,
 }
 
 /// A snapshot of the cache's size and activity.
@@ -221,12 +223,31 @@ impl Cache {
                 maintenance_queued: AtomicBool::new(false),
                 pin_writes: tokio::sync::Mutex::new(()),
                 evicted: Notify::new(),
+                shared: Mutex::new(None),
             }),
         };
         if cache.stats().bytes > limits.max_size {
             cache.schedule_maintenance();
         }
         Ok(cache)
+    }
+
+    /// Puts the shared tier behind this cache (or takes it away).
+    pub fn set_shared(&self, store: Option<crate::store::SharedStore>) {
+        *self
+            .inner
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = store;
+    }
+
+    /// The shared tier, if configured.
+    pub fn shared(&self) -> Option<crate::store::SharedStore> {
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The complete blob, if held. Counts as an access for LRU.

@@ -23,8 +23,19 @@ impl Config {
         self.admin
             .check_not_on_devices(&crate::dns::interface_addresses(&self.devices.interfaces))?;
         self.check_upstream_proxy_files()?;
+        self.check_store_secret()?;
         self.check_children_files()?;
         self.check_site_ca()
+    }
+
+    /// `cache.store`'s secret is readable (and its file private).
+    pub(super) fn check_store_secret(&self) -> Result<(), ConfigError> {
+        if let Some(store) = &self.cache.store {
+            store
+                .secret()
+                .map_err(|e| ConfigError::invalid(store.secret_key(), e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// A site host outside the CA's name constraints would get a leaf that

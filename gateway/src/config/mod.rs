@@ -14,6 +14,7 @@ mod mirror;
 mod proxy;
 mod services;
 mod sites;
+mod store;
 mod upstream;
 mod validate;
 
@@ -32,6 +33,7 @@ pub use mirror::{Mirror, Schedule, Window, until as mirror_until};
 pub use proxy::{SiteProxy, UpstreamProxy, parse_proxy_url};
 pub use services::{Dns, PassthroughService, Service, Time};
 pub use sites::{Cache, Checksum, Credentials, Site, SiteKind, Tls};
+pub use store::{DEFAULT_STORE_TIMEOUT, SecretError, Store};
 pub use upstream::Upstream;
 pub use validate::ConfigError;
 pub(crate) use validate::is_dns_name;

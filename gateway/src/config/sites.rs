@@ -245,6 +245,10 @@ pub struct Cache {
     /// retry). Default 32.
     #[serde(default = "default_max_concurrent_fills")]
     pub max_concurrent_fills: usize,
+    /// The shared tier on an S3-compatible bucket (config/store.rs);
+    /// none by default.
+    #[serde(default)]
+    pub store: Option<super::store::Store>,
 }
 
 impl Cache {
@@ -268,6 +272,7 @@ impl Default for Cache {
             stale_while_revalidate: default_stale_while_revalidate(),
             max_blob_size: None,
             max_concurrent_fills: default_max_concurrent_fills(),
+            store: None,
         }
     }
 }
@@ -289,7 +294,7 @@ fn default_max_concurrent_fills() -> usize {
 }
 
 /// `5m`, `30s`, `1h 30m` (humantime).
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!("`{text}` is not a duration like 5m or 30s: {e}"))

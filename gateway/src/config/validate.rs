@@ -209,6 +209,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Some(store) = &c.store {
+            store.validate()?;
+        }
         Ok(())
     }
 

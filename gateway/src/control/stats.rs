@@ -40,6 +40,11 @@ pub fn stats(
             })
         })
         .collect();
+    // The shared tier (`cache.store`): reachability, lease mechanism and
+    // counts; never a credential.
+    let store = cache
+        .and_then(|c| c.shared())
+        .and_then(|s| serde_json::to_value(s.status()).ok());
     let cache = cache.map(|c| {
         let s = c.stats();
         json!({
@@ -60,6 +65,7 @@ pub fn stats(
         "passthrough": services,
         "sites": sites,
         "cache": cache,
+        "store": store,
         "open_connections": daemon.limits.open(),
         "recent_refusals": metrics.refused.list(),
         "upstream_proxy_problems": crate::upstream::proxy_problems(),

@@ -180,6 +180,9 @@ impl Collector for StateCollector {
                 to_i64(s.fills_in_progress as u64),
             )?;
         }
+        if let Some(store) = self.sources.cache.as_ref().and_then(|c| c.shared()) {
+            super::store::encode(&mut e, &store)?;
+        }
         if let Some(kernel) = &self.sources.kernel {
             // A read of a few per-CPU map entries; the lock is held by the
             // refresh task for a moment every few seconds at most.

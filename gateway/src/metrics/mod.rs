@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod collector;
 pub mod refused;
+mod store;
 
 use std::{
     collections::{HashMap, HashSet},

@@ -222,6 +222,13 @@ async fn exported() -> std::collections::BTreeMap<String, String> {
     let cache = crate::cache::Cache::open(&dir.path().join("cache"), 1 << 20)
         .await
         .expect("cache");
+    cache.set_shared(Some(crate::store::SharedStore::new(
+        Arc::new(object_store::memory::InMemory::new()),
+        None,
+        "gw-test".to_owned(),
+        "memory".to_owned(),
+        crate::store::Tuning::new(std::time::Duration::from_secs(1)),
+    )));
     let (audit, writer) = crate::audit::Audit::open(&dir.path().join("audit.jsonl"))
         .await
         .expect("audit");

@@ -203,6 +203,7 @@ async fn handle(
     record.status = Some(outcome.response.status().as_u16());
     record.cache = outcome.cache;
     record.upstream_ms = outcome.upstream_ms;
+    record.source = outcome.source;
     record.fault = outcome.fault;
     record.detail = outcome.detail;
     record.reason = outcome.reason.map(str::to_owned);

@@ -17,17 +17,28 @@ use crate::{
 
 /// Stores bytes already in memory (a document, an index) by their
 /// digest; a no-op when they are held or being filled.
+///
+/// With a shared store, bytes stored here (verified by construction: the
+/// digest is computed from them) are uploaded behind, in the background.
 pub(super) async fn store_bytes(cache: &Cache, bytes: &[u8]) -> Result<Digest, CacheError> {
     let digest = Digest::of(bytes);
     if let Fill::Leader(mut writer) = cache.begin_fill(&digest, Some(bytes.len() as u64)).await? {
         writer.write(bytes).await?;
         writer.finish().await?;
+        if let Some(store) = cache.shared() {
+            let bytes = bytes::Bytes::copy_from_slice(bytes);
+            tokio::spawn(async move {
+                if let Err(e) = store.upload_bytes(&digest, bytes).await {
+                    tracing::debug!(%digest, error = %e, "document not written to the shared store");
+                }
+            });
+        }
     }
     Ok(digest)
 }
 
 /// A held blob read into memory, refused past `max` bytes.
-pub(super) async fn read_blob(blob: &Blob, max: usize) -> Result<bytes::Bytes, std::io::Error> {
+pub(crate) async fn read_blob(blob: &Blob, max: usize) -> Result<bytes::Bytes, std::io::Error> {
     if blob.size() > max as u64 {
         return Err(std::io::Error::other(format!(
             "{} is larger than {max} bytes",
@@ -58,14 +69,96 @@ pub(super) async fn lead_pulled(
 ) {
     let digest = writer.digest();
     let unfollowed = writer.unfollowed();
-    tokio::select! {
-        () = fetch_into(&upstream, req, writer, pull) => {}
+    let cache = writer.cache().clone();
+    let behind = tokio::select! {
+        behind = fill_tiered(&upstream, req, writer, pull) => behind,
         () = unfollowed => {
             // Dropping the fetch dropped the writer, which failed the fill
-            // and removed its temp file.
+            // and removed its temp file (and a lease, which released it).
             tracing::info!(%digest, "blob fill stopped: no client follows it any more");
+            None
+        }
+    };
+    // Outside the select: the upload goes on after the readers left.
+    if let Some(WriteBehind { store, lease }) = behind {
+        write_behind(&cache, &store, &digest).await;
+        if let Some(guard) = lease {
+            guard.release().await;
         }
     }
+}
+
+/// A fill from upstream with a shared store: upload the blob, then
+/// release the lease.
+struct WriteBehind {
+    store: crate::store::SharedStore,
+    lease: Option<crate::store::LeaseGuard>,
+}
+
+/// The fill from the shared store when it holds the blob; else from
+/// upstream, after the store's lease says this gateway is the one to
+/// fetch (or that another gateway has meanwhile put it in the store).
+/// Without a store, straight from upstream.
+async fn fill_tiered(
+    upstream: &Upstream,
+    req: UpstreamRequest,
+    writer: FillWriter,
+    pull: Option<std::sync::Arc<crate::mirror::rate::Pull>>,
+) -> Option<WriteBehind> {
+    let Some(store) = writer.cache().shared().filter(|s| s.is_up()) else {
+        fetch_into(upstream, req, writer, pull).await;
+        return None;
+    };
+    let digest = writer.digest();
+    let writer = from_store(&store, writer).await?;
+    let lease = match store.lease(&digest).await {
+        crate::store::Lease::InStore => {
+            // Gone again (deleted as bad, or the store went down): fetch.
+            let writer = from_store(&store, writer).await?;
+            fetch_into(upstream, req, writer, pull).await;
+            return Some(WriteBehind { store, lease: None });
+        }
+        crate::store::Lease::Won(guard) => Some(guard),
+        crate::store::Lease::Alone => None,
+    };
+    fetch_into(upstream, req, writer, pull).await;
+    Some(WriteBehind { store, lease })
+}
+
+/// Uploads the blob a fill just stored locally (verified). Runs in the
+/// fill's task after its readers were answered: no client waits for it;
+/// a lease is released only after it, so waiting gateways find the blob.
+async fn write_behind(cache: &Cache, store: &crate::store::SharedStore, digest: &Digest) {
+    let Ok(Some(blob)) = cache.get(digest).await else {
+        return;
+    };
+    if let Err(e) = store.upload(&blob).await {
+        tracing::debug!(%digest, error = %e, "blob not written to the shared store");
+    }
+}
+
+/// Fills from the store if it holds the blob: `None` when the fill ended
+/// (verified, or failed for its readers), the writer back when the store
+/// does not have it.
+async fn from_store(store: &crate::store::SharedStore, writer: FillWriter) -> Option<FillWriter> {
+    let digest = writer.digest();
+    let crate::store::ReadOutcome::Found { size, body } =
+        crate::store::read_into(store, &digest).await
+    else {
+        return Some(writer);
+    };
+    writer.mark_from_store();
+    let mut writer = writer;
+    if let Err(e) = writer.set_size(size).await {
+        tracing::warn!(%digest, error = %e, "blob fill from the shared store refused");
+        return None;
+    }
+    match pump(writer, body).await {
+        Pumped::Stored => store.read_done(size),
+        Pumped::Rejected(e) => store.reject(&digest, &e.to_string()).await,
+        Pumped::Failed => {}
+    }
+    None
 }
 
 /// Requests the blob and writes it into the fill, failing the fill with
@@ -112,7 +205,9 @@ async fn fetch_into(
     }
     let body = upstream.body_stream(resp);
     match pull {
-        None => pump(writer, Box::pin(body)).await,
+        None => {
+            pump(writer, Box::pin(body)).await;
+        }
         Some(pull) => {
             // Each chunk is counted, and waits for the limit, before the
             // next is read.
@@ -144,10 +239,10 @@ const FILL_QUEUE: usize = 4;
 /// go through a short queue to a writer task, so upstream's connection
 /// keeps flowing while a batch is hashed and written. Either side's
 /// failure fails the fill for every reader.
-pub(super) async fn pump(
+pub(super) async fn pump<E: std::fmt::Display>(
     writer: FillWriter,
-    mut body: impl Stream<Item = Result<bytes::Bytes, crate::upstream::UpstreamError>> + Unpin,
-) {
+    mut body: impl Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> Pumped {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(FILL_QUEUE);
     let disk = tokio::spawn(async move {
         let mut writer = writer;
@@ -165,36 +260,58 @@ pub(super) async fn pump(
     let Ok(Some(writer)) = disk.await else {
         // The writer failed (the fill with it), or its task panicked, in
         // which case the dropped writer failed the fill.
-        return;
+        return Pumped::Failed;
     };
     match outcome {
-        Ok(()) => {
-            if let Err(e) = writer.finish().await {
+        Ok(()) => match writer.finish().await {
+            Ok(_) => Pumped::Stored,
+            Err(e) => {
                 tracing::warn!(error = %e, "blob fill rejected");
+                if matches!(
+                    e,
+                    CacheError::DigestMismatch { .. }
+                        | CacheError::Truncated { .. }
+                        | CacheError::TooLong { .. }
+                ) {
+                    Pumped::Rejected(e)
+                } else {
+                    Pumped::Failed
+                }
             }
-        }
+        },
         Err(e) => {
-            tracing::warn!(error = %e, "upstream body failed during a blob fill");
+            tracing::warn!(error = %e, "body failed during a blob fill");
             writer.fail(&e);
+            Pumped::Failed
         }
     }
+}
+
+/// How [`pump`] ended.
+pub(super) enum Pumped {
+    /// Verified and stored.
+    Stored,
+    /// The bytes were not the blob (digest or size).
+    Rejected(CacheError),
+    /// The body or the disk failed.
+    Failed,
 }
 
 /// Reads the body into batches of up to [`FILL_BATCH`] (joining only
 /// chunks that are ready, never waiting for more) and queues them. Stops at
 /// the end, at upstream's first error (after queueing what came before),
 /// or when the writer has gone.
-async fn read_batches(
-    body: &mut (impl Stream<Item = Result<bytes::Bytes, crate::upstream::UpstreamError>> + Unpin),
+async fn read_batches<E>(
+    body: &mut (impl Stream<Item = Result<bytes::Bytes, E>> + Unpin),
     tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
-) -> Result<(), crate::upstream::UpstreamError> {
+) -> Result<(), E> {
     loop {
         let mut batch = match body.next().await {
             Some(Ok(bytes)) => bytes,
             Some(Err(e)) => return Err(e),
             None => return Ok(()),
         };
-        let mut next: Option<Result<(), crate::upstream::UpstreamError>> = None;
+        let mut next: Option<Result<(), E>> = None;
         if batch.len() < FILL_BATCH {
             let mut joined: Option<bytes::BytesMut> = None;
             while joined.as_ref().map_or(batch.len(), |j| j.len()) < FILL_BATCH {

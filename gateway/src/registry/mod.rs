@@ -6,6 +6,9 @@ pub mod helm;
 pub mod oci;
 mod range;
 
+/// A held blob read into memory (the shared store's uploads use it).
+pub(crate) use fill::read_blob as read_whole;
+
 use std::{collections::HashMap, sync::Arc};
 
 use http::{Request, Response};
@@ -36,6 +39,9 @@ pub struct Outcome {
     /// `/v2/`).
     pub cache: Option<CacheStatus>,
     pub upstream_ms: Option<u64>,
+    /// Where a fill's bytes came from when not upstream (the audit
+    /// record's `source`).
+    pub source: Option<crate::audit::Source>,
     /// Whose fault it was when the request failed.
     pub fault: Option<Fault>,
     pub detail: Option<String>,
@@ -50,6 +56,7 @@ impl Outcome {
             response,
             cache: None,
             upstream_ms: None,
+            source: None,
             fault: None,
             detail: None,
             reason: None,

@@ -57,6 +57,10 @@ pub const RESTART_ONLY: &[(&str, &str)] = &[
     ),
     ("state_dir", "the pid file and control socket live there"),
     ("cache.dir", "the cache is opened and locked there"),
+    (
+        "cache.store",
+        "the shared store's client is set up at start",
+    ),
     ("audit.path", "the audit log is opened there"),
     ("proxy.port", "the transparent sockets are bound to it"),
     (
@@ -144,7 +148,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<Changes, Refusal> {
         })
     };
     let (ok, nk) = (&old.kernel, &new.kernel);
-    let fixed: [(&str, bool); 17] = [
+    let fixed: [(&str, bool); 18] = [
         (
             "devices.interfaces",
             same(&old.devices.interfaces, &new.devices.interfaces),
@@ -160,6 +164,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<Changes, Refusal> {
         ),
         ("state_dir", old.state_dir == new.state_dir),
         ("cache.dir", old.cache.dir == new.cache.dir),
+        ("cache.store", old.cache.store == new.cache.store),
         ("audit.path", old.audit.path == new.audit.path),
         ("proxy.port", old.proxy.port == new.proxy.port),
         (

@@ -70,6 +70,24 @@ pub async fn blob(
     let path = format!("/v2/{name}/blobs/{digest}");
     let started = Instant::now();
     if method == Method::HEAD {
+        // The shared store's copy answers too (no upstream needed for
+        // the GET that follows), once this repository may have it.
+        if (!groups || vouched)
+            && let Some(store) = site.cache.shared()
+            && let Some(size) = store.blob_size(&d).await
+        {
+            let mut o = serve(
+                method,
+                digest,
+                size,
+                range_header,
+                CacheStatus::Miss,
+                None,
+                |_| futures::stream::empty(),
+            );
+            o.source = Some(crate::audit::Source::Store);
+            return o;
+        }
         // Not worth a fill: answer from upstream's HEAD.
         let o = head_upstream(site, &path, name, digest, started).await;
         if !vouched && o.response.status() == StatusCode::OK {
@@ -123,7 +141,9 @@ pub async fn blob(
         Err(e) => refused(&e),
     };
     o.cache = Some(CacheStatus::Miss);
-    if leader {
+    if reader.from_store() {
+        o.source = Some(crate::audit::Source::Store);
+    } else if leader {
         o.upstream_ms = Some(ms(started));
     }
     o

@@ -232,9 +232,22 @@ pub(super) async fn resolve(
         Some(entry) => load(site, entry).await,
         None => None,
     };
-    let fresh = cached.as_ref().is_some_and(|entry| {
-        super::super::age_secs(entry.fetched_at) < site.tag_ttl.as_secs() as i64
-    });
+    let is_fresh = |c: &Option<RefEntry>| {
+        c.as_ref().is_some_and(|entry| {
+            super::super::age_secs(entry.fetched_at) < site.tag_ttl.as_secs() as i64
+        })
+    };
+    // Missing or stale here: another gateway of the site may have
+    // confirmed the tag more recently (shared.rs).
+    let (cached, held) = if is_fresh(&cached) && held.is_some() {
+        (cached, held)
+    } else {
+        match super::shared::adopt(site, name, key, kind, cached.as_ref()).await {
+            Some((entry, doc)) => (Some(entry), Some(doc)),
+            None => (cached, held),
+        }
+    };
+    let fresh = is_fresh(&cached);
     let held = match held {
         Some(doc) if fresh => {
             return Ok(Resolved {
@@ -375,6 +388,12 @@ async fn by_digest(
     let key = format!("manifests/{digest}");
     if let Some(hit) = held_manifest(site, method, name, digest, &key).await {
         return hit;
+    }
+    // Another gateway of the site fetched it for this repository.
+    if let Some((_, doc)) = super::shared::adopt(site, name, &key, Kind::Manifest, None).await {
+        let mut o = serve(method, &doc, Kind::Manifest, CacheStatus::Miss, None);
+        o.source = Some(crate::audit::Source::Store);
+        return o;
     }
     if let Some(size) = Digest::parse(digest)
         .ok()
@@ -623,6 +642,7 @@ pub(super) async fn store(site: &OciSite, doc: &Doc) {
 }
 
 /// Points `key` (and, for manifests, the digest) at the document, fresh now.
+/// A tag is also published to the shared store, if any (shared.rs).
 pub(super) async fn remember(site: &OciSite, name: &str, key: &str, doc: &Doc, kind: Kind) {
     let entry = RefEntry {
         digest: doc.digest.clone(),
@@ -630,6 +650,7 @@ pub(super) async fn remember(site: &OciSite, name: &str, key: &str, doc: &Doc, k
         size: doc.bytes.len() as u64,
         fetched_at: super::super::unix_now(),
     };
+    super::shared::publish(site, name, key, doc, kind, entry.fetched_at);
     let mut keys = vec![key.to_owned()];
     if kind == Kind::Manifest {
         keys.push(format!("manifests/{}", doc.digest));

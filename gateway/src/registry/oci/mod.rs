@@ -22,6 +22,9 @@ mod referrers;
 mod response;
 mod route;
 pub mod seed;
+mod shared;
+#[cfg(test)]
+mod shared_tests;
 mod swr;
 #[cfg(test)]
 mod tests;

@@ -39,7 +39,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 /// How the upstream answers one path.
 #[derive(Clone)]
-enum Answer {
+pub(super) enum Answer {
     /// 200 with these bytes and their Content-Length.
     Bytes(&'static str, Bytes),
     /// 200, chunked, `chunk` again and again with `pause` between, for
@@ -57,14 +57,14 @@ enum Answer {
     Unavailable,
 }
 
-struct Upstreamish {
-    addr: std::net::SocketAddr,
+pub(super) struct Upstreamish {
+    pub(super) addr: std::net::SocketAddr,
     asked: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
 impl Upstreamish {
-    async fn start(answers: Vec<(String, Answer)>) -> Self {
+    pub(super) async fn start(answers: Vec<(String, Answer)>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let asked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -92,7 +92,7 @@ impl Upstreamish {
         Self { addr, asked, task }
     }
 
-    fn asked(&self, path: &str) -> usize {
+    pub(super) fn asked(&self, path: &str) -> usize {
         self.asked
             .lock()
             .unwrap()
@@ -154,7 +154,7 @@ fn reply(answer: Option<Answer>) -> Response<Body> {
 }
 
 /// A site on `upstream` with a cache bounded by `limits`.
-async fn site(upstream: &Upstreamish, dir: &Path, limits: Limits) -> OciSite {
+pub(super) async fn site(upstream: &Upstreamish, dir: &Path, limits: Limits) -> OciSite {
     let cache = Cache::open_with(dir, limits).await.unwrap();
     let config: Site = serde_yaml::from_str(&format!(
         "host: registry.test\nkind: oci\nupstream: http://{}\n",
@@ -171,7 +171,7 @@ async fn site(upstream: &Upstreamish, dir: &Path, limits: Limits) -> OciSite {
     .unwrap()
 }
 
-async fn ask(site: &OciSite, path: &str) -> Outcome {
+pub(super) async fn ask(site: &OciSite, path: &str) -> Outcome {
     let (parts, ()) = Request::builder()
         .method(Method::GET)
         .uri(path)
@@ -182,7 +182,7 @@ async fn ask(site: &OciSite, path: &str) -> Outcome {
 }
 
 /// The body read to its end, or to its first error.
-async fn read(o: Outcome) -> (Vec<u8>, bool) {
+pub(super) async fn read(o: Outcome) -> (Vec<u8>, bool) {
     let mut body = o.response.into_body().into_data_stream();
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
@@ -199,7 +199,7 @@ fn tmp_files(dir: &Path) -> usize {
 }
 
 /// Waits (bounded) until no fill runs and no temp file is left.
-async fn settled(site: &OciSite, dir: &Path) {
+pub(super) async fn settled(site: &OciSite, dir: &Path) {
     for _ in 0..1000 {
         if site.cache.stats().fills_in_progress == 0 && tmp_files(dir) == 0 {
             return;
@@ -213,11 +213,11 @@ async fn settled(site: &OciSite, dir: &Path) {
     );
 }
 
-fn blob_path(digest: &str) -> String {
+pub(super) fn blob_path(digest: &str) -> String {
     format!("/v2/app/blobs/{digest}")
 }
 
-fn small() -> Limits {
+pub(super) fn small() -> Limits {
     small_but(1 << 20)
 }
 
