@@ -7,7 +7,7 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::time::Duration;
+use std::{io::Read as _, time::Duration};
 
 use gateway_tests::{
     Gateway, Site,
@@ -159,6 +159,17 @@ fn clean_stop(name: &str, attach: Option<&'static str>) {
     let (code, body) = site.curl_in_gw("http://127.0.0.1:9747/readyz");
     assert_eq!(code, 200, "/readyz: {body}");
 
+    // A manager flow left open (agents keep theirs for hours) must not
+    // hold the stop: it is closed, with its bytes recorded.
+    let mut held = gw.must(device::connect_ok(
+        &site,
+        v4(addr::UP_V4, addr::MANAGER_PORT),
+    ));
+    let mut banner = [0u8; 8];
+    held.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"manager\n");
+    let held_port = held.local_addr().unwrap().port();
+
     // A routine stop (every `systemctl restart` and upgrade) must not open
     // the site: the program stays attached and drops what it would hand to
     // the daemon.
@@ -171,13 +182,31 @@ fn clean_stop(name: &str, attach: Option<&'static str>) {
         gw.stderr_tail(30)
     );
     assert_eq!(attached(&gw), programs, "the attachment changed at SIGTERM");
+    let rest = gw.must(device::read_until_closed(&mut held, Duration::from_secs(2)));
+    assert!(rest.is_empty(), "bytes after the banner: {rest:?}");
+    let closed = gw
+        .audit()
+        .unwrap()
+        .into_iter()
+        .find(|r| {
+            r["event"] == "flow.passthrough"
+                && r["device"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with(&format!(":{held_port}")))
+        })
+        .expect("a record of the flow the stop closed");
+    assert_eq!(
+        closed["detail"], "closed: the gateway is stopping",
+        "{closed}"
+    );
+    assert_eq!(closed["bytes_down"], 8, "{closed}");
     gw.must(site.warm_neighbors());
     let manager = v4(addr::UP_V4, addr::MANAGER_PORT);
     gw.must(device::expect_connect_timeout(&site, manager));
     gw.must(device::expect_connect_timeout(&site, v4(addr::UP_V4, 8080)));
     assert_eq!(
         site.servers.manager.get(),
-        1,
+        2,
         "the manager was reached after SIGTERM"
     );
     assert_eq!(site.servers.service_8080.get(), 0);

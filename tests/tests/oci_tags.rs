@@ -8,12 +8,15 @@
 )]
 
 use std::{
+    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
-    Site, emulated,
+    Site,
+    bench::tlsclient::{self, Http},
+    emulated, in_ns,
     oci::{LINUX_AMD64, LayerSpec, Layout, sha256_digest},
     registry::{self, RegistryOptions, start_world},
     require_root,
@@ -132,9 +135,31 @@ fn cache_and_index_survive_a_restart_and_serve_stale_offline() {
     let pulled = w.gw.must(w.device.skopeo_copy("app:v1", false));
     w.gw.must(pulled.check_image(&img));
 
+    // A device's connection kept alive after a request (what containerd
+    // and podman do between pulls) must not hold the stop until it idles
+    // out (`proxy.idle_timeout_secs`, 120 s): it is closed at once.
+    let mut kept = w.gw.must(
+        in_ns(&site.dev_ns, || -> anyhow::Result<Http> {
+            let tls = tlsclient::connect(
+                SocketAddr::from((registry::ADDR_V4, 443)),
+                registry::HOST,
+                &tlsclient::blind_config()?,
+            )?;
+            Ok(Http::new(tls, registry::HOST))
+        })
+        .and_then(|r| r),
+    );
+    let head = w.gw.must(kept.request("GET", "/v2/", "*/*"));
+    assert_eq!(head.status, 200, "{head:?}");
+
     let status = w.gw.gw.sigterm(Duration::from_secs(20));
     let status = w.gw.must(status);
     assert!(status.success(), "gateway exited {status} on SIGTERM");
+    let closed = kept.request("GET", "/v2/", "*/*");
+    assert!(
+        closed.is_err(),
+        "the kept-alive connection outlived the daemon: {closed:?}"
+    );
     let restarted = w.gw.gw.restart();
     w.gw.must(restarted);
     let before = w.gw.requests().unwrap().len();

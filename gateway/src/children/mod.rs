@@ -33,6 +33,7 @@ use crate::{
     proxy::{
         IdleIo, Proxy,
         body::{self, Body},
+        conns::{Connections, STOP_GRACE, stopping},
         http::{HttpContext, builder, finish, framing_problem, refused_by_parser},
     },
     tls::{LeafResolver, SiteCa, identity},
@@ -106,10 +107,12 @@ async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut conns = Connections::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.changed() => return,
+            () = conns.reap() => continue,
+            () = stopping(&mut stop) => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -130,10 +133,17 @@ async fn accept_loop(
         };
         let acceptor = acceptor.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             handle(proxy, acceptor, stream, peer, stop).await;
             drop(permit);
         });
+    }
+    let dropped = conns.drain(STOP_GRACE).await;
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "stopping: closed children's connections still busy after the grace"
+        );
     }
 }
 
@@ -199,10 +209,7 @@ async fn handle(
     // does not hold the daemon (and its audit log) open until it idles out.
     let ended = tokio::select! {
         r = conn.as_mut() => r,
-        () = async {
-            // The guard `wait_for` returns is not Send: drop it here.
-            let _ = stop.wait_for(|stopping| *stopping).await;
-        } => {
+        () = stopping(&mut stop) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

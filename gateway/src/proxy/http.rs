@@ -40,8 +40,16 @@ pub struct HttpContext {
 
 /// Serves one connection until it closes. `sni` is the TLS server name, or
 /// `None` on plain HTTP (where the Host header alone names the site).
-pub async fn serve<IO>(io: IO, device: SocketAddr, sni: Option<String>, ctx: Arc<HttpContext>)
-where
+///
+/// Once `stop` turns true the requests in flight finish and the
+/// connection closes (a kept-alive idle one at once): see conns.rs.
+pub async fn serve<IO>(
+    io: IO,
+    device: SocketAddr,
+    sni: Option<String>,
+    ctx: Arc<HttpContext>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let builder = builder();
@@ -53,7 +61,16 @@ where
         let sni = sni.clone();
         async move { Ok::<_, Infallible>(handle(req, device, sni.as_deref(), &ctx).await) }
     });
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        () = super::conns::stopping(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%device, error = %e, "connection ended with an error");
         // Requests hyper refused before they reached a handler (malformed
         // lengths, oversized or slow headers) are decisions too.

@@ -3,6 +3,7 @@
 //! terminate and serve (site hosts), or refuse, auditing each decision.
 
 pub mod body;
+pub(crate) mod conns;
 pub mod http;
 mod idle;
 pub mod limits;
@@ -77,10 +78,12 @@ async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut conns = conns::Connections::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.changed() => return,
+            () = conns.reap() => continue,
+            () = conns::stopping(&mut stop) => break,
         };
         let (stream, device) = match accepted {
             Ok(a) => a,
@@ -102,10 +105,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        tokio::spawn(async move {
-            handle(proxy, stream, device).await;
+        let stop = stop.clone();
+        conns.spawn(async move {
+            handle(proxy, stream, device, stop).await;
             drop(permit);
         });
+    }
+    let dropped = conns.drain(conns::STOP_GRACE).await;
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "stopping: closed connections still busy after the grace"
+        );
     }
 }
 
@@ -135,7 +146,12 @@ async fn refuse(
     proxy.audit.log(r).await;
 }
 
-async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
+async fn handle(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    device: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
     // The gateway answers in whole messages (handshake flights, responses)
     // and relays the manager's: Nagle would hold the last segment of each
     // for the device's delayed ACK, adding ~40 ms to a new connection's
@@ -192,8 +208,11 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
                 original_dst,
                 upstream,
                 &service,
-                proxy.connect_timeout,
-                proxy.passthrough_idle,
+                passthrough::Timing {
+                    connect: proxy.connect_timeout,
+                    idle: proxy.passthrough_idle,
+                },
+                stop,
             )
             .await;
             record.group = group.map(|g| g.name.to_string());
@@ -207,11 +226,17 @@ async fn handle(proxy: Arc<Proxy>, stream: TcpStream, device: SocketAddr) {
             drop(stream);
             proxy.audit.log(denied(reason)).await;
         }
-        Decision::Inspect => inspect(proxy.clone(), stream, device, original_dst).await,
+        Decision::Inspect => inspect(proxy.clone(), stream, device, original_dst, stop).await,
     }
 }
 
-async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, dst: SocketAddr) {
+async fn inspect(
+    proxy: Arc<Proxy>,
+    mut stream: TcpStream,
+    device: SocketAddr,
+    dst: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
     let denied = |reason: &str| {
         Record::new(Event::FlowDenied)
             .tcp(device, dst)
@@ -252,7 +277,7 @@ async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, d
             match tokio::time::timeout(proxy.inspect_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     crate::metrics::global().tls_handshake("ok");
-                    http::serve(tls, device, Some(host), proxy.http.clone()).await;
+                    http::serve(tls, device, Some(host), proxy.http.clone(), stop).await;
                 }
                 Ok(Err(e)) => {
                     crate::metrics::global().tls_handshake("failed");
@@ -272,7 +297,7 @@ async fn inspect(proxy: Arc<Proxy>, mut stream: TcpStream, device: SocketAddr, d
         }
         FirstBytes::Http => {
             let stream = IdleIo::new(stream, proxy.inspect_timeout, proxy.idle_timeout);
-            http::serve(stream, device, None, proxy.http.clone()).await;
+            http::serve(stream, device, None, proxy.http.clone(), stop).await;
         }
         FirstBytes::Other => proxy.audit.log(denied("unsupported_protocol")).await,
         FirstBytes::Invalid(why) => {

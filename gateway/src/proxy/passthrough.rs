@@ -19,17 +19,29 @@ use tokio::{io::Interest, net::TcpStream, time::timeout};
 
 use crate::audit::{Event, Fault, Record};
 
+/// How long a flow waits for the manager's connect, and how long it may
+/// stay silent both ways.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub connect: Duration,
+    pub idle: Duration,
+}
+
 /// Splices `device` to `upstream` and returns the audit record of the
-/// finished flow.
+/// finished flow (ended by either side, by silence, or by `stop`).
 pub async fn splice(
     device: TcpStream,
     device_addr: SocketAddr,
     original_dst: SocketAddr,
     upstream: SocketAddr,
     service: &str,
-    connect_timeout: Duration,
-    idle: Duration,
+    timing: Timing,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Record {
+    let Timing {
+        connect: connect_timeout,
+        idle,
+    } = timing;
     let started = Instant::now();
     let mut record = Record::new(Event::FlowPassthrough)
         .tcp(device_addr, original_dst)
@@ -72,6 +84,12 @@ pub async fn splice(
             io::ErrorKind::TimedOut,
             format!("no bytes either way for {}s", idle.as_secs()),
         )),
+        // Nobody's fault: the flow is closed (both sockets dropped) so
+        // that the stop does not wait on it, with its bytes recorded.
+        () = super::conns::stopping(&mut stop) => {
+            record.detail = Some("closed: the gateway is stopping".to_owned());
+            None
+        }
     };
     record.bytes_up = Some(up.load(Ordering::Relaxed));
     record.bytes_down = Some(down.load(Ordering::Relaxed));
@@ -267,8 +285,11 @@ mod tests {
             front_addr,
             manager_addr,
             "wfm.test",
-            Duration::from_secs(5),
-            Duration::from_secs(600),
+            Timing {
+                connect: Duration::from_secs(5),
+                idle: Duration::from_secs(600),
+            },
+            running(),
         )
         .await;
         assert_eq!(record.service.as_deref(), Some("wfm.test"));
@@ -277,6 +298,69 @@ mod tests {
         assert_eq!(record.bytes_up, Some(UP as u64));
         assert_eq!(record.bytes_down, Some(DOWN as u64));
         assert_eq!(record.fault, None, "{:?}", record.detail);
+    }
+
+    /// A stop signal that never comes (its sender lives on, leaked).
+    fn running() -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
+    /// An open, idle flow ends when the daemon stops, with its bytes
+    /// recorded and no one blamed: the stop does not wait for it.
+    #[tokio::test]
+    async fn an_open_flow_is_closed_and_recorded_when_the_gateway_stops() {
+        let manager = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let manager_addr = manager.local_addr().expect("addr");
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+        let manager_task = tokio::spawn(async move {
+            let (mut s, _) = manager.accept().await.expect("accept");
+            let mut hello = [0u8; 5];
+            s.read_exact(&mut hello).await.expect("read up");
+            let _ = arrived_tx.send(hello);
+            // Then nothing more, until the gateway closes its side.
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.expect("read to the end");
+            rest
+        });
+        let mut client = TcpStream::connect(front_addr).await.expect("connect");
+        client.write_all(b"hello").await.expect("write up");
+        let (device, device_addr) = front.accept().await.expect("accept");
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let spliced = tokio::spawn(splice(
+            device,
+            device_addr,
+            front_addr,
+            manager_addr,
+            "wfm.test",
+            Timing {
+                connect: Duration::from_secs(5),
+                idle: Duration::from_secs(600),
+            },
+            stop,
+        ));
+        assert_eq!(&arrived.await.expect("bytes spliced"), b"hello");
+        assert!(!spliced.is_finished(), "the flow ended before the stop");
+        stop_tx.send(true).expect("send stop");
+        let record = tokio::time::timeout(Duration::from_secs(5), spliced)
+            .await
+            .expect("the splice ended at the stop")
+            .expect("splice task");
+        assert_eq!(record.bytes_up, Some(5));
+        assert_eq!(record.fault, None);
+        assert_eq!(
+            record.detail.as_deref(),
+            Some("closed: the gateway is stopping")
+        );
+        assert!(manager_task.await.expect("manager").is_empty());
+        let mut rest = Vec::new();
+        client
+            .read_to_end(&mut rest)
+            .await
+            .expect("device side closed");
     }
 
     /// A manager that refuses is an upstream fault, with nothing spliced.
@@ -295,8 +379,11 @@ mod tests {
             front_addr,
             gone_addr,
             "wfm.test",
-            Duration::from_secs(5),
-            Duration::from_secs(600),
+            Timing {
+                connect: Duration::from_secs(5),
+                idle: Duration::from_secs(600),
+            },
+            running(),
         )
         .await;
         assert_eq!(record.fault, Some(Fault::Upstream));
