@@ -283,12 +283,18 @@ fn two_gateways_share_a_garage_store() {
     store_b.cut().unwrap();
     let held = &v1.layers[0];
     let path = format!("/v2/app/blobs/{}", held.digest);
-    for (gw, dev, fresh) in [(&gw_a, &dev_a, &v2.config), (&gw_b, &dev_b, &v3.config)] {
-        assert_blob(&gw.must(dev.get(&path)), &held.digest, held.size);
-        let fresh_path = format!("/v2/app/blobs/{}", fresh.digest);
-        assert_blob(&gw.must(dev.get(&fresh_path)), &fresh.digest, fresh.size);
-        wait_store_up(gw, false, Duration::from_secs(30));
-    }
+    // Both gateways at once: each waits out the store's deadline once.
+    thread::scope(|s| {
+        for (gw, dev, fresh) in [(&gw_a, &dev_a, &v2.config), (&gw_b, &dev_b, &v3.config)] {
+            let path = &path;
+            s.spawn(move || {
+                assert_blob(&gw.must(dev.get(path)), &held.digest, held.size);
+                let fresh_path = format!("/v2/app/blobs/{}", fresh.digest);
+                assert_blob(&gw.must(dev.get(&fresh_path)), &fresh.digest, fresh.size);
+                wait_store_up(gw, false, Duration::from_secs(30));
+            });
+        }
+    });
     store_a.restore().unwrap();
     store_b.restore().unwrap();
     for gw in [&gw_a, &gw_b] {
