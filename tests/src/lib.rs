@@ -22,6 +22,8 @@ pub mod device;
 pub mod dns;
 /// A fault-injecting proxy in front of the registry (issue 11).
 pub mod faulty;
+/// A three-node Garage cluster: the shared store of issue 16.
+pub mod garage;
 pub mod gateway;
 /// Helm chart repositories and a client that pulls like `helm pull`.
 pub mod helm;

@@ -25,6 +25,8 @@ pub mod cmd;
 pub mod curl;
 pub mod netns_etc;
 pub mod oci_gateway;
+/// Another site's gateway in front of the same registry.
+pub mod shared;
 
 /// The test PKI (also the hub's, [`crate::hub`]).
 pub(crate) mod certs;

@@ -25,7 +25,7 @@ pub struct Args {
     /// Blob size for the warm and cold sections, e.g. 1GiB, 256MiB.
     #[arg(long)]
     pub size: Option<String>,
-    /// Sections to run, by issue letter (default: abcdefgh).
+    /// Sections to run, by issue letter (default: abcdefghi).
     #[arg(long)]
     pub sections: Option<String>,
     /// Record a profile of the gateway (`perf record`) during the first

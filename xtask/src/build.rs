@@ -52,8 +52,9 @@ fn built_binary(release: bool) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The release gateway, built at the lowest CPU priority while the test run
-/// does other work: its build is minutes of CPU on a 2-core machine, and the
+/// A build at the lowest CPU priority while the test run does other work
+/// (the release gateway; Garage on a fresh machine, see
+/// [`crate::setup::garage`]): each is minutes of CPU on a 2-core machine, and the
 /// steps before the VMs (the root tests above all) leave a core idle much
 /// of the time. Nice 19 means it takes what they leave: a step that wants
 /// both cores gets them back within a scheduler tick. Cargo locks each
@@ -78,6 +79,19 @@ impl Drop for Background {
 impl Background {
     /// Starts `cargo build -p gateway --release`, its output into `log`.
     pub fn release_gateway(log: PathBuf) -> Result<Self> {
+        let mut build = cmd::cargo();
+        build.args(["build", "-p", "gateway", "--release"]);
+        Self::start(build, log)
+    }
+
+    /// Starts `cargo install garage …` (see [`crate::setup::garage`]),
+    /// its output into `log`.
+    pub fn garage(log: PathBuf) -> Result<Self> {
+        Self::start(crate::setup::garage::install_command(), log)
+    }
+
+    /// Starts `build` at nice 19, its stdout and stderr into `log`.
+    fn start(mut build: std::process::Command, log: PathBuf) -> Result<Self> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -85,12 +99,7 @@ impl Background {
         let err = out
             .try_clone()
             .with_context(|| format!("duplicating {}", log.display()))?;
-        let mut build = cmd::cargo();
-        build
-            .args(["build", "-p", "gateway", "--release"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        build.stdin(Stdio::null()).stdout(out).stderr(err);
         // SAFETY: setpriority is async-signal-safe and touches only this
         // (forked, not yet exec'd) process; its children inherit the value.
         unsafe {
@@ -111,24 +120,31 @@ impl Background {
         })
     }
 
-    /// Waits for the build; returns the binary, or an error with the tail
-    /// of the build's output.
-    pub fn wait(mut self) -> Result<PathBuf> {
+    /// Waits for the release gateway's build; returns the binary, or an
+    /// error with the tail of the build's output.
+    pub fn wait(self) -> Result<PathBuf> {
+        self.wait_done("cargo build -p gateway --release")?;
+        built_binary(true)
+    }
+
+    /// Waits for the build; an error with the tail of its output unless
+    /// it succeeded.
+    pub fn wait_done(mut self, what: &str) -> Result<()> {
         let Some(mut child) = self.child.take() else {
-            bail!("the release build was already waited for");
+            bail!("`{what}` was already waited for");
         };
         let st = child
             .wait()
-            .context("waiting for `cargo build -p gateway --release`")?;
+            .with_context(|| format!("waiting for `{what}`"))?;
         if !st.success() {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
             bail!(
-                "building the release gateway failed ({st}); the end of its output ({}):\n{tail}",
+                "`{what}` failed ({st}); the end of its output ({}):\n{tail}",
                 self.log.display()
             );
         }
-        built_binary(true)
+        Ok(())
     }
 }

@@ -12,6 +12,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, vm};
 
+pub mod garage;
+
 /// Debian packages the project needs, by purpose.
 const DEBIAN_PACKAGES: &[&str] = &[
     // Network namespaces, veth pairs and TC qdiscs/filters (`ip`, `tc`).
@@ -79,6 +81,13 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_MAJOR: &str = "22";
 
 pub fn run() -> Result<()> {
+    run_except_garage()?;
+    garage::ensure()
+}
+
+/// Every step but Garage's build, which `cargo xtask test` runs in the
+/// background instead (see [`garage`]).
+pub fn run_except_garage() -> Result<()> {
     debian_packages()?;
     nightly()?;
     rust_src()?;

@@ -578,10 +578,15 @@ pub fn run() -> Result<ExitCode> {
     let started = r.announce("setup", "disk space check, then cargo xtask setup");
     let target = build::target_dir().unwrap_or_else(|_| cmd::workspace_root().join("target"));
     let setup_failure = disk::check_for_test(&target)
-        .and_then(|()| setup::run())
+        .and_then(|()| setup::run_except_garage())
         .err()
         .map(|e| format!("{e:#}"));
     if r.done("setup", started, setup_failure) {
+        // Garage (the shared-store tests' object store) builds from here
+        // on at the lowest CPU priority: about 12 minutes of CPU on a
+        // fresh machine, needed only by the root tests (step f).
+        let garage_build = start_garage_build();
+
         // b. formatting.
         let mut fmt = cmd::cargo();
         fmt.args(["fmt", "--all", "--", "--check"]);
@@ -698,6 +703,24 @@ pub fn run() -> Result<ExitCode> {
             }
         };
 
+        // e3. Garage, if it was building (a fresh machine).
+        if let Some(build) = garage_build {
+            r.steps += 1;
+            let started = r.announce(
+                "build garage",
+                "cargo install garage (waiting for the background build)",
+            );
+            let built = match build {
+                Ok(bg) => bg
+                    .wait_done("cargo install garage")
+                    .and_then(|()| setup::garage::check_built()),
+                // It could not start in the background: built here.
+                Err(_) => setup::garage::ensure(),
+            };
+            let failure = built.err().map(|e| format!("{e:#}"));
+            r.done("build garage", started, failure);
+        }
+
         // f. root-only integration tests.
         let list = cargo_test(&["gateway-tests"], &["--list"]);
         match (&gateway_bin, is_root) {
@@ -799,6 +822,29 @@ pub fn run() -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Starts Garage's build in the background unless the wanted version is
+/// installed: `None` then, else the build (or why it could not start).
+fn start_garage_build() -> Option<Result<build::Background>> {
+    if setup::garage::is_installed() {
+        println!("setup: garage ok");
+        return None;
+    }
+    let log = build::target_dir()
+        .unwrap_or_else(|_| cmd::workspace_root().join("target"))
+        .join("xtask-test")
+        .join("garage-build.log");
+    let started = build::Background::garage(log.clone());
+    match &started {
+        Ok(_) => println!(
+            "garage: building {} in the background at nice 19 until step \"build garage\"; its output: {}",
+            setup::garage::VERSION,
+            log.display()
+        ),
+        Err(e) => println!("garage: could not start its build in the background ({e:#})"),
+    }
+    Some(started)
 }
 
 // ---- bench smoke step (issue 5) ------------------------------------------

@@ -210,6 +210,15 @@ fn planned_binaries(binaries: &[stage::TestBinary], expected: &[Expected]) -> Ve
         .collect()
 }
 
+/// The garage the tests run (`GARAGE_BIN`, else where setup installs it),
+/// if there is one: the host's root is the guest's, so the same path.
+fn garage_bin() -> Option<PathBuf> {
+    std::env::var_os("GARAGE_BIN")
+        .map(PathBuf::from)
+        .or_else(|| setup::garage::path().ok())
+        .filter(|p| p.is_file() && hidden_in_guest(p).is_none())
+}
+
 /// The guest replaces these with filesystems of its own (see the
 /// initramfs' `/init`): host files below them are not visible there.
 const REPLACED_IN_GUEST: &[&str] = &["/run", "/proc", "/sys", "/dev"];
@@ -269,6 +278,7 @@ fn run_kernel(
     let plan = Plan {
         kernel: kernel.name.clone(),
         gateway_bin: staged.gateway.clone(),
+        garage_bin: garage_bin(),
         package_dir: cmd::workspace_root().join("tests"),
         test_threads: opts.test_threads,
         accel: accel.label().to_ascii_lowercase(),

@@ -22,7 +22,10 @@
 //!   and cut, with and without `stale_while_revalidate` ([`offline`]);
 //! - (h) DNS answers per CPU-second, throughput and p99 latency for an
 //!   allowed and refused names, with dnsperf: the gateway vs dnsmasq
-//!   ([`dns`]).
+//!   ([`dns`]);
+//! - (i) a blob through a gateway with a shared store (a three-node Garage
+//!   cluster) held on local disk, held only by the store, and held by
+//!   nobody (from the origin), in the same run ([`shared`]).
 //!
 //! Results go to `BENCHMARKS.md` and `benchmarks.json` in the output
 //! directory ([`report`]). `--smoke` runs everything once with tiny sizes
@@ -42,6 +45,7 @@ pub mod offline;
 pub mod pki;
 pub mod proc;
 pub mod report;
+pub mod shared;
 pub mod stats;
 pub mod tlsclient;
 pub mod warm;
@@ -63,6 +67,7 @@ use self::{
     world::{BenchGateway, PEER_DISTRIBUTION, PEER_NGINX, PeerLink},
 };
 use crate::{
+    garage::Garage,
     oci::{LINUX_AMD64, LayerSpec, Layout},
     registry::{self, HOST, Registry, RegistryOptions},
     site::Site,
@@ -94,7 +99,7 @@ pub struct Opts {
     pub iperf_secs: u64,
     /// `BPF_PROG_TEST_RUN` repetitions per packet and run.
     pub test_run_repeat: u32,
-    /// Sections to run, in issue letters (`abcdefgh`).
+    /// Sections to run, in issue letters (`abcdefghi`).
     pub sections: String,
     /// Where BENCHMARKS.md and benchmarks.json go (none: print only).
     pub out_dir: Option<PathBuf>,
@@ -120,7 +125,7 @@ impl Opts {
             head_requests: 2000,
             iperf_secs: 5,
             test_run_repeat: 1_000_000,
-            sections: "abcdefgh".to_owned(),
+            sections: "abcdefghi".to_owned(),
             out_dir: None,
             perf_dir: None,
         }
@@ -141,7 +146,7 @@ impl Opts {
             head_requests: 20,
             iperf_secs: 1,
             test_run_repeat: 1000,
-            sections: "abcdefgh".to_owned(),
+            sections: "abcdefghi".to_owned(),
             out_dir: None,
             perf_dir: None,
         }
@@ -198,6 +203,8 @@ pub struct Bench<'a, 's> {
     pub gw: BenchGateway<'s>,
     pub nginx: Nginx,
     pub pki: PeerPki,
+    /// The shared store of section (i), when it runs.
+    pub garage: Option<&'a Garage>,
     pub warm: BlobRef,
     pub cold: BlobRef,
     /// Scratch space of the peers and the gateway.
@@ -306,7 +313,17 @@ pub fn run(opts: Opts) -> Result<Report> {
     let report = Report::new(&opts)?;
 
     progress("building the site (namespaces dev/gw/up, veths, registry)");
-    let site = Site::new("bench")?;
+    let mut site = Site::new("bench")?;
+    // Section (i)'s store: its namespaces are added to the site before
+    // anything borrows it.
+    let garage = if opts.wants('i') {
+        progress("starting a three-node Garage cluster for (i)");
+        let garage = Garage::start(&mut site)?;
+        garage.attach(&site, &site.gw_ns, 21)?;
+        Some(garage)
+    } else {
+        None
+    };
     let _peer_link = PeerLink::create(&site)?;
     world::tune_client_ns(&site.dev_ns)?;
     world::tune_client_ns(&site.gw_ns)?;
@@ -345,6 +362,7 @@ pub fn run(opts: Opts) -> Result<Report> {
         gw,
         nginx,
         pki,
+        garage: garage.as_ref(),
         warm,
         cold,
         dir,
@@ -354,14 +372,15 @@ pub fn run(opts: Opts) -> Result<Report> {
     // Order: the sections that need the main gateway config first; (c)
     // re-creates the gateway with many names, so it runs last.
     let mut failures = Vec::new();
-    let sections: [(char, &str, SectionFn); 8] = [
+    let sections: [(char, &str, SectionFn); 9] = [
         ('a', "warm blob", warm::run),
         ('b', "cold blob", cold::run),
         ('d', "manifest HEAD latency", latency::run),
         ('f', "resident memory", memory::run),
         ('e', "kernel path", kernel::run),
         ('h', "DNS", dns::run),
-        // (g) and (c) each replace the gateway with one of their own.
+        // (i), (g) and (c) each replace the gateway with one of their own.
+        ('i', "shared store", shared::run),
         ('g', "no stall while upstream is down", offline::run),
         ('c', "TLS handshakes", handshake::run),
     ];

@@ -8,12 +8,12 @@ use anyhow::{Context as _, Result, bail};
 use gateway_tests::bench::{self, Opts};
 
 const USAGE: &str =
-    "usage: bench [--smoke] [--runs N] [--size BYTES|NMiB|NGiB] [--sections abcdefgh] [--out DIR]
+    "usage: bench [--smoke] [--runs N] [--size BYTES|NMiB|NGiB] [--sections abcdefghi] [--out DIR]
 
   --smoke        tiny sizes, one run (what `cargo xtask test` runs)
   --runs N       runs per figure (default 5)
   --size S       blob size (default 1GiB)
-  --sections L   which sections to run, by issue letter (default abcdefgh)
+  --sections L   which sections to run, by issue letter (default abcdefghi)
   --out DIR      write BENCHMARKS.md and benchmarks.json into DIR
   --perf DIR     perf record the gateway in the first run of (a) 16 clients,
                  (b) 8 clients, (c) and (h) into DIR/<measurement>.data";

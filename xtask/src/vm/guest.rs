@@ -142,6 +142,9 @@ fn test_command(plan: &Plan, binary: &PlannedBinary) -> Command {
         .env("TMPDIR", TEST_TMPDIR)
         .env(ACCEL_ENV, &plan.accel)
         .stdin(Stdio::null());
+    if let Some(garage) = &plan.garage_bin {
+        c.env("GARAGE_BIN", garage);
+    }
     c
 }
 
@@ -385,6 +388,7 @@ mod tests {
         let plan = Plan {
             kernel: "6.1".into(),
             gateway_bin: "/stage/gateway".into(),
+            garage_bin: Some("/root/.cargo/bin/garage".into()),
             package_dir: "/w/tests".into(),
             test_threads: 2,
             accel: "tcg".into(),
@@ -426,6 +430,7 @@ mod tests {
             })
             .collect();
         assert!(env.contains(&("GATEWAY_BIN".into(), "/stage/gateway".into())));
+        assert!(env.contains(&("GARAGE_BIN".into(), "/root/.cargo/bin/garage".into())));
         assert!(env.contains(&("CARGO_MANIFEST_DIR".into(), "/w/tests".into())));
         assert!(env.contains(&("TMPDIR".into(), TEST_TMPDIR.into())));
         assert!(env.contains(&(ACCEL_ENV.into(), "tcg".into())));

@@ -16,6 +16,11 @@ pub struct Plan {
     pub kernel: String,
     /// `GATEWAY_BIN` for the tests.
     pub gateway_bin: PathBuf,
+    /// `GARAGE_BIN` for the tests (the shared-store tests' object store):
+    /// the guest's environment is its own, so the tests could not find
+    /// cargo's bin dir when `CARGO_HOME` is not `/root/.cargo`.
+    #[serde(default)]
+    pub garage_bin: Option<PathBuf>,
     /// The tests' package directory: their working directory and
     /// `CARGO_MANIFEST_DIR`, as under `cargo test`.
     pub package_dir: PathBuf,
@@ -250,6 +255,7 @@ mod tests {
         let plan = Plan {
             kernel: "6.1".into(),
             gateway_bin: "/w/target/vm/stage/gateway".into(),
+            garage_bin: Some("/root/.cargo/bin/garage".into()),
             package_dir: "/w/tests".into(),
             test_threads: 2,
             accel: "tcg".into(),

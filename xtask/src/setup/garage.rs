@@ -1,0 +1,161 @@
+//! Garage, the S3-compatible distributed store the shared-store tests run
+//! as a three-node cluster (tests/src/garage.rs, issue 16), built from
+//! crates.io into cargo's bin dir, beside bpf-linker.
+//!
+//! Only what the tests use: the S3 API and the LMDB metadata engine
+//! (`--no-default-features --features bundled-libs,lmdb`: no SQLite, K2V
+//! or metrics exporter), in the dev profile at opt-level 1 without debug
+//! info. Measured on the 2-core machine shared with other builds: at
+//! opt-level 0 the build took 295 s of CPU (4.6 min wall at nice 19), but
+//! under TCG (the VM suites) its three nodes took 180 s to start and take
+//! a layout, and the store answered the gateways too slowly for their
+//! 5 s deadline; at opt-level 1 it takes 718 s of CPU (10.5 min wall at
+//! nice 5) and the whole `shared_store` test passes under TCG in 97 s.
+//! `cargo xtask test` builds it in the background at the lowest CPU
+//! priority (see [`install_command`]) and waits for it only before the
+//! root tests. A stamp file records what was built, so a garage built
+//! otherwise (another opt-level, by hand) is rebuilt once.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd;
+
+pub const VERSION: &str = "2.5.0";
+const FEATURES: &str = "bundled-libs,lmdb";
+/// The dev profile's opt-level for the build (see the module doc).
+const OPT_LEVEL: &str = "1";
+/// What the stamp file says after a build with these settings.
+fn build_id() -> String {
+    format!("garage {VERSION} features {FEATURES} dev opt-level {OPT_LEVEL} debug 0\n")
+}
+
+/// The stamp file: written after a successful build.
+fn stamp_path() -> Result<PathBuf> {
+    Ok(cmd::home_dir()?.join(".cache/margo-gateway/garage-build"))
+}
+
+/// Where `cargo install` puts it (the tests look there too, and `cargo
+/// xtask vm` passes it to the guests as `GARAGE_BIN`).
+pub fn path() -> Result<PathBuf> {
+    Ok(cmd::cargo_home()?.join("bin/garage"))
+}
+
+/// Whether `garage --version` output (`garage cargo:2.5.0 [features: …]`)
+/// names [`VERSION`].
+pub fn is_wanted(version_output: &str) -> bool {
+    version_output.split_whitespace().any(|w| {
+        let w = w.strip_prefix("cargo:").unwrap_or(w);
+        w.strip_prefix('v').unwrap_or(w) == VERSION
+    })
+}
+
+/// The installed garage's version line, if it runs.
+pub fn installed_version() -> Option<String> {
+    let out = cmd::output(cmd::new(path().ok()?).arg("--version")).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Whether the wanted version is installed, built as [`install_command`]
+/// builds it.
+pub fn is_installed() -> bool {
+    let stamped = stamp_path()
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|s| s == build_id());
+    stamped && installed_version().is_some_and(|v| is_wanted(&v))
+}
+
+/// `cargo install garage …`. Its own temporary target directory
+/// (`CARGO_TARGET_DIR` removed): in the workspace's, its debug build would
+/// hold the lock of the directory the project's own debug builds use.
+pub fn install_command() -> Command {
+    let mut c = cmd::cargo();
+    c.env_remove("CARGO_TARGET_DIR")
+        // No debug info: measured, a 95 MB binary instead of 350 MB (the
+        // VMs read it over virtiofs) and an eighth less CPU time.
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("CARGO_PROFILE_DEV_OPT_LEVEL", OPT_LEVEL)
+        .args([
+            "install",
+            "garage",
+            "--version",
+            VERSION,
+            "--locked",
+            "--force",
+        ])
+        .args(["--debug", "--no-default-features", "--features", FEATURES]);
+    c
+}
+
+/// Checks what the build left: an error unless the wanted version runs;
+/// then stamps it.
+pub fn check_built() -> Result<()> {
+    match installed_version() {
+        Some(v) if is_wanted(&v) => {
+            let stamp = stamp_path()?;
+            if let Some(dir) = stamp.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&stamp, build_id())
+                .with_context(|| format!("writing {}", stamp.display()))?;
+            println!("setup: garage installed ({v})");
+            Ok(())
+        }
+        other => bail!(
+            "garage was built but `{} --version` gives {other:?}",
+            path()?.display()
+        ),
+    }
+}
+
+/// The foreground step of `cargo xtask setup`.
+pub fn ensure() -> Result<()> {
+    let current = installed_version();
+    if is_installed() {
+        println!("setup: garage ok ({})", current.as_deref().unwrap_or("?"));
+        return Ok(());
+    }
+    println!(
+        "setup: building garage {VERSION} at opt-level {OPT_LEVEL} (found: {}); this takes about 10 minutes",
+        current.as_deref().unwrap_or("none")
+    );
+    cmd::run(&mut install_command()).context(
+        "building garage failed: check the cargo output above (crates.io reachable? a C compiler for LMDB and libsodium?)",
+    )?;
+    check_built()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_check() {
+        assert!(is_wanted(
+            "garage cargo:2.5.0 [features: bundled-libs, lmdb]"
+        ));
+        assert!(is_wanted("garage v2.5.0"));
+        assert!(!is_wanted("garage cargo:2.5.1 [features: lmdb]"));
+        assert!(!is_wanted("garage cargo:12.5.0"));
+        assert!(!is_wanted(""));
+    }
+
+    #[test]
+    fn install_uses_a_target_dir_of_its_own() {
+        let c = install_command();
+        let removed = c
+            .get_envs()
+            .any(|(k, v)| k == "CARGO_TARGET_DIR" && v.is_none());
+        assert!(removed);
+        let args: Vec<_> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.windows(2).any(|w| w == ["--version", VERSION]));
+        assert!(build_id().contains(&format!("opt-level {OPT_LEVEL}")));
+    }
+}
