@@ -38,7 +38,7 @@ pub struct Options {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    crate::setup::run()?;
+    crate::setup::run_except_garage()?;
     let deb = match &opts.deb {
         Some(deb) => deb.clone(),
         None => build()?,

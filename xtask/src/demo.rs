@@ -10,7 +10,8 @@ pub fn run(args: &[String]) -> Result<()> {
              run `cargo xtask demo` as root"
         );
     }
-    setup::run()?;
+    // Everything but Garage: only the shared-store tests and bench use it.
+    setup::run_except_garage()?;
     let bin = build::gateway(false)?;
     println!(
         "demo: cargo run -p gateway-tests --bin demo (GATEWAY_BIN={})",

@@ -95,7 +95,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Setup => setup::run()?,
         Command::Build { release } => {
-            setup::run()?;
+            setup::run_except_garage()?;
             let bin = build::gateway(release)?;
             println!("{}", bin.display());
         }
