@@ -32,9 +32,9 @@ use crate::{
     config::Config,
     proxy::{
         IdleIo, Proxy,
-        body::{self, Body},
+        body::Body,
         conns::{Connections, STOP_GRACE, stopping},
-        http::{HttpContext, builder, finish, framing_problem, refused_by_parser},
+        http::{HttpContext, builder, finish, framing_problem, refuse, refused_by_parser},
     },
     tls::{LeafResolver, SiteCa, identity},
 };
@@ -258,18 +258,7 @@ async fn serve_request(req: Request<Incoming>, child: &str, ctx: &HttpContext) -
     record.path = Some(path.clone());
     let origin = origin_host(req.headers());
     record.host = origin.clone();
-    let refused = |status: StatusCode, reason: &str, record: Record| {
-        let mut record = record.reason(reason);
-        record.status = Some(status.as_u16());
-        record.fault = Some(Fault::Device);
-        let mut resp = Response::new(body::full(format!("{reason}\n")));
-        *resp.status_mut() = status;
-        if status == StatusCode::BAD_REQUEST {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        finish(resp, record, &ctx.audit)
-    };
+    let refused = |status, reason: &str, record| refuse(status, reason, record, &ctx.audit);
     if let Some(reason) = framing_problem(req.headers()) {
         return refused(StatusCode::BAD_REQUEST, reason, record);
     }

@@ -89,6 +89,29 @@ pub async fn serve<IO>(
     }
 }
 
+/// A request refused before it reached a site: `reason` as the body and
+/// the record's reason, the device's fault; a 400 closes the connection
+/// (ambiguous framing: the rest of the stream cannot be trusted).
+pub(crate) fn refuse(
+    status: StatusCode,
+    reason: &str,
+    record: Record,
+    audit: &Audit,
+) -> Response<Body> {
+    let mut record = record.reason(reason);
+    record.status = Some(status.as_u16());
+    record.fault = Some(Fault::Device);
+    let mut resp = Response::new(body::full(format!("{reason}\n")));
+    *resp.status_mut() = status;
+    if status == StatusCode::BAD_REQUEST {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    finish(resp, record, audit)
+}
+
 /// hyper's server for one connection, HTTP/1.1 and h2, with the limits
 /// and timers every terminated connection gets (device or child gateway).
 pub(crate) fn builder() -> auto::Builder<TokioExecutor> {
@@ -145,21 +168,7 @@ async fn handle(
     let host = request_host(&req);
     record.host = host.clone().or_else(|| sni.map(str::to_owned));
 
-    let refused = |status: StatusCode, reason: &str, record: Record| {
-        let mut record = record.reason(reason);
-        record.status = Some(status.as_u16());
-        record.fault = Some(Fault::Device);
-        let mut resp = Response::new(body::full(format!("{reason}\n")));
-        *resp.status_mut() = status;
-        if status == StatusCode::BAD_REQUEST {
-            // Ambiguous framing: the rest of the stream cannot be trusted.
-            resp.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-        }
-        finish(resp, record, &ctx.audit)
-    };
+    let refused = |status, reason: &str, record| refuse(status, reason, record, &ctx.audit);
 
     if let Some(reason) = framing_problem(req.headers()) {
         return refused(StatusCode::BAD_REQUEST, reason, record);

@@ -176,11 +176,7 @@ pub fn issue_client(
         source,
     };
     let now = OffsetDateTime::now_utc();
-    let not_after = time::Duration::try_from(validity)
-        .ok()
-        .and_then(|v| now.checked_add(v))
-        .ok_or(TlsError::LeafValidity { validity })?
-        .min(ca.not_after());
+    let not_after = super::leaf::not_after(ca, now, validity)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);

@@ -27,6 +27,19 @@ pub(crate) struct Leaf {
 }
 
 /// Mints a certificate for `host` (canonical, already allowed) valid for
+/// `validity` after `now`, but never past the CA's own expiry.
+pub(super) fn not_after(
+    ca: &SiteCa,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<OffsetDateTime, TlsError> {
+    Ok(time::Duration::try_from(validity)
+        .ok()
+        .and_then(|v| now.checked_add(v))
+        .ok_or(TlsError::LeafValidity { validity })?
+        .min(ca.not_after()))
+}
+
 /// `validity` from now, but never past the CA's own expiry.
 pub(crate) fn mint(ca: &SiteCa, host: &str, validity: Duration) -> Result<Leaf, TlsError> {
     let failed = |source| TlsError::Mint {
@@ -34,11 +47,7 @@ pub(crate) fn mint(ca: &SiteCa, host: &str, validity: Duration) -> Result<Leaf, 
         source,
     };
     let now = OffsetDateTime::now_utc();
-    let not_after = time::Duration::try_from(validity)
-        .ok()
-        .and_then(|v| now.checked_add(v))
-        .ok_or(TlsError::LeafValidity { validity })?
-        .min(ca.not_after());
+    let not_after = not_after(ca, now, validity)?;
 
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
