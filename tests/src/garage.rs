@@ -17,6 +17,10 @@
 //! others. A gateway reaches the store over a link of its own, which
 //! [`Link::cut`] cuts alone. Nodes are killed by pid (only the ones this
 //! harness started); the namespaces go with the site.
+//!
+//! A test that uses this cluster has `garage` in its name: `cargo xtask
+//! test` runs the other root tests while Garage is still building in the
+//! background, and these ones (filter `garage`) only after.
 
 mod admin;
 
