@@ -70,6 +70,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "lintian",
     "systemd",
     "systemd-container",
+    // Garage's build (xtask/src/setup/garage.rs, feature `system-libs`)
+    // links the system's libsodium and zstd, found with pkg-config,
+    // instead of configuring and compiling its bundled copies: minutes
+    // of one core at the head of its build, and the system's are built
+    // optimised.
+    "libsodium-dev",
+    "libzstd-dev",
+    "pkg-config",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

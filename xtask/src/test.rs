@@ -652,7 +652,7 @@ pub fn run() -> Result<ExitCode> {
         .map(|e| format!("{e:#}"));
     if r.done("setup", started, setup_failure) {
         // Garage (the shared-store tests' object store) builds from here
-        // on at the lowest CPU priority: about 12 minutes of CPU on a
+        // on at the lowest CPU priority: about 8 minutes of CPU on a
         // fresh machine, needed only by the root tests on it (step f1).
         let garage_build = start_garage_build();
 
