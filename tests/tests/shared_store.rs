@@ -63,6 +63,13 @@ fn start_gateway<'s>(
     let mut config = keys.config(site);
     // Right after the `cache:` block that `keys` ends with.
     config.extra_yaml.push_str(&garage.store_yaml(node));
+    if emulated() {
+        // Under TCG a store call just after a node was killed (Garage's
+        // own calls to the dead node time out first) outlasted the 5 s
+        // default deadline in one CI run, with a slower Garage build than
+        // setup's: a wider deadline there, which step 5 waits out instead.
+        config.extra_yaml.push_str("    timeout: 15s\n");
+    }
     config.extra_yaml.push_str(&format!(
         "admin:\n  listen: \"{}:{ADMIN_PORT}\"\n",
         addr::GW_UP_V4

@@ -57,7 +57,9 @@ fn built_binary(release: bool) -> Result<PathBuf> {
 /// [`crate::setup::garage`]): each is minutes of CPU on a 2-core machine, and the
 /// steps before the VMs (the root tests above all) leave a core idle much
 /// of the time. Nice 19 means it takes what they leave: a step that wants
-/// both cores gets them back within a scheduler tick. Cargo locks each
+/// both cores gets them back within a scheduler tick, until the run
+/// reaches the steps that wait for it ([`Background::to_normal_priority`]).
+/// Cargo locks each
 /// profile's directory on its own, so the debug builds beside it do not
 /// wait for it.
 pub struct Background {
@@ -120,6 +122,36 @@ impl Background {
         })
     }
 
+    /// Gives the build (cargo, and every process and thread under it) the
+    /// normal CPU priority, once the run reaches the steps that will wait
+    /// for it: at nice 19 it would get only the scraps the steps before
+    /// those leave. Only root may lower a nice value; elsewhere this says
+    /// why and changes nothing.
+    pub fn to_normal_priority(&self) {
+        let Some(child) = &self.child else {
+            return;
+        };
+        let mut changed = 0;
+        let mut first_error = None;
+        for tid in threads_under(child.id()) {
+            // SAFETY: setpriority takes plain integers and touches no memory.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 0) } == 0 {
+                changed += 1;
+            } else if first_error.is_none() {
+                first_error = Some(std::io::Error::last_os_error());
+            }
+        }
+        match first_error {
+            Some(e) if changed == 0 => {
+                println!("build {}: left at nice 19 ({e})", self.log.display())
+            }
+            _ => println!(
+                "build {}: now at normal priority ({changed} threads)",
+                self.log.display()
+            ),
+        }
+    }
+
     /// Waits for the release gateway's build; returns the binary, or an
     /// error with the tail of the build's output.
     pub fn wait(self) -> Result<PathBuf> {
@@ -146,5 +178,75 @@ impl Background {
             );
         }
         Ok(())
+    }
+}
+
+/// Every thread of `root` and of the processes under it, from /proc (a
+/// process's nice value is per thread on Linux; threads and processes
+/// started later inherit it from the one that starts them).
+fn threads_under(root: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            Some((pid, parent_in_stat(&stat)?))
+        })
+        .collect();
+    let mut procs = vec![root];
+    let mut i = 0;
+    while let Some(&pid) = procs.get(i) {
+        procs.extend(parents.iter().filter(|(_, p)| *p == pid).map(|(c, _)| *c));
+        i += 1;
+    }
+    procs
+        .into_iter()
+        .flat_map(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        })
+        .collect()
+}
+
+/// The parent pid in a `/proc/PID/stat` line: the field after the state,
+/// which follows the command name's closing parenthesis (the name itself
+/// may hold spaces and parentheses).
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_pid_from_stat() {
+        assert_eq!(
+            parent_in_stat("4242 (rustc (x) y) S 4100 4242 1 0 -1"),
+            Some(4100)
+        );
+        assert_eq!(parent_in_stat("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parent_in_stat("garbage"), None);
+    }
+
+    #[test]
+    fn finds_its_own_threads_and_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("starting sleep");
+        let me = std::process::id();
+        let found = threads_under(me);
+        assert!(found.contains(&me), "{found:?}");
+        assert!(found.contains(&child.id()), "{found:?}");
+        child.kill().expect("killing sleep");
+        child.wait().expect("reaping sleep");
     }
 }
