@@ -66,8 +66,8 @@ fn start_gateway<'s>(
     if emulated() {
         // Under TCG a store call just after a node was killed (Garage's
         // own calls to the dead node time out first) outlasted the 5 s
-        // default deadline in one CI run, with a slower Garage build than
-        // setup's: a wider deadline there, which step 5 waits out instead.
+        // default deadline in one CI run (xtask/src/setup/garage.rs): a
+        // wider deadline there, which step 5 waits out instead.
         config.extra_yaml.push_str("    timeout: 15s\n");
     }
     config.extra_yaml.push_str(&format!(

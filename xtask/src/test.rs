@@ -652,7 +652,7 @@ pub fn run() -> Result<ExitCode> {
         .map(|e| format!("{e:#}"));
     if r.done("setup", started, setup_failure) {
         // Garage (the shared-store tests' object store) builds from here
-        // on, at the lowest CPU priority until the fuzz step: about 9
+        // on, at the lowest CPU priority until the root tests: about 8
         // minutes of CPU on a
         // fresh machine, needed only by the root tests on it (step f1).
         let garage_build = start_garage_build();
@@ -671,7 +671,7 @@ pub fn run() -> Result<ExitCode> {
         let release_build = build::Background::release_gateway(release_log.clone());
         match &release_build {
             Ok(_) => println!(
-                "release gateway: building in the background (nice 19 until the fuzz step) until step \"build gateway (release)\"; its output: {}",
+                "release gateway: building in the background (nice 19 until the root tests) until step \"build gateway (release)\"; its output: {}",
                 release_log.display()
             ),
             Err(e) => println!(
@@ -729,20 +729,6 @@ pub fn run() -> Result<ExitCode> {
             None,
         );
 
-        // From here on the background builds are what the rest of the run
-        // waits for (Garage's has one long chain of crates, minutes of one
-        // core): at nice 19 they got only the scraps of the steps before,
-        // and would get only those of the fuzz build. At the normal
-        // priority they share the cores with it and fill what the root
-        // tests leave idle.
-        for build in [garage_build.as_ref(), Some(&release_build)]
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            build.to_normal_priority();
-        }
-
         // d2. each fuzz target for a short time (xtask/src/fuzz.rs): a
         // crash fails it and keeps its input in fuzz/regressions/.
         r.steps += 1;
@@ -761,6 +747,20 @@ pub fn run() -> Result<ExitCode> {
                 None
             }
         };
+
+        // From here on the background builds are what the rest of the run
+        // waits for (Garage's ends in one long chain of crates, minutes of
+        // one core): at nice 19 they would get only the scraps of the root
+        // tests. Not earlier: at the normal priority beside the fuzz build
+        // they took its time as much as they gained (measured: fuzz 254 s
+        // became 600 s).
+        for build in [garage_build.as_ref(), Some(&release_build)]
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            build.to_normal_priority();
+        }
 
         // f. root-only integration tests, but those that need Garage: they
         // run while Garage and the release gateway go on building, in the
@@ -925,7 +925,7 @@ fn start_garage_build() -> Option<Result<build::Background>> {
     let started = build::Background::garage(log.clone());
     match &started {
         Ok(_) => println!(
-            "garage: building {} in the background (nice 19 until the fuzz step) until step \"build garage\"; its output: {}",
+            "garage: building {} in the background (nice 19 until the root tests) until step \"build garage\"; its output: {}",
             setup::garage::VERSION,
             log.display()
         ),

@@ -25,7 +25,8 @@ pub fn run(b: &mut Bench<'_, '_>) -> Result<()> {
         format!(
             "One {} blob (`GET`, one `curl --http1.1` from the device namespace, curl's \
              `time_total`) through a gateway whose `cache.store` is a three-node Garage \
-             cluster (Garage 2.5 as setup builds it, at opt-level 1; replication 3; one LAN \
+             cluster (Garage 2.5 as setup builds it: its own crates at opt-level 0, its \
+             dependencies at 1; replication 3; one LAN \
              hop from the gateway namespace through a router namespace). Each run: the blob \
              is deleted from the bucket and the gateway restarted with an empty local \
              cache, then pulled (origin: the registry, upstream of the gateway); once the \
