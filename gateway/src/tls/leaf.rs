@@ -26,8 +26,9 @@ pub(crate) struct Leaf {
     pub(crate) lifetime: Duration,
 }
 
-/// Mints a certificate for `host` (canonical, already allowed) valid for
-/// `validity` after `now`, but never past the CA's own expiry.
+/// The end of a certificate's validity: `validity` after `now`, but never
+/// past the CA's own expiry (minted leaves and children's client
+/// certificates alike).
 pub(super) fn not_after(
     ca: &SiteCa,
     now: OffsetDateTime,
@@ -40,6 +41,7 @@ pub(super) fn not_after(
         .min(ca.not_after()))
 }
 
+/// Mints a certificate for `host` (canonical, already allowed) valid for
 /// `validity` from now, but never past the CA's own expiry.
 pub(crate) fn mint(ca: &SiteCa, host: &str, validity: Duration) -> Result<Leaf, TlsError> {
     let failed = |source| TlsError::Mint {
