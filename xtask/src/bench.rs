@@ -25,6 +25,10 @@ pub struct Args {
     /// Blob size for the warm and cold sections, e.g. 1GiB, 256MiB.
     #[arg(long)]
     pub size: Option<String>,
+    /// Connections section (f) holds open at once (default 10000; memory
+    /// is also read at 1000 on the way).
+    #[arg(long)]
+    pub conns: Option<usize>,
     /// Sections to run, by issue letter (default: abcdefghi).
     #[arg(long)]
     pub sections: Option<String>,
@@ -55,6 +59,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if let Some(s) = &args.size {
         extra.extend(["--size".to_owned(), s.clone()]);
+    }
+    if let Some(n) = args.conns {
+        extra.extend(["--conns".to_owned(), n.to_string()]);
     }
     if let Some(s) = &args.sections {
         extra.extend(["--sections".to_owned(), s.clone()]);

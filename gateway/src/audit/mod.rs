@@ -13,8 +13,10 @@
 mod record;
 
 use std::{
+    future::Future,
     io,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -143,14 +145,21 @@ impl Audit {
     }
 
     /// Queues a record; waits if the writer is behind.
-    pub async fn log(&self, record: Record) {
+    ///
+    /// The wait is boxed: a channel send holding a record is about 2 KiB,
+    /// and every connection's task that may log (all of them) would
+    /// otherwise carry that room for its whole life, kept-alive ones
+    /// included. A record is logged once; one allocation then is cheap.
+    pub fn log(&self, record: Record) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         // Every decision passes here: the metrics count it before it is
         // queued, so a stalled log does not hide traffic from them.
         crate::metrics::global().observe(&record);
-        if self.tx.send(record).await.is_err() {
-            self.counts.lost.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("audit writer has stopped; record lost");
-        }
+        Box::pin(async move {
+            if self.tx.send(record).await.is_err() {
+                self.counts.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("audit writer has stopped; record lost");
+            }
+        })
     }
 }
 

@@ -34,7 +34,9 @@ use crate::{
         IdleIo, Proxy,
         body::Body,
         conns::{Connections, STOP_GRACE, stopping},
-        http::{HttpContext, builder, finish, framing_problem, refuse, refused_by_parser},
+        http::{
+            HttpContext, Protocol, builder, finish, framing_problem, refuse, refused_by_parser,
+        },
     },
     tls::{LeafResolver, SiteCa, identity},
 };
@@ -198,10 +200,11 @@ async fn handle(
         let child = child.clone();
         service_fn(move |req| {
             let (ctx, child) = (ctx.clone(), child.clone());
-            async move { Ok::<_, Infallible>(serve_request(req, &child, &ctx).await) }
+            // Boxed: see the device side's service (proxy/http.rs).
+            Box::pin(async move { Ok::<_, Infallible>(serve_request(req, &child, &ctx).await) })
         })
     };
-    let builder = builder();
+    let builder = builder(Protocol::from_alpn(tls.get_ref().1.alpn_protocol()));
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     // A child keeps its connection pooled between pulls: when the daemon

@@ -11,7 +11,7 @@ mod listener;
 mod passthrough;
 pub mod peek;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::{
     io::AsyncWriteExt as _,
@@ -146,6 +146,10 @@ async fn refuse(
     proxy.audit.log(r).await;
 }
 
+/// One accepted connection. Each branch's future is boxed: a task is as
+/// large as its largest state, so unboxed, every connection (a kept-alive
+/// TLS one included) would carry room for the largest branch (about 12 KiB
+/// measured); boxed, it carries its own branch's state only.
 async fn handle(
     proxy: Arc<Proxy>,
     stream: TcpStream,
@@ -202,7 +206,7 @@ async fn handle(
             proxy.audit.log(r).await;
         }
         Decision::Passthrough { upstream, service } => {
-            let mut record = passthrough::splice(
+            let mut record = Box::pin(passthrough::splice(
                 stream,
                 device,
                 original_dst,
@@ -213,30 +217,47 @@ async fn handle(
                     idle: proxy.passthrough_idle,
                 },
                 stop,
-            )
+            ))
             .await;
             record.group = group.map(|g| g.name.to_string());
             proxy.audit.log(record).await;
         }
         Decision::Dns => match &proxy.dns {
-            Some(dns) => crate::dns::tcp::serve(dns, stream, device, original_dst).await,
+            Some(dns) => Box::pin(crate::dns::tcp::serve(dns, stream, device, original_dst)).await,
             None => proxy.audit.log(denied(crate::policy::DENY_NO_RULE)).await,
         },
         Decision::Deny { reason } => {
             drop(stream);
             proxy.audit.log(denied(reason)).await;
         }
-        Decision::Inspect => inspect(proxy.clone(), stream, device, original_dst, stop).await,
+        Decision::Inspect => {
+            // The inspection's box is freed at the end of this statement,
+            // before the connection is served.
+            let serving =
+                Box::pin(inspect(proxy.clone(), stream, device, original_dst, stop)).await;
+            if let Some(serving) = serving {
+                serving.await;
+            }
+        }
     }
 }
 
+/// A connection's HTTP service, ready to be awaited.
+type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Reads what the device speaks, refuses or completes the TLS handshake,
+/// and returns the HTTP service for what it may use (or `None`, refused
+/// and audited). Returned rather than awaited here: the caller awaits it
+/// after this future is gone, so a kept-alive connection does not keep
+/// this future's room (the ClientHello, the refusal records) for its
+/// life.
 async fn inspect(
     proxy: Arc<Proxy>,
     mut stream: TcpStream,
     device: SocketAddr,
     dst: SocketAddr,
     stop: watch::Receiver<bool>,
-) {
+) -> Option<Serving> {
     let denied = |reason: &str| {
         Record::new(Event::FlowDenied)
             .tcp(device, dst)
@@ -252,7 +273,7 @@ async fn inspect(
                     let mut r = denied(reason);
                     r.host = sni;
                     proxy.audit.log(r).await;
-                    return;
+                    return None;
                 }
             };
             if let Some(groups) = &proxy.policy.groups {
@@ -266,38 +287,57 @@ async fn inspect(
                     r.group = Some(group.name.to_string());
                     r.fault = Some(Fault::Device);
                     proxy.audit.log(r).await;
-                    return;
+                    return None;
                 }
             }
             let Some(acceptor) = proxy.tls.clone() else {
                 proxy.audit.log(denied("tls_not_configured")).await;
-                return;
+                return None;
             };
             let stream = IdleIo::new(stream, proxy.inspect_timeout, proxy.idle_timeout);
-            match tokio::time::timeout(proxy.inspect_timeout, acceptor.accept(stream)).await {
+            // Boxed: the handshake's state (about 1.5 KiB) is needed only
+            // until it ends.
+            let accept = tokio::time::timeout(proxy.inspect_timeout, acceptor.accept(stream));
+            let refused = match Box::pin(accept).await {
                 Ok(Ok(tls)) => {
                     crate::metrics::global().tls_handshake("ok");
-                    http::serve(tls, device, Some(host), proxy.http.clone(), stop).await;
+                    let protocol = http::Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
+                    return Some(Box::pin(http::serve(
+                        tls,
+                        device,
+                        Some(host),
+                        protocol,
+                        proxy.http.clone(),
+                        stop,
+                    )));
                 }
                 Ok(Err(e)) => {
                     crate::metrics::global().tls_handshake("failed");
                     let mut r = denied("tls_handshake_failed").detail(e.to_string());
                     r.host = Some(host);
                     r.fault = Some(Fault::Device);
-                    proxy.audit.log(r).await;
+                    r
                 }
                 Err(_) => {
                     crate::metrics::global().tls_handshake("timeout");
                     let mut r = denied("tls_handshake_timeout");
                     r.host = Some(host);
                     r.fault = Some(Fault::Device);
-                    proxy.audit.log(r).await;
+                    r
                 }
-            }
+            };
+            proxy.audit.log(refused).await;
         }
         FirstBytes::Http => {
             let stream = IdleIo::new(stream, proxy.inspect_timeout, proxy.idle_timeout);
-            http::serve(stream, device, None, proxy.http.clone(), stop).await;
+            return Some(Box::pin(http::serve(
+                stream,
+                device,
+                None,
+                http::Protocol::Detect,
+                proxy.http.clone(),
+                stop,
+            )));
         }
         FirstBytes::Other => proxy.audit.log(denied("unsupported_protocol")).await,
         FirstBytes::Invalid(why) => {
@@ -309,4 +349,5 @@ async fn inspect(
         FirstBytes::Timeout => proxy.audit.log(denied("no_request_in_time")).await,
         FirstBytes::Closed => proxy.audit.log(denied("closed_before_request")).await,
     }
+    None
 }

@@ -26,102 +26,185 @@ use crate::{
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// The connection count of issue 5's target, read on the way to `conns`.
+const FIRST_STAGE: usize = 1000;
+
 pub fn run(b: &mut Bench<'_, '_>) -> Result<()> {
     let n = b.opts.conns;
+    // Memory is read after the first 1,000 (issue 5's target) and after all
+    // `n` (issue 15's); with fewer, only at `n`.
+    let stages: Vec<usize> = if n > FIRST_STAGE {
+        vec![FIRST_STAGE, n]
+    } else {
+        vec![n]
+    };
     b.report.method(
         "f",
         format!(
             "Memory: VmRSS of the gateway process 1 s after a fresh start (its cache on \
-             disk kept), then with {n} connections from the device open at once, each a \
+             disk kept), then with {} connections from the device open at once, each a \
              full TLS handshake plus one `GET /v2/` answered, kept alive; nginx (master + \
-             workers) measured the same way for reference."
+             workers) measured the same way for reference. Memory per connection is the \
+             growth from idle to {n} connections, divided by {n}.",
+            stages
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(" and then ")
         ),
     );
-    let cfg = tlsclient::verifying_config(&b.gw.site_ca)?;
+    // One verified connection to each server proves its chain; the rest
+    // skip the client's checks so that 10,000 open within the servers'
+    // 15 s keep-alive idle time on two shared cores (the server's side of
+    // each handshake is the same either way).
+    let gw_cfg = tlsclient::verifying_config(&b.gw.site_ca)?;
     let nginx_cfg = tlsclient::verifying_config(&b.pki.ca_pem)?;
-    let name_conns = format!("resident memory with {n} open TLS connections");
-    let mut gw_idle = Figure::new(
-        "f",
-        "resident memory, idle",
-        "gateway",
-        "MiB",
-        Better::Lower,
-    );
-    let mut gw_busy = Figure::new("f", name_conns.clone(), "gateway", "MiB", Better::Lower);
-    let mut gw_per = Figure::new(
-        "f",
-        "memory per open connection",
-        "gateway",
-        "KiB",
-        Better::Lower,
-    );
-    let mut ng_idle = Figure::new("f", "resident memory, idle", "nginx", "MiB", Better::Lower);
-    let mut ng_busy = Figure::new("f", name_conns, "nginx", "MiB", Better::Lower);
+    let blind = tlsclient::blind_config()?;
+    let mut gw = Subject::new("gateway", &stages);
+    let mut ng = Subject::new("nginx", &stages);
     for run in 0..b.opts.runs {
         b.gw.restart()?;
         thread::sleep(Duration::from_secs(1));
         let pid = b.gw.pid()?;
-        let idle = status_kb(pid, "VmRSS")?;
-        let (conns, per) = open(&b.site.dev_ns, SocketAddr::from((ADDR_V4, 443)), &cfg, n)?;
-        let busy = status_kb(pid, "VmRSS")?;
+        let addr = SocketAddr::from((ADDR_V4, 443));
+        let conns = gw.measure(
+            run,
+            b.opts.runs,
+            &b.site.dev_ns,
+            addr,
+            [&gw_cfg, &blind],
+            || status_kb(pid, "VmRSS"),
+        )?;
         let established = count_established(&b.site.gw_ns)?;
         drop(conns);
         ensure!(
             established >= n,
             "only {established} connections established on the gateway side, {n} opened"
         );
-        progress(format!(
-            "(f) run {}/{} gateway: idle {:.1} MiB, {n} connections {:.1} MiB ({:.1} ms per connection opened)",
-            run + 1,
-            b.opts.runs,
-            idle as f64 / MIB,
-            busy as f64 / MIB,
-            per * 1000.0
-        ));
-        gw_idle.samples.push(idle as f64 / MIB);
-        gw_busy.samples.push(busy as f64 / MIB);
-        gw_per
-            .samples
-            .push((busy.saturating_sub(idle)) as f64 / 1024.0 / n as f64);
 
         b.nginx.restart_empty()?;
         thread::sleep(Duration::from_secs(1));
         let npid = b.nginx.pid().context("nginx not running")?;
-        let idle = rss_tree(npid)?;
-        let (conns, per) = open(
-            &b.site.dev_ns,
-            SocketAddr::from((PEER_NGINX, 443)),
-            &nginx_cfg,
-            n,
-        )?;
-        let busy = rss_tree(npid)?;
-        drop(conns);
-        progress(format!(
-            "(f) run {}/{} nginx: idle {:.1} MiB, {n} connections {:.1} MiB ({:.1} ms per connection opened)",
-            run + 1,
+        let addr = SocketAddr::from((PEER_NGINX, 443));
+        let conns = ng.measure(
+            run,
             b.opts.runs,
-            idle as f64 / MIB,
-            busy as f64 / MIB,
-            per * 1000.0
-        ));
-        ng_idle.samples.push(idle as f64 / MIB);
-        ng_busy.samples.push(busy as f64 / MIB);
+            &b.site.dev_ns,
+            addr,
+            [&nginx_cfg, &blind],
+            || rss_tree(npid),
+        )?;
+        drop(conns);
     }
-    let m = gw_busy.summary();
-    b.report.check(
-        "f",
-        &format!("under 64 MiB with {n} connections"),
-        format!("{:.1} MiB (spread {:.1}–{:.1})", m.median, m.min, m.max),
-        m.median < 64.0,
-    );
-    for f in [gw_idle, gw_busy, gw_per, ng_idle, ng_busy] {
+    for (i, &count) in stages.iter().enumerate() {
+        let m = gw.busy[i].summary();
+        // Issue 5: 64 MiB with 1,000; issue 15: 256 MiB with 10,000.
+        let limit = if count > FIRST_STAGE { 256.0 } else { 64.0 };
+        b.report.check(
+            "f",
+            &format!("under {limit:.0} MiB with {count} connections"),
+            format!("{:.1} MiB (spread {:.1}–{:.1})", m.median, m.min, m.max),
+            m.median < limit,
+        );
+    }
+    for f in gw.into_figures().into_iter().chain(ng.into_figures()) {
         b.report.add(f);
     }
     Ok(())
 }
 
-/// Client threads opening the connections: together they open 1,000 in a
-/// second or two, well inside the server's 15 s keep-alive idle time.
+/// One server's figures: idle, at each stage, and per connection at the
+/// last stage.
+struct Subject {
+    name: &'static str,
+    stages: Vec<usize>,
+    idle: Figure,
+    busy: Vec<Figure>,
+    per: Figure,
+}
+
+impl Subject {
+    fn new(name: &'static str, stages: &[usize]) -> Self {
+        Self {
+            name,
+            stages: stages.to_vec(),
+            idle: Figure::new("f", "resident memory, idle", name, "MiB", Better::Lower),
+            busy: stages
+                .iter()
+                .map(|n| {
+                    Figure::new(
+                        "f",
+                        format!("resident memory with {n} open TLS connections"),
+                        name,
+                        "MiB",
+                        Better::Lower,
+                    )
+                })
+                .collect(),
+            per: Figure::new(
+                "f",
+                "memory per open connection",
+                name,
+                "KiB",
+                Better::Lower,
+            ),
+        }
+    }
+
+    /// Checks the server's chain on one connection (closed again), reads
+    /// `rss` idle, then opens the stages' connections to `addr` with the
+    /// blind config, reading it at each; returns the connections (still
+    /// open).
+    fn measure(
+        &mut self,
+        run: usize,
+        runs: usize,
+        ns: &str,
+        addr: SocketAddr,
+        [verified, blind]: [&Arc<ClientConfig>; 2],
+        rss: impl Fn() -> Result<u64>,
+    ) -> Result<Vec<Http>> {
+        in_ns(ns, || tlsclient::connect(addr, HOST, verified))?
+            .with_context(|| format!("a verified connection to {}", self.name))?;
+        let idle = rss()?;
+        let mut conns = Vec::new();
+        let mut line = format!(
+            "(f) run {}/{runs} {}: idle {:.1} MiB",
+            run + 1,
+            self.name,
+            idle as f64 / MIB
+        );
+        let mut busy = idle;
+        for (i, &count) in self.stages.iter().enumerate() {
+            let (more, per) = open(ns, addr, blind, count - conns.len())?;
+            conns.extend(more);
+            busy = rss()?;
+            self.busy[i].samples.push(busy as f64 / MIB);
+            line.push_str(&format!(
+                ", {count} connections {:.1} MiB ({:.1} ms per connection opened)",
+                busy as f64 / MIB,
+                per * 1000.0
+            ));
+        }
+        progress(line);
+        self.idle.samples.push(idle as f64 / MIB);
+        let n = self.stages.last().copied().unwrap_or(1).max(1);
+        self.per
+            .samples
+            .push(busy.saturating_sub(idle) as f64 / 1024.0 / n as f64);
+        Ok(conns)
+    }
+
+    fn into_figures(self) -> Vec<Figure> {
+        let mut out = vec![self.idle];
+        out.extend(self.busy);
+        out.push(self.per);
+        out
+    }
+}
+
+/// Client threads opening the connections: together they open 10,000 in
+/// a few seconds, well inside the server's 15 s keep-alive idle time.
 const OPENERS: usize = 8;
 
 /// Opens `n` keep-alive TLS connections from namespace `ns`, each with one

@@ -109,8 +109,8 @@ pub struct Opts {
 }
 
 impl Opts {
-    /// The issue's sizes: 1 GiB blobs, 16 and 8 clients, 1,000 names and
-    /// connections, medians of 5 runs.
+    /// The issues' sizes: 1 GiB blobs, 16 and 8 clients, 1,000 names,
+    /// 10,000 connections, medians of 5 runs.
     pub fn full() -> Self {
         Self {
             smoke: false,
@@ -119,7 +119,7 @@ impl Opts {
             warm_clients: 16,
             cold_clients: 8,
             names: 1000,
-            conns: 1000,
+            conns: 10_000,
             handshake_secs: 5.0,
             handshake_threads: 8,
             head_requests: 2000,
@@ -310,6 +310,15 @@ pub fn run(opts: Opts) -> Result<Report> {
     let started = Instant::now();
     let nofile = proc::raise_nofile()?;
     progress(format!("open-file limit {nofile}"));
+    // (f) holds `conns` sockets in this process and as many in the server.
+    let wanted = opts.conns as u64 + 1024;
+    if opts.wants('f') && nofile < wanted {
+        bail!(
+            "(f) opens {} connections but the open-file limit is {nofile} (wanted {wanted}): \
+             raise it (ulimit -Hn) or pass --conns",
+            opts.conns
+        );
+    }
     let report = Report::new(&opts)?;
 
     progress("building the site (namespaces dev/gw/up, veths, registry)");

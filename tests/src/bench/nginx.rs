@@ -120,7 +120,7 @@ user root;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{
-    worker_connections 8192;
+    worker_connections 16384;
 }}
 http {{
     access_log {d}/access.log;

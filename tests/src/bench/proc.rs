@@ -258,9 +258,16 @@ pub fn wait_for_file(path: &Path, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Raises this process's soft open-file limit to its hard limit: the
-/// memory benchmark holds 1,000 connections, and the gateway (a child)
-/// inherits the limit.
+/// Open files this process and its children (the gateway, nginx) may
+/// hold: the memory benchmark holds 10,000 connections on each side, and
+/// the bench gateway is configured for 65,536 (two descriptors each, for
+/// passthrough, plus its own).
+const NOFILE_WANTED: u64 = 2 * 65_536 + 1024;
+
+/// Raises this process's open-file limit to [`NOFILE_WANTED`], the hard
+/// limit too where root may (`CAP_SYS_RESOURCE`; a container may withhold
+/// it), else the soft limit to the hard one; the gateway and nginx
+/// (children) inherit it. Returns the soft limit set.
 pub fn raise_nofile() -> Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -269,6 +276,16 @@ pub fn raise_nofile() -> Result<u64> {
     // SAFETY: getrlimit writes into a valid struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    if lim.rlim_max < NOFILE_WANTED {
+        let raised = libc::rlimit {
+            rlim_cur: NOFILE_WANTED,
+            rlim_max: NOFILE_WANTED,
+        };
+        // SAFETY: setrlimit reads a valid struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(NOFILE_WANTED);
+        }
     }
     lim.rlim_cur = lim.rlim_max;
     // SAFETY: setrlimit reads a valid struct.

@@ -8,11 +8,12 @@ use anyhow::{Context as _, Result, bail};
 use gateway_tests::bench::{self, Opts};
 
 const USAGE: &str =
-    "usage: bench [--smoke] [--runs N] [--size BYTES|NMiB|NGiB] [--sections abcdefghi] [--out DIR]
+    "usage: bench [--smoke] [--runs N] [--size BYTES|NMiB|NGiB] [--conns N] [--sections abcdefghi] [--out DIR]
 
   --smoke        tiny sizes, one run (what `cargo xtask test` runs)
   --runs N       runs per figure (default 5)
   --size S       blob size (default 1GiB)
+  --conns N      open connections of (f) (default 10000)
   --sections L   which sections to run, by issue letter (default abcdefghi)
   --out DIR      write BENCHMARKS.md and benchmarks.json into DIR
   --perf DIR     perf record the gateway in the first run of (a) 16 clients,
@@ -41,6 +42,7 @@ fn parse(args: Vec<String>) -> Result<Opts> {
             "--smoke" => {}
             "--runs" => opts.runs = value("--runs")?.parse().context("--runs")?,
             "--size" => opts.blob_size = parse_size(&value("--size")?)?,
+            "--conns" => opts.conns = value("--conns")?.parse().context("--conns")?,
             "--sections" => opts.sections = value("--sections")?,
             "--out" => opts.out_dir = Some(PathBuf::from(value("--out")?)),
             "--perf" => opts.perf_dir = Some(PathBuf::from(value("--perf")?)),
