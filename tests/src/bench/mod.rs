@@ -206,6 +206,8 @@ pub struct Bench<'a, 's> {
     /// The shared store of section (i), when it runs.
     pub garage: Option<&'a Garage>,
     pub warm: BlobRef,
+    /// (a)'s second, smaller warm blob: see [`smaller_warm_size`].
+    pub warm_small: BlobRef,
     pub cold: BlobRef,
     /// Scratch space of the peers and the gateway.
     pub dir: PathBuf,
@@ -341,12 +343,15 @@ pub fn run(opts: Opts) -> Result<Report> {
     let dir = site.tmp_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
 
+    let small = smaller_warm_size(opts.blob_size);
     progress(format!(
-        "generating and pushing two {} images",
-        size_text(opts.blob_size)
+        "generating and pushing two {} images and one of {}",
+        size_text(opts.blob_size),
+        size_text(small)
     ));
     let layout = Layout::create(&dir.join("layout"))?;
     let warm = push_image(&registry, &layout, "bench/warm", opts.blob_size, 1)?;
+    let warm_small = push_image(&registry, &layout, "bench/warm-small", small, 3)?;
     let cold = push_image(&registry, &layout, "bench/cold", opts.blob_size, 2)?;
     // The generated layout is no longer needed: free its disk space.
     drop(layout);
@@ -373,6 +378,7 @@ pub fn run(opts: Opts) -> Result<Report> {
         pki,
         garage: garage.as_ref(),
         warm,
+        warm_small,
         cold,
         dir,
         report,
@@ -431,6 +437,17 @@ pub fn run(opts: Opts) -> Result<Report> {
 }
 
 type SectionFn = fn(&mut Bench<'_, '_>) -> Result<()>;
+
+/// (a)'s second case (issue 15 item 3b): 256 MiB beside the 1 GiB blob,
+/// or half the blob size when that is 256 MiB or less (the smoke run).
+pub fn smaller_warm_size(blob_size: u64) -> u64 {
+    const SMALL: u64 = 256 << 20;
+    if blob_size > SMALL {
+        SMALL
+    } else {
+        (blob_size / 2).max(1)
+    }
+}
 
 /// Generates a one-layer image whose layer is `size` bytes (an
 /// uncompressed tar holding seeded random bytes) and pushes it as
