@@ -15,7 +15,10 @@
 //!   make 126 s, `garage_model` alone 195 s, then the API crates);
 //!   `shared_store` under TCG 68–98 s.
 //! - this build: 8 min of CPU, 5.5 min wall at nice 19 (`garage_model`
-//!   24 s); `shared_store` under TCG 91–141 s. In one CI run (kernel 6.12)
+//!   24 s); `shared_store` under TCG 91–141 s. That was with a
+//!   `package."*"` override, which also built the build scripts and proc
+//!   macros at opt-level 1; through the profile's own level they keep
+//!   cargo's 0: 6.0 min of CPU (3.75 min wall beside a debug build). In one CI run (kernel 6.12)
 //!   a store call just after a node was killed outlasted the gateway's
 //!   5 s store deadline, so under TCG the test gives its gateways 15 s.
 //! - everything at opt-level 0: 3.2 min of CPU, but under TCG the nodes
