@@ -7,6 +7,8 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use gateway::config::Config;
 
+mod allocator;
+
 /// sysexits.h EX_USAGE: the configuration (or command line) is wrong.
 const EX_CONFIG: u8 = 64;
 
@@ -403,6 +405,12 @@ fn load(path: &std::path::Path, host_checks: bool) -> Result<Config, gateway::co
 }
 
 fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    if allocator::serves_rust() {
+        tracing::info!(allocator = %allocator::describe(), "allocator");
+    } else {
+        // Still correct, only larger per connection: say so, don't refuse.
+        tracing::warn!(allocator = %allocator::describe(), "allocator is not jemalloc");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -5,6 +5,10 @@
 //! connection closes, so whatever follows them (here, a second request
 //! smuggled in the same write) is never served. Controls: a plain
 //! `GET /v2/` is 200 on a connection that stays open, a wrong `Host` is 421.
+//!
+//! The version ALPN settled is the one served (RFC 9113 §3.3): the h2
+//! preface where HTTP/1.1 was settled, or HTTP/1.1 text where h2 was, is
+//! refused and closes the connection, audited as `malformed_request`.
 
 #![expect(
     clippy::unwrap_used,
@@ -39,8 +43,8 @@ const SMUGGLED_PATH: &str = "/v2/smuggled/manifests/latest";
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 
-/// A client that trusts only the site CA and speaks HTTP/1.1.
-fn client_config(site_ca_pem: &str) -> Arc<ClientConfig> {
+/// A client that trusts only the site CA and offers `alpn` (one protocol).
+fn client_config(site_ca_pem: &str, alpn: &[u8]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(site_ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -51,7 +55,7 @@ fn client_config(site_ca_pem: &str) -> Arc<ClientConfig> {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(config)
 }
 
@@ -279,7 +283,7 @@ fn ambiguous_framing_gets_400_and_the_connection_closes() {
     let site = Site::new("oci-smuggling").unwrap();
     let w = start_world(&site, RegistryOptions::default(), "5m").unwrap();
     let gw = &w.gw;
-    let config = client_config(&gw.site_ca_pem);
+    let config = client_config(&gw.site_ca_pem, b"http/1.1");
 
     // Control: a plain GET /v2/ is 200 and the connection stays open for
     // the next request; `Connection: close` then ends it.
@@ -426,6 +430,90 @@ fn ambiguous_framing_gets_400_and_the_connection_closes() {
     assert!(
         !upstream.iter().any(|l| l.path.contains("smuggled")),
         "the smuggled request reached the registry: {upstream:?}"
+    );
+}
+
+/// The client connection preface of h2 (RFC 9113 §3.4) and an empty
+/// SETTINGS frame after it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+#[test]
+fn the_protocol_alpn_settled_is_the_one_served() {
+    require_root();
+    let site = Site::new("oci-alpn").unwrap();
+    let w = start_world(&site, RegistryOptions::default(), "5m").unwrap();
+    let gw = &w.gw;
+    let http1 = client_config(&gw.site_ca_pem, b"http/1.1");
+    let h2 = client_config(&gw.site_ca_pem, b"h2");
+    let get = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        registry::HOST
+    );
+
+    // Control: ALPN http/1.1 and HTTP/1.1 text is served.
+    let (mut tls, control) = gw.must(connect(&site, &http1));
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls.write_all(get.as_bytes()).unwrap();
+    let ok = gw.must(read_response(&mut tls, &mut Vec::new())).unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.head);
+
+    // ALPN http/1.1, then the h2 preface: no answer, the connection ends.
+    let (mut tls, preface_device) = gw.must(connect(&site, &http1));
+    tls.write_all(H2_PREFACE).unwrap();
+    tls.flush().unwrap();
+    let (closed, got) = gw.must(read_to_close(&mut tls, READ_TIMEOUT));
+    assert_ne!(closed, Closed::StillOpen, "h2 preface on HTTP/1.1: {got:?}");
+    assert!(
+        got.is_empty(),
+        "h2 preface on HTTP/1.1 was answered: {got:?}"
+    );
+
+    // ALPN h2, then HTTP/1.1 text: at most h2's own frames (its SETTINGS,
+    // a GOAWAY), never an HTTP/1 response, and the connection ends.
+    let (mut tls, text_device) = gw.must(connect(&site, &h2));
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(get.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    let (closed, got) = gw.must(read_to_close(&mut tls, READ_TIMEOUT));
+    assert_ne!(closed, Closed::StillOpen, "HTTP/1.1 on h2: {got:?}");
+    assert!(
+        !got.windows(5).any(|w| w == b"HTTP/"),
+        "HTTP/1.1 on h2 was answered in HTTP/1: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Both refusals are audited against the device's connection, without a
+    // status (none was sent); the control was served.
+    let wanted = [preface_device.to_string(), text_device.to_string()];
+    let records = gw.must(gw.gw.wait_audit_all(
+        |rs| {
+            wanted.iter().all(|d| {
+                rs.iter()
+                    .any(|r| r["device"] == d.as_str() && r["reason"] == "malformed_request")
+            })
+        },
+        READ_TIMEOUT,
+    ));
+    for device in &wanted {
+        let mine: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["device"] == device.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{device}: {mine:?}");
+        let r = mine[0];
+        eprintln!("audit: {r}");
+        assert_eq!(r["event"], "request", "{r}");
+        assert_eq!(r["fault"], "device", "{r}");
+        assert_eq!(r["host"], registry::HOST, "{r}");
+        assert!(r["status"].is_null(), "{r}");
+        assert!(r["detail"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
+    }
+    let control = control.to_string();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["device"] == control.as_str() && r["status"] == 200),
+        "control not recorded as served: {records:?}"
     );
 }
 

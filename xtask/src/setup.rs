@@ -78,6 +78,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libsodium-dev",
     "libzstd-dev",
     "pkg-config",
+    // The gateway binary links the system's jemalloc by name
+    // (gateway/src/allocator.rs): the -dev package has the link-time
+    // `libjemalloc.so`, and pulls in the runtime `libjemalloc2` that the
+    // Debian package then depends on.
+    "libjemalloc-dev",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -18,12 +18,11 @@
 //! Audit records of children's requests carry `child` (the client
 //! certificate's common name) instead of a device address.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
 
@@ -34,9 +33,7 @@ use crate::{
         IdleIo, Proxy,
         body::Body,
         conns::{Connections, STOP_GRACE, stopping},
-        http::{
-            HttpContext, Protocol, builder, finish, framing_problem, refuse, refused_by_parser,
-        },
+        http::{HttpContext, Protocol, drive, finish, framing_problem, refuse},
     },
     tls::{LeafResolver, SiteCa, identity},
 };
@@ -154,7 +151,7 @@ async fn handle(
     acceptor: TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
@@ -196,37 +193,20 @@ async fn handle(
     tracing::debug!(%peer, child = %child, "child gateway connected");
     let ctx = proxy.http.clone();
     let audit = ctx.audit.clone();
-    let service = {
+    let handler = {
         let child = child.clone();
-        service_fn(move |req| {
+        move |req| {
             let (ctx, child) = (ctx.clone(), child.clone());
-            // Boxed: see the device side's service (proxy/http.rs).
-            Box::pin(async move { Ok::<_, Infallible>(serve_request(req, &child, &ctx).await) })
-        })
+            Box::pin(async move { serve_request(req, &child, &ctx).await })
+        }
     };
-    let builder = builder(Protocol::from_alpn(tls.get_ref().1.alpn_protocol()));
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
+    let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
     // A child keeps its connection pooled between pulls: when the daemon
     // stops, requests in flight finish and the connection closes, so it
     // does not hold the daemon (and its audit log) open until it idles out.
-    let ended = tokio::select! {
-        r = conn.as_mut() => r,
-        () = stopping(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(%peer, child = %child, error = %e, "child connection ended with an error");
-        if let Some(reason) = refused_by_parser(e.as_ref()) {
-            let mut record = Record::new(Event::Request)
-                .reason(reason)
-                .detail(e.to_string());
-            record.child = Some(child.to_string());
-            record.fault = Some(Fault::Device);
-            audit.log(record).await;
-        }
+    if let Some(mut record) = drive(tls, protocol, handler, stop, peer).await {
+        record.child = Some(child.to_string());
+        audit.log(record).await;
     }
 }
 

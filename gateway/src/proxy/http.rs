@@ -62,7 +62,7 @@ pub fn serve<IO>(
     sni: Option<String>,
     protocol: Protocol,
     ctx: Arc<HttpContext>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -70,15 +70,51 @@ where
     let sni = sni.map(Arc::<str>::from);
     let host = sni.as_deref().map(str::to_owned);
     let audit = ctx.audit.clone();
-    let service = service_fn(move |req| {
+    let handler = move |req| {
         let ctx = ctx.clone();
         let sni = sni.clone();
-        // Boxed: hyper keeps room for one request's future for the
-        // connection's whole life (HTTP/1.1), so an idle kept-alive
-        // connection holds a pointer instead of the future's full size.
-        Box::pin(
-            async move { Ok::<_, Infallible>(handle(req, device, sni.as_deref(), &ctx).await) },
-        )
+        Box::pin(async move { handle(req, device, sni.as_deref(), &ctx).await })
+    };
+    let conn = drive(io, protocol, handler, stop, device);
+    async move {
+        if let Some(mut record) = conn.await {
+            record.device = Some(addr_text(device));
+            record.host = host;
+            audit.log(record).await;
+        }
+    }
+}
+
+/// Drives hyper's connection on `io` with `handler` for each request, until
+/// the connection ends or `stop` turns true (then the requests in flight
+/// finish and it closes). Both the device side ([`serve`]) and the children
+/// listener serve through here.
+///
+/// Resolves to the audit record of what hyper's parser refused before any
+/// handler saw it (malformed lengths, oversized or slow headers, a
+/// protocol other than the one ALPN settled), with the sender's fault; the
+/// caller names the sender. `peer` is for the debug log only.
+///
+/// Not an `async fn`, for the reason [`serve`] gives: the connection is
+/// boxed before the returned future exists. `handler`'s futures should be
+/// boxed too: hyper keeps room for one request's future for the
+/// connection's whole life (HTTP/1.1), so an idle kept-alive connection
+/// then holds a pointer instead of the future's full size.
+pub(crate) fn drive<IO, F, Fut>(
+    io: IO,
+    protocol: Protocol,
+    handler: F,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    peer: SocketAddr,
+) -> impl Future<Output = Option<Record>> + Send
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let response = handler(req);
+        async move { Ok::<_, Infallible>(response.await) }
     });
     let mut conn = Box::pin(builder(protocol).serve_connection(TokioIo::new(io), service));
     async move {
@@ -89,23 +125,19 @@ where
                 conn.await
             }
         };
-        if let Err(e) = ended {
-            tracing::debug!(%device, error = %e, "connection ended with an error");
-            // Requests hyper refused before they reached a handler (malformed
-            // lengths, oversized or slow headers) are decisions too.
-            if let Some(reason) = refused_by_parser(e.as_ref()) {
-                let mut record = Record::new(Event::Request)
-                    .reason(reason)
-                    .detail(e.to_string());
-                record.device = Some(addr_text(device));
-                record.host = host;
-                record.fault = Some(Fault::Device);
-                if reason == "malformed_request" {
-                    record.status = Some(StatusCode::BAD_REQUEST.as_u16());
-                }
-                audit.log(record).await;
-            }
-        }
+        let e = ended.err()?;
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        // Requests hyper refused before they reached a handler are
+        // decisions too.
+        let (reason, status) = refused_by_parser(e.as_ref())?;
+        // The whole chain: hyper's own text for an h2 error is only
+        // "http2 error"; h2's says which.
+        let mut record = Record::new(Event::Request)
+            .reason(reason)
+            .detail(crate::ebpf::error_chain(e.as_ref()));
+        record.fault = Some(Fault::Device);
+        record.status = status.map(|s| s.as_u16());
+        Some(record)
     }
 }
 
@@ -196,18 +228,47 @@ fn configured() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Why hyper's own parser or timers ended a connection, when they did.
-pub(crate) fn refused_by_parser(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+/// Why hyper's own parser or timers, or h2's, ended a connection before
+/// a handler saw the request, when they did: the audit reason, and the
+/// status hyper answered with if it answered one.
+///
+/// hyper answers HTTP/1.1 parse errors itself: 400 for a malformed request
+/// line or header, 431 or 414 for one too large (which of the two it does
+/// not say, so no status is recorded). It does not answer the h2 preface
+/// on a connection where ALPN settled HTTP/1.1, and h2 answers a protocol
+/// error (HTTP/1.1 text where ALPN settled h2 among them) with GOAWAY, not
+/// a status: those are recorded as `malformed_request` without a status.
+pub(crate) fn refused_by_parser(
+    e: &(dyn std::error::Error + 'static),
+) -> Option<(&'static str, Option<StatusCode>)> {
+    use h2::Reason;
     let mut source = Some(e);
     while let Some(err) = source {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_too_large() {
-                return Some("malformed_request");
+            if h.is_parse_version_h2() || h.is_parse_too_large() {
+                return Some(("malformed_request", None));
+            }
+            if h.is_parse() {
+                return Some(("malformed_request", Some(StatusCode::BAD_REQUEST)));
             }
             if h.is_timeout() {
-                return Some("header_read_timeout");
+                return Some(("header_read_timeout", None));
             }
-            return None;
+            // Otherwise an h2 error may be its source: read on.
+        }
+        if let Some(h) = err.downcast_ref::<h2::Error>() {
+            // Raised by h2 itself against what the peer sent; not a reset
+            // or GOAWAY the peer chose, nor an I/O error.
+            let peer_broke_it = h.is_library()
+                && matches!(
+                    h.reason(),
+                    Some(
+                        Reason::PROTOCOL_ERROR
+                            | Reason::FRAME_SIZE_ERROR
+                            | Reason::COMPRESSION_ERROR
+                    )
+                );
+            return peer_broke_it.then_some(("malformed_request", None));
         }
         source = err.source();
     }
