@@ -144,22 +144,58 @@ impl Audit {
         self.reopen.notify_one();
     }
 
-    /// Queues a record; waits if the writer is behind.
+    /// Queues a record; the returned future waits only if the writer is
+    /// behind.
     ///
-    /// The wait is boxed: a channel send holding a record is about 2 KiB,
-    /// and every connection's task that may log (all of them) would
-    /// otherwise carry that room for its whole life, kept-alive ones
-    /// included. A record is logged once; one allocation then is cheap.
-    pub fn log(&self, record: Record) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    /// The record is queued at once when the channel has room (the usual
+    /// case): the future is then already done and allocates nothing. Only
+    /// when it is full is the wait boxed: a channel send holding a record
+    /// is about 2 KiB, and every connection's task that may log (all of
+    /// them) would otherwise carry that room for its whole life, kept-alive
+    /// ones included.
+    pub fn log(&self, record: Record) -> Logged<'_> {
         // Every decision passes here: the metrics count it before it is
         // queued, so a stalled log does not hide traffic from them.
         crate::metrics::global().observe(&record);
-        Box::pin(async move {
-            if self.tx.send(record).await.is_err() {
-                self.counts.lost.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("audit writer has stopped; record lost");
+        match self.tx.try_send(record) {
+            Ok(()) => Logged(None),
+            Err(mpsc::error::TrySendError::Full(record)) => Logged(Some(Box::pin(async move {
+                if self.tx.send(record).await.is_err() {
+                    self.lost();
+                }
+            }))),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.lost();
+                Logged(None)
             }
-        })
+        }
+    }
+
+    fn lost(&self) {
+        self.counts.lost.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("audit writer has stopped; record lost");
+    }
+}
+
+/// [`Audit::log`]'s wait: done at once when the record went straight into
+/// the channel, else the boxed send (16 bytes either way).
+#[must_use = "a record the channel had no room for is queued only when awaited"]
+pub struct Logged<'a>(Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>);
+
+impl Future for Logged<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match self.0.as_mut() {
+            None => std::task::Poll::Ready(()),
+            Some(wait) => {
+                let done = wait.as_mut().poll(cx);
+                if done.is_ready() {
+                    self.0 = None;
+                }
+                done
+            }
+        }
     }
 }
 

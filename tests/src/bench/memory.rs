@@ -63,38 +63,46 @@ pub fn run(b: &mut Bench<'_, '_>) -> Result<()> {
     let mut gw = Subject::new("gateway", &stages);
     let mut ng = Subject::new("nginx", &stages);
     for run in 0..b.opts.runs {
-        b.gw.restart()?;
-        thread::sleep(Duration::from_secs(1));
-        let pid = b.gw.pid()?;
-        let addr = SocketAddr::from((ADDR_V4, 443));
-        let conns = gw.measure(
-            run,
-            b.opts.runs,
-            &b.site.dev_ns,
-            addr,
-            [&gw_cfg, &blind],
-            || status_kb(pid, "VmRSS"),
-        )?;
-        let established = count_established(&b.site.gw_ns)?;
-        drop(conns);
-        ensure!(
-            established >= n,
-            "only {established} connections established on the gateway side, {n} opened"
-        );
-
-        b.nginx.restart_empty()?;
-        thread::sleep(Duration::from_secs(1));
-        let npid = b.nginx.pid().context("nginx not running")?;
-        let addr = SocketAddr::from((PEER_NGINX, 443));
-        let conns = ng.measure(
-            run,
-            b.opts.runs,
-            &b.site.dev_ns,
-            addr,
-            [&nginx_cfg, &blind],
-            || rss_tree(npid),
-        )?;
-        drop(conns);
+        for server in [Server::Gateway, Server::Nginx] {
+            // Restarted fresh, 1 s to settle; then its address, the config
+            // that checks its chain, and how to read its resident memory.
+            let (subject, addr, verified, rss): (_, _, _, Box<dyn Fn() -> Result<u64>>) =
+                match server {
+                    Server::Gateway => {
+                        b.gw.restart()?;
+                        thread::sleep(Duration::from_secs(1));
+                        let pid = b.gw.pid()?;
+                        let rss = Box::new(move || status_kb(pid, "VmRSS"));
+                        (&mut gw, (ADDR_V4, 443), &gw_cfg, rss)
+                    }
+                    Server::Nginx => {
+                        b.nginx.restart_empty()?;
+                        thread::sleep(Duration::from_secs(1));
+                        let pid = b.nginx.pid().context("nginx not running")?;
+                        let rss = Box::new(move || rss_tree(pid));
+                        (&mut ng, (PEER_NGINX, 443), &nginx_cfg, rss)
+                    }
+                };
+            let conns = subject.measure(
+                run,
+                b.opts.runs,
+                &stages,
+                &b.site.dev_ns,
+                SocketAddr::from(addr),
+                [verified, &blind],
+                rss,
+            )?;
+            if let Server::Gateway = server {
+                // The gateway's side holds them all (nginx's sockets are
+                // counted by its own RSS growth).
+                let established = count_established(&b.site.gw_ns)?;
+                ensure!(
+                    established >= n,
+                    "only {established} connections established on the gateway side, {n} opened"
+                );
+            }
+            drop(conns);
+        }
     }
     for (i, &count) in stages.iter().enumerate() {
         let m = gw.busy[i].summary();
@@ -113,11 +121,17 @@ pub fn run(b: &mut Bench<'_, '_>) -> Result<()> {
     Ok(())
 }
 
+/// The servers measured, in each run's order.
+#[derive(Clone, Copy)]
+enum Server {
+    Gateway,
+    Nginx,
+}
+
 /// One server's figures: idle, at each stage, and per connection at the
 /// last stage.
 struct Subject {
     name: &'static str,
-    stages: Vec<usize>,
     idle: Figure,
     busy: Vec<Figure>,
     per: Figure,
@@ -127,7 +141,6 @@ impl Subject {
     fn new(name: &'static str, stages: &[usize]) -> Self {
         Self {
             name,
-            stages: stages.to_vec(),
             idle: Figure::new("f", "resident memory, idle", name, "MiB", Better::Lower),
             busy: stages
                 .iter()
@@ -152,17 +165,22 @@ impl Subject {
     }
 
     /// Checks the server's chain on one connection (closed again), reads
-    /// `rss` idle, then opens the stages' connections to `addr` with the
-    /// blind config, reading it at each; returns the connections (still
-    /// open).
+    /// `rss` idle, then opens `stages` connections (the counts `new` was
+    /// given) to `addr` with the blind config, reading it at each; returns
+    /// the connections (still open).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site; a struct would only rename them"
+    )]
     fn measure(
         &mut self,
         run: usize,
         runs: usize,
+        stages: &[usize],
         ns: &str,
         addr: SocketAddr,
         [verified, blind]: [&Arc<ClientConfig>; 2],
-        rss: impl Fn() -> Result<u64>,
+        rss: Box<dyn Fn() -> Result<u64>>,
     ) -> Result<Vec<Http>> {
         in_ns(ns, || tlsclient::connect(addr, HOST, verified))?
             .with_context(|| format!("a verified connection to {}", self.name))?;
@@ -175,7 +193,7 @@ impl Subject {
             idle as f64 / MIB
         );
         let mut busy = idle;
-        for (i, &count) in self.stages.iter().enumerate() {
+        for (i, &count) in stages.iter().enumerate() {
             let (more, per) = open(ns, addr, blind, count - conns.len())?;
             conns.extend(more);
             busy = rss()?;
@@ -188,7 +206,7 @@ impl Subject {
         }
         progress(line);
         self.idle.samples.push(idle as f64 / MIB);
-        let n = self.stages.last().copied().unwrap_or(1).max(1);
+        let n = stages.last().copied().unwrap_or(1).max(1);
         self.per
             .samples
             .push(busy.saturating_sub(idle) as f64 / 1024.0 / n as f64);

@@ -31,6 +31,7 @@
 //! directory ([`report`]). `--smoke` runs everything once with tiny sizes
 //! so that `cargo xtask test` keeps this code working.
 
+pub mod bare;
 pub mod cold;
 pub mod curl;
 pub mod distribution;
