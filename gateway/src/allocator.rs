@@ -75,13 +75,16 @@ pub fn serves_rust() -> bool {
     after.saturating_sub(before) >= PROBE as u64
 }
 
-/// One line for the daemon's start-up log.
-pub fn describe() -> String {
-    match (version(), serves_rust()) {
+/// One line for the daemon's start-up log, and whether jemalloc serves
+/// (each probed once).
+pub fn describe() -> (String, bool) {
+    let serving = serves_rust();
+    let text = match (version(), serving) {
         (Some(v), true) => format!("jemalloc {v}"),
         (Some(v), false) => format!("glibc malloc (jemalloc {v} is loaded but not serving)"),
         (None, _) => "glibc malloc (jemalloc did not answer)".into(),
-    }
+    };
+    (text, serving)
 }
 
 #[cfg(test)]
@@ -93,7 +96,7 @@ mod tests {
         let v = version().expect("jemalloc answers mallctl(\"version\")");
         assert!(v.starts_with("5."), "unexpected jemalloc version {v}");
         assert!(serves_rust(), "Rust's allocations do not reach jemalloc");
-        assert_eq!(describe(), format!("jemalloc {v}"));
+        assert_eq!(describe(), (format!("jemalloc {v}"), true));
     }
 
     #[test]

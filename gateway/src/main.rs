@@ -405,11 +405,10 @@ fn load(path: &std::path::Path, host_checks: bool) -> Result<Config, gateway::co
 }
 
 fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    if allocator::serves_rust() {
-        tracing::info!(allocator = %allocator::describe(), "allocator");
-    } else {
+    match allocator::describe() {
+        (allocator, true) => tracing::info!(%allocator, "allocator"),
         // Still correct, only larger per connection: say so, don't refuse.
-        tracing::warn!(allocator = %allocator::describe(), "allocator is not jemalloc");
+        (allocator, false) => tracing::warn!(%allocator, "allocator is not jemalloc"),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -18,9 +18,10 @@
 //!   24 s); `shared_store` under TCG 91–141 s. That was with a
 //!   `package."*"` override, which also built the build scripts and proc
 //!   macros at opt-level 1; through the profile's own level they keep
-//!   cargo's 0: 6.0 min of CPU (3.75 min wall beside a debug build). In one CI run (kernel 6.12)
-//!   a store call just after a node was killed outlasted the gateway's
-//!   5 s store deadline, so under TCG the test gives its gateways 15 s.
+//!   cargo's 0: 6.0 min of CPU (3.75 min wall beside a debug build). In
+//!   one CI run (kernel 6.12) a store call just after a node was killed
+//!   outlasted the gateway's 5 s store deadline, so under TCG the test
+//!   gives its gateways 15 s.
 //! - everything at opt-level 0: 3.2 min of CPU, but under TCG the nodes
 //!   took 75 s to answer and 217 s to take a layout and a bucket, past
 //!   the test's bounds: the dependencies (tokio, hashing, serialisation)
