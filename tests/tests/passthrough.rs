@@ -7,7 +7,12 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::{io::Write, net::SocketAddr, time::Duration};
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener},
+    sync::mpsc,
+    time::Duration,
+};
 
 use gateway_tests::{
     Gateway, GatewayConfig, Site, audit, device, is_rfc3339, require_root,
@@ -37,6 +42,7 @@ fn passthrough(name: &str, dst: SocketAddr) {
     ));
     assert_eq!(rec["proto"], "tcp", "{rec}");
     assert_eq!(rec["service"], "wfm.site.example", "{rec}");
+    assert_eq!(rec.get("fault"), None, "{rec}");
     assert_eq!(rec["device"], echo.device.to_string(), "{rec}");
     assert_eq!(rec["dst"], dst.to_string(), "{rec}");
     let up = rec["bytes_up"].as_u64().unwrap_or(0);
@@ -165,4 +171,126 @@ fn intercepted_flows_keep_their_original_destination_and_are_denied() {
         assigned >= targets.len() as u64,
         "assign_listener = {assigned}"
     );
+}
+
+/// The manager echo, much larger than any socket or pipe buffer on the
+/// way: every byte arrives in order both ways, and the record counts
+/// exactly what moved (the 8-byte banner included on the way down).
+#[test]
+fn a_large_echo_arrives_whole_and_counted() {
+    require_root();
+    const LEN: usize = 32 << 20;
+    let site = Site::new("pass-big").unwrap();
+    let gw = Gateway::start_default(&site).unwrap();
+    let dst = v4(addr::UP_V4, addr::MANAGER_PORT);
+    let echo = gw.must(device::manager_echo(&site, dst, LEN));
+    let rec = gw.must(gw.wait_audit(
+        |r| audit::is_flow(r, "flow.passthrough", echo.device, dst),
+        AUDIT_WAIT,
+    ));
+    assert_eq!(rec["bytes_up"], LEN as u64, "{rec}");
+    assert_eq!(rec["bytes_down"], LEN as u64 + 8, "{rec}");
+    assert_eq!(rec.get("fault"), None, "{rec}");
+}
+
+/// A device that sends its whole request and its end before the gateway
+/// has even reached the manager: the bytes waiting in the device's socket
+/// are delivered, then the end, and the manager's answer comes back.
+#[test]
+fn bytes_sent_at_once_with_the_end_are_all_delivered() {
+    require_root();
+    let site = Site::new("pass-early").unwrap();
+    let gw = Gateway::start_default(&site).unwrap();
+    let dst = v4(addr::UP_V4, addr::MANAGER_PORT);
+    let data = device::random_bytes(1 << 20);
+    let mut stream = gw.must(device::connect_ok(&site, dst));
+    let device_addr = stream.local_addr().unwrap();
+    stream.write_all(&data).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let got = gw.must(device::read_until_closed(
+        &mut stream,
+        Duration::from_secs(10),
+    ));
+    assert_eq!(got.len(), data.len() + 8, "banner and echo");
+    assert_eq!(&got[..8], b"manager\n");
+    assert!(got[8..] == data[..], "the echo differs from what was sent");
+    let rec = gw.must(gw.wait_audit(
+        |r| audit::is_flow(r, "flow.passthrough", device_addr, dst),
+        AUDIT_WAIT,
+    ));
+    assert_eq!(rec["bytes_up"], data.len() as u64, "{rec}");
+}
+
+/// A manager that stops reading stops the device: the splice holds only
+/// what the sockets' and its pipe's buffers hold (no queue that grows
+/// without bound for a device to fill), and once the manager reads again
+/// it gets every byte the device wrote, in order, and the end.
+#[test]
+fn a_manager_that_stops_reading_stops_the_device() {
+    require_root();
+    const SINK_PORT: u16 = 9100;
+    /// Far above what the socket buffers on the way hold (a few MiB each
+    /// at the kernel's defaults), far below what an unbounded queue takes
+    /// in the writing time.
+    const BOUND: usize = 64 << 20;
+    let site = Site::new("pass-stall").unwrap();
+    let sink = v4(addr::UP_V4, SINK_PORT);
+    let mut config = GatewayConfig::for_site(&site);
+    config.extra_yaml.push_str(&format!(
+        "passthrough:\n  - name: \"sink.site.example\"\n    addresses: [\"{sink}\"]\n"
+    ));
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let listener = gateway_tests::netns::in_ns(&site.up_ns, || TcpListener::bind(sink))
+        .unwrap()
+        .unwrap();
+    let reader = std::thread::spawn(move || -> Vec<u8> {
+        let (mut s, _) = listener.accept().unwrap();
+        // Reads nothing until the device is stuck.
+        go_rx.recv().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let gw = Gateway::start(&site, config).unwrap();
+    let mut stream = gw.must(device::connect_ok(&site, sink));
+    let device_addr = stream.local_addr().unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let chunk = device::random_bytes(1 << 20);
+    let mut sent: Vec<u8> = Vec::new();
+    loop {
+        match stream.write(&chunk) {
+            Ok(n) => sent.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("writing to the stalled manager: {e}"),
+        }
+        assert!(
+            sent.len() <= BOUND,
+            "the device wrote {} MiB to a manager that reads nothing",
+            sent.len() >> 20
+        );
+    }
+    assert!(sent.len() >= 64 << 10, "only {} bytes taken", sent.len());
+    go_tx.send(()).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let got = reader.join().unwrap();
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "bytes the manager got, of those sent"
+    );
+    assert!(got == sent, "the manager's bytes differ from the device's");
+    let rec = gw.must(gw.wait_audit(
+        |r| audit::is_flow(r, "flow.passthrough", device_addr, sink),
+        AUDIT_WAIT,
+    ));
+    assert_eq!(rec["bytes_up"], sent.len() as u64, "{rec}");
 }
