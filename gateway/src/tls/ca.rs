@@ -230,6 +230,12 @@ impl SiteCa {
         &self.cert
     }
 
+    /// Whether the CA is a root (see [`Facts::self_signed`]): leaves are
+    /// then served alone.
+    pub fn is_root(&self) -> bool {
+        self.facts.self_signed
+    }
+
     pub fn fingerprint_sha256(&self) -> &str {
         &self.facts.fingerprint
     }
@@ -307,6 +313,10 @@ struct Facts {
     not_after: OffsetDateTime,
     public_key: Vec<u8>,
     fingerprint: String,
+    /// Issued by itself (a root): devices hold it as their trust anchor,
+    /// so leaves are served without it (RFC 8446, 4.4.2). An operator's
+    /// CA issued by another one is served after the leaf.
+    self_signed: bool,
 }
 
 impl Facts {
@@ -346,7 +356,33 @@ impl Facts {
             not_after: validity.not_after.to_datetime(),
             public_key: x509.public_key().subject_public_key.data.to_vec(),
             fingerprint: hex::encode(Sha256::digest(der)),
+            self_signed: self_signed(&x509),
         })
+    }
+}
+
+/// Subject and issuer are the same name, and an authority key identifier,
+/// if there is one, names the certificate's own key: the certificate can
+/// only be a trust anchor, never an intermediate a device needs sent.
+fn self_signed(x509: &X509Certificate<'_>) -> bool {
+    use x509_parser::extensions::ParsedExtension;
+    if x509.subject().as_raw() != x509.issuer().as_raw() {
+        return false;
+    }
+    let mut own = None;
+    let mut authority = None;
+    for ext in x509.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => own = Some(k.0),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                authority = a.key_identifier.as_ref().map(|k| k.0);
+            }
+            _ => {}
+        }
+    }
+    match authority {
+        None => true,
+        Some(a) => own == Some(a),
     }
 }
 

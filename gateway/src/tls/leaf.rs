@@ -76,7 +76,13 @@ pub(crate) fn mint(ca: &SiteCa, host: &str, validity: Duration) -> Result<Leaf, 
             source,
         }
     })?;
-    let chain = vec![cert.der().clone(), ca.cert_der().clone()];
+    // A root CA is the devices' trust anchor and is not sent: with many
+    // sites its name constraints make it the largest part of the
+    // handshake (every byte hashed into the transcript and encrypted).
+    let mut chain = vec![cert.der().clone()];
+    if !ca.is_root() {
+        chain.push(ca.cert_der().clone());
+    }
     Ok(Leaf {
         key: Arc::new(CertifiedKey::new(chain, signer)),
         lifetime: (not_after - now).try_into().unwrap_or(Duration::ZERO),

@@ -25,8 +25,9 @@ fn minted_leaf_verifies_under_the_ca_for_its_name_only() {
     let t = test_ca(&[HOST]);
     let r = resolver(&t, &[HOST], 8);
     let key = r.certificate_for(HOST).expect("leaf");
-    assert_eq!(key.cert.len(), 2, "leaf then CA");
-    assert_eq!(&key.cert[1], t.ca.cert_der());
+    // The site CA is a root: the devices hold it, the leaf goes alone.
+    assert!(t.ca.is_root());
+    assert_eq!(key.cert.len(), 1, "the leaf alone");
     key.keys_match().expect("the key belongs to the leaf");
     verify(&t.ca, &key.cert, HOST).expect("chain, SAN and constraints verify");
     assert!(verify(&t.ca, &key.cert, "other.example.test").is_err());
@@ -218,4 +219,75 @@ fn mint_time() {
     }
     let each = start.elapsed() / n;
     println!("minting a P-256 leaf took {each:?} on average over {n} (this build's profile)");
+}
+
+/// An operator's site CA issued by their own root (an intermediate): the
+/// devices hold the root, so the leaf is served with the CA after it, and
+/// a client trusting only the root verifies the pair.
+#[test]
+fn an_intermediate_site_ca_is_served_after_the_leaf() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use rcgen::{
+        BasicConstraints, DnType, GeneralSubtree, IsCa, Issuer, KeyUsagePurpose, NameConstraints,
+    };
+    use rustls::{
+        RootCertStore,
+        client::{WebPkiServerVerifier, danger::ServerCertVerifier as _},
+        pki_types::{ServerName, UnixTime},
+    };
+
+    let ca_params = |cn: &str, constrained: bool| {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        if constrained {
+            p.name_constraints = Some(NameConstraints {
+                permitted_subtrees: vec![GeneralSubtree::DnsName(HOST.to_owned())],
+                excluded_subtrees: Vec::new(),
+            });
+        }
+        p
+    };
+    let root_key = KeyPair::generate().expect("root key");
+    let root = ca_params("Corporate root", false)
+        .self_signed(&root_key)
+        .expect("root");
+    let site_key = KeyPair::generate().expect("site key");
+    let mut site_params = ca_params("Site CA", true);
+    site_params.use_authority_key_identifier_extension = true;
+    let site = site_params
+        .signed_by(
+            &site_key,
+            &Issuer::new(ca_params("Corporate root", false), &root_key),
+        )
+        .expect("site CA");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("ca.pem"), site.pem()).expect("write cert");
+    let key_path = dir.path().join("ca.key");
+    std::fs::write(&key_path, site_key.serialize_pem()).expect("write key");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let ca = Arc::new(crate::tls::SiteCa::load(dir.path()).expect("load"));
+    assert!(!ca.is_root(), "a CA its root issued is no root");
+
+    let r = LeafResolver::new(ca.clone(), vec![HOST.to_owned()], DAY, 8);
+    let key = r.certificate_for(HOST).expect("leaf");
+    assert_eq!(key.cert.len(), 2, "leaf then the site CA");
+    assert_eq!(&key.cert[1], ca.cert_der());
+    let mut roots = RootCertStore::empty();
+    roots.add(root.der().clone()).expect("root anchor");
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
+            .build()
+            .expect("verifier");
+    verifier
+        .verify_server_cert(
+            &key.cert[0],
+            &key.cert[1..],
+            &ServerName::try_from(HOST).expect("name"),
+            &[],
+            UnixTime::now(),
+        )
+        .expect("the leaf and the site CA verify under the corporate root");
 }
