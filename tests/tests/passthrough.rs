@@ -173,37 +173,48 @@ fn intercepted_flows_keep_their_original_destination_and_are_denied() {
     );
 }
 
-/// The manager echo, much larger than any socket or pipe buffer on the
-/// way: every byte arrives in order both ways, and the record counts
-/// exactly what moved (the 8-byte banner included on the way down).
+/// Flows that load the splice, on one gateway (each start costs seconds in
+/// the emulated VMs):
+/// - the manager echo, larger than any socket or pipe buffer on the way:
+///   every byte arrives in order both ways, and the record counts exactly
+///   what moved (the 8-byte banner included on the way down);
+/// - a device that sends its whole request and its end at once, before
+///   the manager has answered: all of it is delivered, then the end, and
+///   the answer comes back;
+/// - a manager that stops reading stops the device: the splice holds only
+///   what the sockets' and its pipe's buffers hold (no queue that grows
+///   without bound for a device to fill), and once the manager reads again
+///   it gets every byte the device wrote, in order, and the end.
 #[test]
-fn a_large_echo_arrives_whole_and_counted() {
+fn large_early_and_stalled_flows_keep_every_byte() {
     require_root();
-    const LEN: usize = 32 << 20;
-    let site = Site::new("pass-big").unwrap();
-    let gw = Gateway::start_default(&site).unwrap();
-    let dst = v4(addr::UP_V4, addr::MANAGER_PORT);
-    let echo = gw.must(device::manager_echo(&site, dst, LEN));
+    const ECHO_BIG: usize = 16 << 20;
+    const SINK_PORT: u16 = 9100;
+    let site = Site::new("pass-load").unwrap();
+    let sink = v4(addr::UP_V4, SINK_PORT);
+    let mut config = GatewayConfig::for_site(&site);
+    config.extra_yaml.push_str(&format!(
+        "passthrough:\n  - name: \"sink.site.example\"\n    addresses: [\"{sink}\"]\n"
+    ));
+    let listener = gateway_tests::netns::in_ns(&site.up_ns, || TcpListener::bind(sink))
+        .unwrap()
+        .unwrap();
+    let gw = Gateway::start(&site, config).unwrap();
+    let manager = v4(addr::UP_V4, addr::MANAGER_PORT);
+
+    // 1. The large echo.
+    let echo = gw.must(device::manager_echo(&site, manager, ECHO_BIG));
     let rec = gw.must(gw.wait_audit(
-        |r| audit::is_flow(r, "flow.passthrough", echo.device, dst),
+        |r| audit::is_flow(r, "flow.passthrough", echo.device, manager),
         AUDIT_WAIT,
     ));
-    assert_eq!(rec["bytes_up"], LEN as u64, "{rec}");
-    assert_eq!(rec["bytes_down"], LEN as u64 + 8, "{rec}");
-    assert_eq!(rec.get("fault"), None, "{rec}");
-}
+    assert_eq!(rec["bytes_up"], ECHO_BIG as u64, "large echo: {rec}");
+    assert_eq!(rec["bytes_down"], ECHO_BIG as u64 + 8, "large echo: {rec}");
+    assert_eq!(rec.get("fault"), None, "large echo: {rec}");
 
-/// A device that sends its whole request and its end before the gateway
-/// has even reached the manager: the bytes waiting in the device's socket
-/// are delivered, then the end, and the manager's answer comes back.
-#[test]
-fn bytes_sent_at_once_with_the_end_are_all_delivered() {
-    require_root();
-    let site = Site::new("pass-early").unwrap();
-    let gw = Gateway::start_default(&site).unwrap();
-    let dst = v4(addr::UP_V4, addr::MANAGER_PORT);
+    // 2. A request and its end at once.
     let data = device::random_bytes(1 << 20);
-    let mut stream = gw.must(device::connect_ok(&site, dst));
+    let mut stream = gw.must(device::connect_ok(&site, manager));
     let device_addr = stream.local_addr().unwrap();
     stream.write_all(&data).unwrap();
     stream.shutdown(Shutdown::Write).unwrap();
@@ -211,38 +222,32 @@ fn bytes_sent_at_once_with_the_end_are_all_delivered() {
         &mut stream,
         Duration::from_secs(10),
     ));
-    assert_eq!(got.len(), data.len() + 8, "banner and echo");
+    assert_eq!(got.len(), data.len() + 8, "at once: banner and echo");
     assert_eq!(&got[..8], b"manager\n");
-    assert!(got[8..] == data[..], "the echo differs from what was sent");
+    assert!(
+        got[8..] == data[..],
+        "at once: the echo differs from what was sent"
+    );
     let rec = gw.must(gw.wait_audit(
-        |r| audit::is_flow(r, "flow.passthrough", device_addr, dst),
+        |r| audit::is_flow(r, "flow.passthrough", device_addr, manager),
         AUDIT_WAIT,
     ));
-    assert_eq!(rec["bytes_up"], data.len() as u64, "{rec}");
+    assert_eq!(rec["bytes_up"], data.len() as u64, "at once: {rec}");
+
+    // 3. The stalled manager.
+    stalled_manager_stops_the_device(&site, &gw, listener, sink);
 }
 
-/// A manager that stops reading stops the device: the splice holds only
-/// what the sockets' and its pipe's buffers hold (no queue that grows
-/// without bound for a device to fill), and once the manager reads again
-/// it gets every byte the device wrote, in order, and the end.
-#[test]
-fn a_manager_that_stops_reading_stops_the_device() {
-    require_root();
-    const SINK_PORT: u16 = 9100;
-    /// Far above what the socket buffers on the way hold (a few MiB each
-    /// at the kernel's defaults), far below what an unbounded queue takes
-    /// in the writing time.
+fn stalled_manager_stops_the_device(
+    site: &Site,
+    gw: &Gateway,
+    listener: TcpListener,
+    sink: SocketAddr,
+) {
+    /// Far above what the buffers on the way hold (a few MiB each at the
+    /// kernel's defaults), far below what an unbounded queue takes in.
     const BOUND: usize = 64 << 20;
-    let site = Site::new("pass-stall").unwrap();
-    let sink = v4(addr::UP_V4, SINK_PORT);
-    let mut config = GatewayConfig::for_site(&site);
-    config.extra_yaml.push_str(&format!(
-        "passthrough:\n  - name: \"sink.site.example\"\n    addresses: [\"{sink}\"]\n"
-    ));
     let (go_tx, go_rx) = mpsc::channel::<()>();
-    let listener = gateway_tests::netns::in_ns(&site.up_ns, || TcpListener::bind(sink))
-        .unwrap()
-        .unwrap();
     let reader = std::thread::spawn(move || -> Vec<u8> {
         let (mut s, _) = listener.accept().unwrap();
         // Reads nothing until the device is stuck.
@@ -251,11 +256,10 @@ fn a_manager_that_stops_reading_stops_the_device() {
         s.read_to_end(&mut got).unwrap();
         got
     });
-    let gw = Gateway::start(&site, config).unwrap();
-    let mut stream = gw.must(device::connect_ok(&site, sink));
+    let mut stream = gw.must(device::connect_ok(site, sink));
     let device_addr = stream.local_addr().unwrap();
     stream
-        .set_write_timeout(Some(Duration::from_secs(2)))
+        .set_write_timeout(Some(Duration::from_secs(1)))
         .unwrap();
     let chunk = device::random_bytes(1 << 20);
     let mut sent: Vec<u8> = Vec::new();
@@ -292,5 +296,5 @@ fn a_manager_that_stops_reading_stops_the_device() {
         |r| audit::is_flow(r, "flow.passthrough", device_addr, sink),
         AUDIT_WAIT,
     ));
-    assert_eq!(rec["bytes_up"], sent.len() as u64, "{rec}");
+    assert_eq!(rec["bytes_up"], sent.len() as u64, "stalled: {rec}");
 }
